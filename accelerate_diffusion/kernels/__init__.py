@@ -1,0 +1,60 @@
+"""Sparse and neighborhood attention kernels (SPECS §5).
+
+Masks are small frozen spec objects (pure functions of token coordinates on a 1D/2D/3D
+grid, plus optional dense extra tokens such as text). One call runs them on the best
+available backend and says which::
+
+    from accelerate_diffusion.kernels import NeighborhoodMask, attention
+    spec = NeighborhoodMask(grid=(64, 64), window=(16, 16), stride=1, prefix=77)
+    out, used = attention(q, k, v, spec)          # q, k, v: [B, H, 77 + 4096, D]
+
+Triton is optional: ``triton_attention`` is only imported when the triton backend runs.
+"""
+
+from .dispatch import (
+    BACKEND_CALLS,
+    BACKENDS,
+    attention,
+    available_backends,
+    last_backend,
+    select_backend,
+)
+from .flex import flex_attention_sparse, flex_block_mask
+from .layout import BlockLayout, block_layout, canonical_layout, layout_for, permutation
+from .masks import (
+    CrissCrossMask,
+    DenseMask,
+    FrameTileMask,
+    MaskSpec,
+    MultiDiagonalMask,
+    NeighborhoodMask,
+    StripesMask,
+    UnionMask,
+)
+from .reference import naive_attention, reference_attention
+
+__all__ = [
+    "BACKENDS",
+    "BACKEND_CALLS",
+    "BlockLayout",
+    "CrissCrossMask",
+    "DenseMask",
+    "FrameTileMask",
+    "MaskSpec",
+    "MultiDiagonalMask",
+    "NeighborhoodMask",
+    "StripesMask",
+    "UnionMask",
+    "attention",
+    "available_backends",
+    "block_layout",
+    "canonical_layout",
+    "flex_attention_sparse",
+    "flex_block_mask",
+    "last_backend",
+    "layout_for",
+    "naive_attention",
+    "permutation",
+    "reference_attention",
+    "select_backend",
+]

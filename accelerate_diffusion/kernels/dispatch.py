@@ -1,0 +1,158 @@
+"""One attention signature over all backends, and the dispatcher that picks one.
+
+``attention(q, k, v, spec)`` returns ``(out, backend_used)`` and also counts every call
+in ``BACKEND_CALLS`` so reports can say what actually ran. ``auto`` picks:
+
+1. ``reference`` (plain SDPA, no mask) when the spec is dense, or too dense for a
+   sparse kernel to pay off (``density > max_sparse_density``);
+2. ``triton`` for CUDA tensors when triton is installed;
+3. ``flex`` (compiled FlexAttention) when torch.compile works on this device: the
+   first failure is reported once and flex is not tried again on that device type;
+4. ``reference`` (dense masked SDPA) otherwise.
+
+Eager FlexAttention (``flex_eager``) materialises the full score matrix (~8x slower
+than dense on CPU); it is only for correctness checks and is never chosen by ``auto``.
+Set ``ACCEL_DIFFUSION_FLEX_COMPILE=0`` to keep ``auto`` away from compiled flex.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+import warnings
+from collections import Counter
+
+import torch
+
+from .flex import flex_attention_sparse, flex_available
+from .masks import MaskSpec
+from .reference import reference_attention
+
+__all__ = [
+    "BACKENDS",
+    "BACKEND_CALLS",
+    "attention",
+    "available_backends",
+    "select_backend",
+    "last_backend",
+]
+
+BACKENDS = ("triton", "flex", "flex_eager", "reference")
+BACKEND_CALLS: Counter = Counter()
+_STATE = threading.local()
+_FLEX_BROKEN: dict[str, str] = {}  # device type -> error message of the failed compile
+
+
+def triton_installed() -> bool:
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # e.g. sys.modules["triton"] = None
+        return False
+
+
+def _triton_reason(q: torch.Tensor) -> str | None:
+    if not triton_installed():
+        return "triton is not installed (pip install 'accelerate-diffusion[kernels]')"
+    from .triton_attention import triton_supports
+
+    return triton_supports(q)
+
+
+def _flex_compile_enabled() -> bool:
+    return os.environ.get("ACCEL_DIFFUSION_FLEX_COMPILE", "1") not in ("0", "false", "False")
+
+
+def available_backends(device="cpu") -> list[str]:
+    """Backends that can run on ``device`` here, fastest first."""
+    out = []
+    dev = torch.device(device)
+    if triton_installed():
+        from .triton_attention import interpreting
+
+        if dev.type == "cuda" or interpreting():
+            out.append("triton")
+    if flex_available():
+        if dev.type not in _FLEX_BROKEN:
+            out.append("flex")
+        out.append("flex_eager")
+    out.append("reference")
+    return out
+
+
+def select_backend(q: torch.Tensor, spec: MaskSpec, max_sparse_density: float = 0.6) -> str:
+    """The backend ``auto`` would use for ``q`` and ``spec``."""
+    if spec.density() > max_sparse_density:
+        return "reference"
+    if q.is_cuda and _triton_reason(q) is None:
+        return "triton"
+    if flex_available() and _flex_compile_enabled() and q.device.type not in _FLEX_BROKEN:
+        return "flex"
+    return "reference"
+
+
+def last_backend() -> str | None:
+    """Backend used by this thread's most recent ``attention`` call."""
+    return getattr(_STATE, "last", None)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    spec: MaskSpec,
+    *,
+    backend: str = "auto",
+    scale: float | None = None,
+    permuted: bool = False,
+    max_sparse_density: float = 0.6,
+) -> tuple[torch.Tensor, str]:
+    """Masked self-attention over ``[B, H, N, D]`` tensors; returns ``(out, backend_used)``.
+
+    ``N`` must equal ``spec.num_tokens`` (prefix extras, then the row-major grid, then
+    suffix extras). ``permuted=True``: q, k, v (and the output) are in the canonical tiled
+    order ``permutation(spec)[0]``, which saves two gathers per call when a caller keeps
+    tokens permuted across layers.
+    """
+    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"q, k, v must share one shape [B, H, N, D], got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    spec.check_tokens(q.shape[-2])
+    if backend == "auto":
+        backend = select_backend(q, spec, max_sparse_density)
+        if backend == "flex":
+            try:
+                out = flex_attention_sparse(q, k, v, spec, scale, compile=True, permuted=permuted)
+            except Exception as e:  # compile toolchain missing or unsupported: say so once
+                _FLEX_BROKEN[q.device.type] = f"{type(e).__name__}: {e}"
+                warnings.warn(
+                    f"compiled FlexAttention failed on {q.device.type} ({type(e).__name__}: "
+                    f"{str(e)[:200]}); using the dense masked reference from now on",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                backend = "reference"
+            else:
+                return _done(out, "flex")
+    if backend == "triton":
+        reason = _triton_reason(q)
+        if reason:
+            raise RuntimeError(reason)
+        from .triton_attention import triton_attention
+
+        out = triton_attention(q, k, v, spec, scale, permuted=permuted)
+    elif backend == "flex":
+        out = flex_attention_sparse(q, k, v, spec, scale, compile=True, permuted=permuted)
+    elif backend == "flex_eager":
+        out = flex_attention_sparse(q, k, v, spec, scale, compile=False, permuted=permuted)
+    elif backend == "reference":
+        out = reference_attention(q, k, v, spec, scale, permuted=permuted)
+    else:
+        raise ValueError(f"backend={backend!r} must be one of {('auto',) + BACKENDS}")
+    return _done(out, backend)
+
+
+def _done(out: torch.Tensor, backend: str) -> tuple[torch.Tensor, str]:
+    BACKEND_CALLS[backend] += 1
+    _STATE.last = backend
+    return out, backend
