@@ -1,0 +1,133 @@
+"""Command line: ``accelerate-diffusion bench ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from .families import TECHNIQUES
+from .presets import PRESETS
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """``["guidance.threshold=0.99", "deepcache=off"]`` -> ``{"guidance": {"threshold": 0.99}, ...}``."""
+    overrides: dict[str, dict | bool] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set: expected technique.field=value or technique=on|off, got {item!r}")
+        technique, _, fieldname = key.partition(".")
+        if technique not in TECHNIQUES:
+            raise ValueError(f"--set: unknown technique {technique!r}; allowed: {', '.join(TECHNIQUES)}")
+        if not fieldname:
+            if raw not in ("on", "off"):
+                raise ValueError(f"--set {technique}: expected on or off, got {raw!r}")
+            overrides[technique] = raw == "on"
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        entry = overrides.setdefault(technique, {})
+        if not isinstance(entry, dict):
+            raise ValueError(f"--set {technique}: cannot mix on/off with field values")
+        entry[fieldname] = value
+    return overrides
+
+
+def load_pipeline(name: str, size: str = "micro", device: str = "cpu", dtype: str = "float32"):
+    """A tiny test pipeline by short name, a demo model (``demo-unet``/``demo-dit``), or a hub id/path."""
+    from . import testing
+
+    if name in testing.PIPELINES:
+        return testing.make_pipeline(name, size)
+    if name.startswith("demo-"):
+        from . import demo
+
+        pipe = demo.load_pipeline(name[len("demo-"):])
+    else:
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(name, torch_dtype=getattr(torch, dtype))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def _bench(args) -> int:
+    from . import testing
+    from .eval.bench import run_bench
+
+    overrides = parse_overrides(args.set)
+    pipe = load_pipeline(args.pipeline, args.size, args.device, args.dtype)
+
+    def make_kwargs():
+        if args.pipeline in testing.PIPELINES:
+            kw = testing.call_kwargs(args.pipeline, args.size, steps=args.steps, seed=args.seed,
+                                     output_type="pt")
+        else:
+            kw = dict(num_inference_steps=args.steps, output_type="pt",
+                      generator=torch.Generator(args.device).manual_seed(args.seed))
+        if args.prompt:
+            kw["prompt"] = args.prompt
+        kw.setdefault("prompt", "a small red circle above a large blue square")
+        if args.guidance is not None:
+            kw["guidance_scale"] = args.guidance
+        return kw
+
+    label = f"{args.pipeline}" + (f" ({args.size})" if args.pipeline in testing.PIPELINES else "")
+    label += f", {args.steps} steps"
+    result = run_bench(pipe, make_kwargs, args.preset, overrides, repeats=args.repeats,
+                       warmup=args.warmup, label=label)
+    print(result.table())
+    if args.report:
+        print(result.report)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result.to_dict(), f, indent=2)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="accelerate-diffusion",
+                                     description="Training-free acceleration for diffusers pipelines.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    bench = sub.add_parser("bench", help="time baseline vs accelerated in one process (paired), "
+                                         "count MACs, and compare outputs")
+    bench.add_argument("--pipeline", required=True,
+                       help="tiny test pipeline (sd, sdxl, pixart, sd3, flux, wan), demo-unet, "
+                            "demo-dit, or a diffusers model id / local path")
+    bench.add_argument("--size", default="micro", choices=["micro", "small"],
+                       help="size of a tiny test pipeline")
+    bench.add_argument("--preset", default="balanced", choices=list(PRESETS))
+    bench.add_argument("--set", action="append", default=[], metavar="TECH.FIELD=VALUE",
+                       help="override a technique setting, e.g. guidance.threshold=0.99 or deepcache=off")
+    bench.add_argument("--steps", type=int, default=10)
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--warmup", type=int, default=1)
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--prompt", default=None)
+    bench.add_argument("--guidance", type=float, default=None, help="guidance_scale")
+    bench.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    bench.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    bench.add_argument("--report", action="store_true", help="also print the acceleration report")
+    bench.add_argument("--json", default=None, help="write the figures to this JSON file")
+    bench.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation: counted MACs, fidelity to the unaccelerated output, and reports."""

@@ -1,0 +1,61 @@
+"""Patches: one module per technique, each with a ``Config`` dataclass and ``apply()``.
+
+A technique module provides::
+
+    NAME = "guidance"
+    class Config(TechniqueConfig): ...           # validated on construction
+    def apply(ctx: PatchContext, config) -> PatchHandle
+
+``apply`` raises :class:`NotApplicable` with a reason when it cannot run on this
+pipeline; the API then reports it as skipped (loudly), never as applied.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..families import TECHNIQUES, Family
+from ..state import AccelerationState
+
+# technique name -> module implementing it. Order of application is families.TECHNIQUES.
+_MODULES: dict[str, str] = {
+}
+
+
+class NotApplicable(Exception):
+    """Raised by ``apply`` when a technique cannot run on this pipeline; the message says why."""
+
+
+@dataclass
+class PatchContext:
+    pipe: Any
+    denoiser: torch.nn.Module
+    denoiser_attr: str
+    family: Family
+    state: AccelerationState
+
+
+@dataclass
+class PatchHandle:
+    """What ``apply`` returns: what it patched, how to undo it, and live statistics."""
+
+    technique: str
+    targets: list[str] = field(default_factory=list)   # modules patched, for the report
+    undo: list = field(default_factory=list)           # callables run in reverse on remove()
+    stats: Any = None                                  # callable -> dict, for the report
+
+    def remove(self) -> None:
+        while self.undo:
+            self.undo.pop()()
+
+    def statistics(self) -> dict:
+        return dict(self.stats()) if callable(self.stats) else {}
+
+
+def available() -> dict[str, Any]:
+    """The implemented techniques, as name -> module, in application order."""
+    return {name: importlib.import_module(_MODULES[name]) for name in TECHNIQUES if name in _MODULES}

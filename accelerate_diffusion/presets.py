@@ -1,0 +1,49 @@
+"""Presets: named plans, each a fidelity budget and the technique settings that meet it.
+
+Settings are keyed by scope, merged from general to specific: ``"*"`` (every family),
+then the family kind (``"unet"``, ``"dit"``), then the family name (``"pixart"``...).
+A technique appears only where it was measured to fit the preset's budget; the figures
+behind each choice are in docs/presets.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .families import Family
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    settings: dict[str, dict[str, dict]] = field(default_factory=dict)  # scope -> technique -> params
+
+    def for_family(self, family: Family) -> dict[str, dict]:
+        """technique -> params for this family, most specific scope last (wins)."""
+        merged: dict[str, dict] = {}
+        for scope in ("*", family.kind, family.name):
+            for technique, params in self.settings.get(scope, {}).items():
+                if params is None:
+                    merged.pop(technique, None)
+                else:
+                    merged[technique] = {**merged.get(technique, {}), **params}
+        return merged
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("off", "No acceleration: bit-identical to the unpatched pipeline."),
+        Preset("quality", "Visually lossless: small, safe savings (fidelity first)."),
+        Preset("balanced", "Good default: clear speedup with outputs close to the original."),
+        Preset("fast", "About 2x or more: visible but small differences from the original."),
+        Preset("max", "Largest speedup the techniques allow; quality may degrade noticeably."),
+    )
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"preset: unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,274 @@
+"""Tiny, offline, deterministic pipelines built from the real diffusers classes.
+
+Random weights, hub-free tokenizers, nothing downloaded. Two sizes:
+``micro`` (diffusers' fast-test scale, for tests) and ``small`` (10-60M-parameter
+denoisers, for benchmarks, where Python overhead no longer hides the work).
+
+    pipe = make_pipeline("pixart", size="micro")
+"""
+
+from __future__ import annotations
+
+import string
+
+import torch
+
+PIPELINES = ("sd", "sdxl", "pixart", "sd3", "flux", "wan")
+SIZES = ("micro", "small")
+
+# Default call arguments per pipeline and size: resolution and frames kept tiny.
+CALL_DEFAULTS = {
+    ("sd", "micro"): dict(height=32, width=32),
+    ("sd", "small"): dict(height=256, width=256),
+    ("sdxl", "micro"): dict(height=32, width=32),
+    ("sdxl", "small"): dict(height=256, width=256),
+    ("pixart", "micro"): dict(height=32, width=32),
+    ("pixart", "small"): dict(height=256, width=256),
+    ("sd3", "micro"): dict(height=32, width=32),
+    ("sd3", "small"): dict(height=256, width=256),
+    ("flux", "micro"): dict(height=32, width=32),
+    ("flux", "small"): dict(height=256, width=256),
+    ("wan", "micro"): dict(height=16, width=16, num_frames=9),
+    ("wan", "small"): dict(height=128, width=128, num_frames=9),
+}
+
+
+def _clip_tokenizer(max_length: int = 77):
+    """A character-level CLIP BPE tokenizer built in memory (no vocab file, no hub)."""
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in string.ascii_lowercase + string.digits + ",.!?'-":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    tok = CLIPTokenizer(vocab=vocab, merges=[])
+    tok.model_max_length = max_length
+    return tok
+
+
+def _t5_tokenizer(max_length: int = 128):
+    """A character-level T5 unigram tokenizer built in memory."""
+    from transformers import T5Tokenizer
+
+    chars = string.ascii_lowercase + string.digits + ",.!?'-"
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [("\u2581" + c, -1.0) for c in chars] + [(c, -2.0) for c in chars]
+    tok = T5Tokenizer(vocab=vocab, extra_ids=0)
+    tok.model_max_length = max_length
+    return tok
+
+
+def _clip_text(hidden: int, layers: int, projection: bool = False, proj_dim: int | None = None):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=hidden,
+        intermediate_size=hidden * 2, num_attention_heads=4, num_hidden_layers=layers,
+        vocab_size=len(_clip_tokenizer()), layer_norm_eps=1e-5, hidden_act="gelu",
+        projection_dim=proj_dim or hidden, max_position_embeddings=77,
+    )
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg)
+
+
+def _t5(d_model: int, layers: int, umt5: bool = False):
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
+
+    Cfg, Model = (UMT5Config, UMT5EncoderModel) if umt5 else (T5Config, T5EncoderModel)
+    cfg = Cfg(
+        vocab_size=len(_t5_tokenizer()), d_model=d_model, d_kv=8, d_ff=d_model * 2,
+        num_layers=layers, num_heads=4, relative_attention_num_buckets=8,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )
+    return Model(cfg)
+
+
+def _vae(latent_channels: int, channels=(8, 8), **extra):
+    from diffusers import AutoencoderKL
+
+    n = len(channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=latent_channels,
+        block_out_channels=list(channels), layers_per_block=1, norm_num_groups=min(channels),
+        down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n,
+        **extra,
+    )
+
+
+def _build_sd(size: str, xl: bool = False):
+    from diffusers import (DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
+                           StableDiffusionXLPipeline, UNet2DConditionModel)
+
+    if size == "micro":
+        unet_kw = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                       attention_head_dim=4, sample_size=16,
+                       down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                       up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+        hidden, vae_ch = 32, (8, 8)
+    else:
+        unet_kw = dict(block_out_channels=(32, 64, 128), layers_per_block=2, norm_num_groups=32,
+                       attention_head_dim=8, sample_size=32,
+                       down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+        hidden, vae_ch = 64, (16, 32, 32, 32)
+    if xl:
+        unet = UNet2DConditionModel(
+            in_channels=4, out_channels=4, cross_attention_dim=hidden * 2,
+            addition_embed_type="text_time", addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=8 * 6 + hidden, use_linear_projection=True,
+            transformer_layers_per_block=1, **unet_kw,
+        )
+        vae = _vae(4, vae_ch)
+        return StableDiffusionXLPipeline(
+            vae=vae, text_encoder=_clip_text(hidden, 2), tokenizer=_clip_tokenizer(),
+            text_encoder_2=_clip_text(hidden, 2, projection=True), tokenizer_2=_clip_tokenizer(),
+            unet=unet, scheduler=EulerDiscreteScheduler(
+                beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                timestep_spacing="leading", steps_offset=1),
+            add_watermarker=False,
+        )
+    unet = UNet2DConditionModel(in_channels=4, out_channels=4, cross_attention_dim=hidden, **unet_kw)
+    return StableDiffusionPipeline(
+        vae=_vae(4, vae_ch), text_encoder=_clip_text(hidden, 2), tokenizer=_clip_tokenizer(),
+        unet=unet, scheduler=DDIMScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+            clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def _build_pixart(size: str):
+    from diffusers import DDIMScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+
+    if size == "micro":
+        tkw = dict(sample_size=4, num_layers=2, num_attention_heads=2, attention_head_dim=8)
+        d, vae_ch = 32, (8, 8)
+    else:
+        tkw = dict(sample_size=32, num_layers=12, num_attention_heads=6, attention_head_dim=64)
+        d, vae_ch = 64, (16, 32, 32, 32)
+    transformer = PixArtTransformer2DModel(
+        patch_size=2, in_channels=4, out_channels=8, cross_attention_dim=tkw["num_attention_heads"]
+        * tkw["attention_head_dim"], caption_channels=d, norm_type="ada_norm_single",
+        norm_elementwise_affine=False, norm_eps=1e-6, use_additional_conditions=False, **tkw,
+    )
+    return PixArtAlphaPipeline(
+        tokenizer=_t5_tokenizer(), text_encoder=_t5(d, 2), vae=_vae(4, vae_ch),
+        transformer=transformer, scheduler=DDIMScheduler(),
+    )
+
+
+def _build_sd3(size: str):
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    if size == "micro":
+        tkw = dict(sample_size=16, num_layers=2, attention_head_dim=8, num_attention_heads=4)
+        hidden, vae_ch = 32, (8, 8)
+    else:
+        tkw = dict(sample_size=32, num_layers=12, attention_head_dim=64, num_attention_heads=6)
+        hidden, vae_ch = 64, (16, 32, 32, 32)
+    transformer = SD3Transformer2DModel(
+        patch_size=2, in_channels=4, out_channels=4, caption_projection_dim=tkw["attention_head_dim"]
+        * tkw["num_attention_heads"], joint_attention_dim=hidden, pooled_projection_dim=hidden * 2,
+        pos_embed_max_size=96, **tkw,
+    )
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_vae(4, vae_ch, shift_factor=0.0609, scaling_factor=1.5035),
+        text_encoder=_clip_text(hidden, 2, projection=True), tokenizer=_clip_tokenizer(),
+        text_encoder_2=_clip_text(hidden, 2, projection=True), tokenizer_2=_clip_tokenizer(),
+        text_encoder_3=None, tokenizer_3=None,
+    )
+
+
+def _build_flux(size: str):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    if size == "micro":
+        tkw = dict(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                   axes_dims_rope=[4, 4, 8])
+        hidden, vae_ch = 32, (8, 8)
+    else:
+        tkw = dict(num_layers=4, num_single_layers=8, attention_head_dim=64, num_attention_heads=6,
+                   axes_dims_rope=[16, 24, 24])
+        hidden, vae_ch = 64, (16, 32, 32, 32)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, out_channels=None, joint_attention_dim=hidden,
+        pooled_projection_dim=hidden, guidance_embeds=False, **tkw,
+    )
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=_vae(4, vae_ch, shift_factor=0.0609,
+                                                                scaling_factor=1.5035),
+        text_encoder=_clip_text(hidden, 2, projection=False), tokenizer=_clip_tokenizer(),
+        text_encoder_2=_t5(hidden, 2), tokenizer_2=_t5_tokenizer(),
+        transformer=transformer, image_encoder=None, feature_extractor=None,
+    )
+
+
+def _build_wan(size: str):
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+
+    if size == "micro":
+        tkw = dict(num_attention_heads=2, attention_head_dim=12, num_layers=2, ffn_dim=32)
+        d = 32
+    else:
+        tkw = dict(num_attention_heads=6, attention_head_dim=64, num_layers=8, ffn_dim=1024)
+        d = 64
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), in_channels=16, out_channels=16, text_dim=d, freq_dim=32,
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32, **tkw,
+    )
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    return WanPipeline(
+        tokenizer=_t5_tokenizer(), text_encoder=_t5(d, 2, umt5=True), vae=vae,
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),
+    )
+
+
+_BUILDERS = {
+    "sd": lambda size: _build_sd(size),
+    "sdxl": lambda size: _build_sd(size, xl=True),
+    "pixart": _build_pixart,
+    "sd3": _build_sd3,
+    "flux": _build_flux,
+    "wan": _build_wan,
+}
+
+
+def make_pipeline(name: str, size: str = "micro", seed: int = 0):
+    """Build a tiny pipeline of the real class with deterministic random weights (CPU, fp32)."""
+    if name not in _BUILDERS:
+        raise ValueError(f"pipeline: unknown name {name!r}; allowed: {', '.join(PIPELINES)}")
+    if size not in SIZES:
+        raise ValueError(f"size: unknown size {size!r}; allowed: {', '.join(SIZES)}")
+    torch.manual_seed(seed)
+    pipe = _BUILDERS[name](size)
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval().requires_grad_(False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def call_kwargs(name: str, size: str = "micro", steps: int = 4, seed: int = 0, **overrides):
+    """Arguments for one deterministic call of a tiny pipeline (latent output: no VAE noise)."""
+    kw = dict(CALL_DEFAULTS[(name, size)])
+    kw.update(prompt="a red circle above a blue square", num_inference_steps=steps,
+              generator=torch.Generator("cpu").manual_seed(seed), output_type="latent")
+    if name in ("sd", "sdxl", "pixart", "sd3", "wan"):
+        kw["guidance_scale"] = 5.0
+    if name == "flux":
+        kw["guidance_scale"] = 1.0
+        kw["max_sequence_length"] = 48
+    if name in ("pixart", "sd3", "wan"):
+        kw["max_sequence_length"] = 48
+    if name == "pixart":
+        kw.update(use_resolution_binning=False, clean_caption=False)
+    kw.update(overrides)
+    return kw
+
+
+def run(pipe, name: str, size: str = "micro", **kw) -> torch.Tensor:
+    """Call the pipeline with :func:`call_kwargs` and return the output tensor."""
+    out = pipe(**call_kwargs(name, size, **kw))
+    result = out.frames if hasattr(out, "frames") else out.images
+    return result if isinstance(result, torch.Tensor) else torch.as_tensor(result)
