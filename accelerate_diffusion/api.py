@@ -148,7 +148,9 @@ class Acceleration:
         self.clock.install()
         try:
             modules = patches.available()
-            for name, config in self.plan.items():
+            # TECHNIQUES lists techniques outermost first; apply innermost first so that each
+            # later (outer) hook wraps the earlier ones on a shared module.
+            for name, config in reversed(list(self.plan.items())):
                 try:
                     handle = modules[name].apply(self._ctx, config)
                 except patches.NotApplicable as exc:

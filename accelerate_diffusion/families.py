@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-# Every technique the library knows, in the fixed order in which patches are applied.
+# Every technique the library knows, outermost first: guidance decides which half of the
+# CFG batch runs, RAS which tokens, caching which blocks, attention how the blocks attend.
+# The API applies them innermost first, so each wraps the ones after it.
 TECHNIQUES = ("guidance", "ras", "deepcache", "block_cache", "attention", "kv_cache")
 
 
