@@ -6,8 +6,9 @@ the mask is evaluated from the spec's normal form (per-token grid coordinates lo
 in small per-dimension ``[L, L]`` relation tables). Online softmax in fp32, exp2.
 
 This module imports ``triton`` at import time; ``accelerate_diffusion.kernels`` only
-imports it lazily (on the first triton call), so triton stays optional and
-``TRITON_INTERPRET=1`` only needs to be set before that first call.
+imports it lazily (on the first triton call), so triton stays optional. For the CPU
+interpreter, ``TRITON_INTERPRET=1`` must be set before triton is first imported (note
+that ``import torch`` imports triton when it is installed), i.e. in the environment.
 """
 
 from __future__ import annotations
