@@ -48,6 +48,7 @@ class AccelerationState:
         self.caches: dict[str, Any] = {}
         self._on_reset: list[Callable[[], None]] = []
         self._on_step_end: list[Callable[[], None]] = []
+        self._on_scheduler_step: list[Callable[[Any, Any], None]] = []
 
     # -- the clock -------------------------------------------------------------------
     def reset(self, timesteps: torch.Tensor | None, begin_index: int = 0) -> None:
@@ -85,6 +86,11 @@ class AccelerationState:
 
     def on_step_end(self, fn: Callable[[], None]) -> None:
         self._on_step_end.append(fn)
+
+    def on_scheduler_step(self, fn: Callable[[Any, Any], None]) -> None:
+        """``fn(model_output, scheduler)`` after each ``scheduler.step``, before the clock
+        advances: techniques that steer the next step from the guided output (RAS) use it."""
+        self._on_scheduler_step.append(fn)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
@@ -137,6 +143,10 @@ class Clock:
         def make_step(original):
             def step(*args, **kwargs):
                 out = original(*args, **kwargs)
+                if state._on_scheduler_step:
+                    model_output = args[0] if args else kwargs.get("model_output")
+                    for fn in state._on_scheduler_step:
+                        fn(model_output, scheduler)
                 state.advance()
                 return out
             return step
