@@ -1,0 +1,412 @@
+"""DeepCache: reuse the UNet's deep features on most steps, recompute only a shallow branch.
+
+Adjacent denoising steps change the deep (low-resolution) UNet features very little. On a
+*full* step the whole UNet runs and the feature entering the shallow up path from below is
+stored; on a *cached* step only ``conv_in``, the shallow down layers, the shallow up layers
+(fed with the stored deep feature and the fresh skips) and ``conv_out`` run.
+
+Granularity is **layer level**, as in the original DeepCache. Skip tensors are numbered like
+``down_block_res_samples``: 0 is the ``conv_in`` output, then one per down resnet(+attention)
+layer and one per downsampler. Branch ``b`` keeps skips ``0..b`` live: the down layers that
+produce them and the up layers that consume them (mirrored). Everything else, the mid block
+included, is the deep part. For SD-style blocks (2 resnets + downsampler) this numbering is
+the ``cache_branch_id`` of the ``DeepCache`` package.
+
+Mechanism (diffusers hooks only, the UNet forward itself is untouched):
+- a controller hook on the UNet decides per call: full or cached;
+- every deep module (whole blocks where the block is entirely deep, single layers inside the
+  block where the cut falls) gets a hook. On a full step it runs and records its output
+  shape; on a cached step it returns zeros of that shape (cheap, no MACs), except the last
+  deep module on the up path, which returns the stored deep feature. The UNet forward then
+  adds ControlNet/T2I residuals to the fresh shallow skips as usual, and the up block
+  concatenates the stored deep feature with the fresh skip itself.
+
+Batch changes inside a generation (the guidance technique may run only the conditional half
+of a CFG batch): a cache made on batch 2B with the batched CFG layout is sliced to its second
+(conditional) half; any other shape change runs a full step and refreshes the cache.
+Separate CFG calls (two denoiser calls per step) keep one cache per call slot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import TechniqueConfig, check_choice, check_range
+from . import NotApplicable, PatchContext, PatchHandle
+
+NAME = "deepcache"
+HOOK = "accelerate_diffusion.deepcache"
+
+
+@dataclass
+class Config(TechniqueConfig):
+    """DeepCache settings: which steps run the full UNet and where the shallow branch ends."""
+
+    NAME = "deepcache"
+    cache_interval: int = 3            # N: one full step every N (uniform) or n = ceil(T/N) full steps
+    cache_branch: int = 0              # last live skip index (0 = conv_in only); range depends on the UNet
+    schedule: str = "uniform"          # "uniform" | "nonuniform" (full steps denser around `center`)
+    center: int = 15                   # non-uniform: step around which full steps are densest
+    power: float = 1.4                 # non-uniform: initial exponent (lowered by 0.02 until n unique)
+    full_steps: tuple | None = None    # explicit full-step indices (replace the schedule)
+    always_full_start: int = 1         # the first k steps always run full (step 0 always does)
+    always_full_end: int = 0           # the last k steps always run full
+
+    def validate(self) -> None:
+        check_range(NAME, "cache_interval", self.cache_interval, 1, 1000, integer=True)
+        check_range(NAME, "cache_branch", self.cache_branch, 0, integer=True)
+        check_choice(NAME, "schedule", self.schedule, ("uniform", "nonuniform"))
+        check_range(NAME, "center", self.center, 0, integer=True)
+        check_range(NAME, "power", self.power, 1.0, 10.0, lo_open=True)
+        check_range(NAME, "always_full_start", self.always_full_start, 0, integer=True)
+        check_range(NAME, "always_full_end", self.always_full_end, 0, integer=True)
+        if self.full_steps is not None:
+            if not isinstance(self.full_steps, (list, tuple)):
+                raise ValueError(f"{NAME}.full_steps: must be a list of step indices or None, "
+                                 f"got {self.full_steps!r}")
+            for value in self.full_steps:
+                check_range(NAME, "full_steps", value, 0, integer=True)
+            self.full_steps = tuple(sorted(set(self.full_steps)))
+
+
+# -- schedule ---------------------------------------------------------------------------
+
+def nonuniform_indices(num_steps: int, n: int, center: int, power: float) -> list[int]:
+    """n step indices in [0, T), dense around ``center`` (DeepCache's quadratic-centre rule).
+
+    Points ``u = linspace(-c^(1/p), (T-c)^(1/p), n+1)`` are mapped by ``sign(u)|u|^p + c``
+    and floored; ``p`` is lowered by 0.02 until the n smallest are unique. (The original code
+    raises a negative float to a fractional power, which Python turns complex; the signed
+    power is what that expression is meant to compute.)
+    """
+    T = num_steps
+    n = max(1, min(n, T))
+    c = min(max(center, 0), T)
+    p = power
+    while p > 1.0:
+        u = np.linspace(-(c ** (1 / p)), (T - c) ** (1 / p), n + 1)
+        idx = np.unique(np.floor(np.sign(u) * np.abs(u) ** p + c + 1e-9).astype(int))
+        idx = idx[(idx >= 0) & (idx < T)]
+        if len(idx) == n:
+            return [int(i) for i in idx]
+        p -= 0.02
+    return sorted({int(i) for i in np.linspace(0, T - 1, n).round()})
+
+
+def full_step_indices(config: Config, num_steps: int) -> list[int]:
+    """The steps that run the whole UNet in a generation of ``num_steps`` steps."""
+    T = num_steps
+    if config.full_steps is not None:
+        steps = set(config.full_steps)
+    elif config.schedule == "uniform":
+        steps = set(range(0, T, config.cache_interval))
+    else:
+        steps = set(nonuniform_indices(T, math.ceil(T / config.cache_interval), config.center,
+                                       config.power))
+    steps |= set(range(min(config.always_full_start, T)))
+    steps |= set(range(max(T - config.always_full_end, 0), T))
+    steps.add(0)
+    return sorted(s for s in steps if s < T) if T else [0]
+
+
+# -- the UNet's layer layout ------------------------------------------------------------
+
+@dataclass
+class _Layout:
+    """Where each skip tensor is made (down) and used (up), for one UNet."""
+
+    down: list[tuple[int, str, list]]   # skip s >= 1 at [s-1]: (down block, name, [(path, module)])
+    up: list[tuple[int, int, str, list]]  # up layers in run order: (block, layer, name, [(path, module)])
+    up_skip: list[int]                  # skip index each up layer consumes
+    num_skips: int
+    max_branch: int
+
+    def describe(self) -> str:
+        names = ["conv_in"] + [name for _, name, _ in self.down]
+        return ", ".join(f"{i}={n}" for i, n in enumerate(names[: self.max_branch + 1]))
+
+
+def _layout(unet) -> _Layout:
+    down, up, up_skip = [], [], []
+    for i, block in enumerate(unet.down_blocks):
+        resnets = getattr(block, "resnets", None)
+        attentions = getattr(block, "attentions", None) or []
+        if resnets is None or (attentions and len(attentions) != len(resnets)):
+            raise NotApplicable(f"down_blocks.{i} ({type(block).__name__}) has no resnet/attention "
+                                f"layer pairs DeepCache can map")
+        for k, resnet in enumerate(resnets):
+            mods = [(f"down_blocks.{i}.resnets.{k}", resnet)]
+            if attentions:
+                mods.append((f"down_blocks.{i}.attentions.{k}", attentions[k]))
+            down.append((i, mods[-1][0], mods))
+        for k, sampler in enumerate(getattr(block, "downsamplers", None) or []):
+            name = f"down_blocks.{i}.downsamplers.{k}"
+            down.append((i, name, [(name, sampler)]))
+    num_skips = 1 + len(down)
+    remaining = num_skips
+    for j, block in enumerate(unet.up_blocks):
+        resnets = getattr(block, "resnets", None)
+        attentions = getattr(block, "attentions", None) or []
+        if resnets is None or (attentions and len(attentions) != len(resnets)):
+            raise NotApplicable(f"up_blocks.{j} ({type(block).__name__}) has no resnet/attention "
+                                f"layer pairs DeepCache can map")
+        for k, resnet in enumerate(resnets):
+            remaining -= 1
+            mods = [(f"up_blocks.{j}.resnets.{k}", resnet)]
+            if attentions:
+                mods.append((f"up_blocks.{j}.attentions.{k}", attentions[k]))
+            up.append((j, k, mods[-1][0], mods))
+            up_skip.append(remaining)
+    if remaining != 0:
+        raise NotApplicable(f"the up blocks consume {num_skips - remaining} skip tensors but the "
+                            f"down path makes {num_skips}; unknown UNet layout")
+    max_branch = num_skips - 1 if unet.mid_block is not None else num_skips - 2
+    return _Layout(down, up, up_skip, num_skips, max_branch)
+
+
+# -- runtime ----------------------------------------------------------------------------
+
+def _spec(out):
+    """Shape (without batch) and type of a module output, to rebuild it as zeros."""
+    if isinstance(out, torch.Tensor):
+        return ("t", tuple(out.shape[1:]), out.dtype, out.device)
+    if isinstance(out, tuple):
+        return ("tuple", tuple(_spec(o) for o in out))
+    if dataclasses.is_dataclass(out):   # diffusers BaseOutput, e.g. Transformer2DModelOutput
+        return ("obj", type(out), {k: _spec(v) for k, v in out.items()})
+    return ("const", out)
+
+
+def _zeros(spec, batch: int):
+    kind = spec[0]
+    if kind == "t":
+        return torch.zeros((batch, *spec[1]), dtype=spec[2], device=spec[3])
+    if kind == "tuple":
+        return tuple(_zeros(s, batch) for s in spec[1])
+    if kind == "obj":
+        return spec[1](**{k: _zeros(s, batch) for k, s in spec[2].items()})
+    return spec[1]
+
+
+def _map(out, fn):
+    if isinstance(out, torch.Tensor):
+        return fn(out)
+    if isinstance(out, tuple):
+        return tuple(_map(o, fn) for o in out)
+    if dataclasses.is_dataclass(out):
+        return type(out)(**{k: _map(v, fn) for k, v in out.items()})
+    return out
+
+
+@dataclass
+class _Entry:
+    """One cache: made by a full call on inputs of ``key`` with batch ``batch``."""
+
+    key: tuple
+    batch: int
+    specs: dict = dataclasses.field(default_factory=dict)
+    feature: Any = None
+
+
+class _Runtime:
+    """Shared by the controller and the deep-module hooks of one pipeline."""
+
+    def __init__(self, ctx: PatchContext, config: Config):
+        self.state = ctx.state
+        self.config = config
+        self.mode: str | None = None      # None (pass through) | "full" | "cached"
+        self.batch = 0
+        self.entry: _Entry | None = None  # being filled (full) or read (cached)
+        self.rows = slice(None)
+        self.caches: dict[int, _Entry] = {}
+        self._schedule: tuple[int, list[int]] | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.caches = {}
+        self.full: set[int] = set()
+        self.cached: set[int] = set()
+        self.forced = 0
+
+    def schedule(self) -> list[int]:
+        T = self.state.num_steps
+        if self._schedule is None or self._schedule[0] != T:
+            self._schedule = (T, full_step_indices(self.config, T))
+        return self._schedule[1]
+
+    def plan_call(self, sample: torch.Tensor) -> None:
+        """Full or cached for this denoiser call; pick the cache slot and rows."""
+        state = self.state
+        slot = state.call_in_step
+        key = (tuple(sample.shape[1:]), sample.dtype, sample.device)
+        batch = sample.shape[0]
+        self.batch = batch
+        wants_full = state.num_steps == 0 or state.step in self.schedule()
+        entry = self.caches.get(slot)
+        usable = entry is not None and entry.key == key and entry.feature is not None and (
+            entry.batch == batch or (entry.batch == 2 * batch and state.cfg_layout == "batched"))
+        if wants_full or not usable:
+            if not wants_full:
+                self.forced += 1
+            self.mode, self.entry = "full", _Entry(key, batch)
+            self.rows = slice(None)
+        else:
+            self.mode, self.entry = "cached", entry
+            self.rows = slice(None) if entry.batch == batch else slice(batch, None)
+
+    def finish_call(self, slot: int, ok: bool) -> None:
+        if self.mode == "full":
+            if ok:
+                self.caches[slot] = self.entry
+            self.full.add(self.state.step)
+            self.state.count("deepcache_full")
+        elif self.mode == "cached":
+            self.cached.add(self.state.step)
+            self.state.count("deepcache_cached")
+        self.mode, self.entry = None, None
+
+    def stats(self) -> dict:
+        c = self.config
+        if c.full_steps is not None:
+            kind = f"explicit full steps {list(c.full_steps)}"
+        elif c.schedule == "uniform":
+            kind = f"uniform, full every {c.cache_interval}"
+        else:
+            kind = f"non-uniform 1:{c.cache_interval} (center {c.center}, power {c.power})"
+        cached_only = self.cached - self.full
+        return {"schedule": f"{kind}, branch {c.cache_branch}",
+                "full_steps": len(self.full), "cached_steps": len(cached_only),
+                "full_step_indices": sorted(self.full),
+                "forced_full_calls": self.forced}
+
+
+try:
+    from diffusers.hooks import HookRegistry, ModelHook
+except ImportError:  # pragma: no cover - diffusers is a hard dependency
+    HookRegistry, ModelHook = None, object
+
+
+class _ControllerHook(ModelHook):
+    """On the UNet: decides full or cached for each call."""
+
+    def __init__(self, runtime: _Runtime):
+        super().__init__()
+        self.rt = runtime
+
+    def new_forward(self, module, *args, **kwargs):
+        sample = args[0] if args else kwargs.get("sample")
+        slot = self.rt.state.call_in_step
+        self.rt.plan_call(sample)
+        ok = False
+        try:
+            out = self.fn_ref.original_forward(*args, **kwargs)
+            ok = True
+        finally:
+            self.rt.finish_call(slot, ok)
+        return out
+
+
+class _DeepHook(ModelHook):
+    """On a deep module: runs and records on full calls; zeros (or the cache) on cached calls."""
+
+    def __init__(self, runtime: _Runtime, name: str, is_cut: bool):
+        super().__init__()
+        self.rt = runtime
+        self.name = name
+        self.is_cut = is_cut
+
+    def new_forward(self, module, *args, **kwargs):
+        rt = self.rt
+        if rt.mode == "cached":
+            if self.is_cut:
+                # a copy: FreeU scales the up path's input in place
+                return _map(rt.entry.feature, lambda t: t[rt.rows].clone())
+            return _zeros(rt.entry.specs[self.name], rt.batch)
+        out = self.fn_ref.original_forward(*args, **kwargs)
+        if rt.mode == "full":
+            if self.is_cut:
+                rt.entry.feature = _map(out, lambda t: t.clone())
+            else:
+                rt.entry.specs[self.name] = _spec(out)
+        return out
+
+
+def _deep_modules(unet, layout: _Layout, branch: int) -> list[tuple[str, torch.nn.Module, bool]]:
+    """(name, module, is_cut) for every module a cached call skips, whole blocks where possible."""
+    b = branch
+    out: list[tuple[str, torch.nn.Module, bool]] = []
+    # down: skip index s = position + 1
+    for i, block in enumerate(unet.down_blocks):
+        units = [(s + 1, name, mods) for s, (bi, name, mods) in enumerate(layout.down) if bi == i]
+        if units and all(s > b for s, _, _ in units):
+            out.append((f"down_blocks.{i}", block, False))
+        else:
+            for s, name, mods in units:
+                if s > b:
+                    out += [(m_name, m, False) for m_name, m in mods]
+    # the up layer that consumes skip b; its input from below is the deep feature
+    cut = layout.up_skip.index(b)
+    j_cut, k_cut = layout.up[cut][0], layout.up[cut][1]
+    if unet.mid_block is not None:
+        out.append(("mid_block", unet.mid_block, k_cut == 0 and j_cut == 0))
+    for j, block in enumerate(unet.up_blocks):
+        layers = [(n, u) for n, u in enumerate(layout.up) if u[0] == j]
+        if all(layout.up_skip[n] > b for n, _ in layers):
+            out.append((f"up_blocks.{j}", block, k_cut == 0 and j == j_cut - 1))
+        else:
+            for n, (_, k, name, mods) in layers:
+                if layout.up_skip[n] > b:
+                    last = len(mods) - 1
+                    out += [(m_name, m, j == j_cut and k == k_cut - 1 and m_i == last)
+                            for m_i, (m_name, m) in enumerate(mods)]
+    assert sum(is_cut for _, _, is_cut in out) == 1, "DeepCache: exactly one cut module expected"
+    return out
+
+
+def _unhook(module: torch.nn.Module) -> None:
+    registry = getattr(module, "_diffusers_hook", None)
+    if registry is None:
+        return
+    registry.remove_hook(HOOK, recurse=False)
+    if not registry.hooks:
+        del module._diffusers_hook
+        if "forward" in vars(module):
+            del module.forward
+
+
+def apply(ctx: PatchContext, config: Config) -> PatchHandle:
+    unet = ctx.denoiser
+    if not all(hasattr(unet, a) for a in ("conv_in", "down_blocks", "up_blocks", "mid_block")):
+        raise NotApplicable(f"{type(unet).__name__} is not a UNet2DConditionModel-style UNet")
+    layout = _layout(unet)
+    if layout.max_branch < 0:
+        raise NotApplicable("this UNet has no deep part to cache")
+    if config.cache_branch > layout.max_branch:
+        raise ValueError(f"{NAME}.cache_branch: {config.cache_branch} is out of range for this UNet; "
+                         f"allowed [0, {layout.max_branch}] (last live skip: {layout.describe()})")
+    runtime = _Runtime(ctx, config)
+    ctx.state.on_reset(runtime.reset)
+    deep = _deep_modules(unet, layout, config.cache_branch)
+
+    hooked: list[torch.nn.Module] = []
+    handle = PatchHandle(NAME, targets=[name for name, _, _ in deep], stats=runtime.stats)
+
+    def undo():
+        for module in reversed(hooked):
+            _unhook(module)
+        hooked.clear()
+
+    handle.undo.append(undo)
+    for name, module, is_cut in deep:
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(
+            _DeepHook(runtime, name, is_cut), HOOK)
+        hooked.append(module)
+    HookRegistry.check_if_exists_or_initialize(unet).register_hook(_ControllerHook(runtime), HOOK)
+    hooked.append(unet)
+    return handle
