@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--report", action="store_true", help="also print the acceleration report")
     bench.add_argument("--json", default=None, help="write the figures to this JSON file")
     bench.set_defaults(func=_bench)
+
+    from .eval import runner as eval_runner
+    eval_runner.register(sub)   # `accelerate-diffusion eval`
+
+    from . import generate
+    generate.register(sub)
     return parser
 
 

@@ -1,0 +1,425 @@
+"""Batch generation: prompts file in, images/videos plus a JSONL manifest out.
+
+Resumable (finished items are skipped; files are written under a temporary name and
+renamed, so an interrupt never leaves a half-written file recorded as done) and
+scalable: under ``accelerate launch --num_processes N`` the items are split across
+processes with HF Accelerate and one merged manifest is written at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ITEM_FIELDS = ("prompt", "negative_prompt", "seed", "height", "width", "steps", "guidance")
+LIMITS = {"height": (8, 4096), "width": (8, 4096), "steps": (1, 1000), "guidance": (0.0, 100.0)}
+
+
+@dataclass
+class Item:
+    """One generation request; ``index`` is its row in the input, which names its files."""
+
+    index: int
+    prompt: str
+    negative_prompt: str | None = None
+    seed: int | None = None
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+
+    def key(self, image: int) -> str:
+        return f"{self.index:05d}_{image:02d}"
+
+
+def _typed(row: dict, where: str) -> dict:
+    """Validate one row's fields and types; errors name the row (line) and the field."""
+    unknown = sorted(set(row) - set(ITEM_FIELDS))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(ITEM_FIELDS)}")
+    out: dict[str, Any] = {}
+    prompt = row.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"{where}: 'prompt' must be a non-empty string")
+    out["prompt"] = prompt.strip()
+    if row.get("negative_prompt") not in (None, ""):
+        out["negative_prompt"] = str(row["negative_prompt"])
+    for name, kind in (("seed", int), ("height", int), ("width", int), ("steps", int), ("guidance", float)):
+        value = row.get(name)
+        if value in (None, ""):
+            continue
+        try:
+            number = kind(value)
+            if kind is int and float(value) != number:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: '{name}' must be {'an integer' if kind is int else 'a number'}, "
+                             f"got {value!r}") from None
+        if name in LIMITS and not LIMITS[name][0] <= number <= LIMITS[name][1]:
+            raise ValueError(f"{where}: '{name}' = {number} is out of range; allowed "
+                             f"[{LIMITS[name][0]}, {LIMITS[name][1]}]")
+        out[name] = number
+    return out
+
+
+def read_prompts(path: str | os.PathLike) -> list[Item]:
+    """Read a .txt (one prompt per line), .jsonl or .csv prompts file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"prompts file: {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    rows: list[tuple[int, dict]] = []
+    with open(path, newline="", encoding="utf-8") as f:
+        if suffix == ".jsonl":
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path.name} line {line_no}: not valid JSON ({exc.msg})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path.name} line {line_no}: expected a JSON object")
+                rows.append((line_no, row))
+        elif suffix == ".csv":
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "prompt" not in reader.fieldnames:
+                raise ValueError(f"{path.name} line 1: the CSV header must include 'prompt'")
+            for row in reader:
+                if None in row:
+                    raise ValueError(f"{path.name} line {reader.line_num}: more values than header columns")
+                rows.append((reader.line_num, row))
+        else:
+            rows = [(n, {"prompt": line.rstrip("\n")}) for n, line in enumerate(f, 1) if line.strip()]
+    if not rows:
+        raise ValueError(f"prompts file: {path.name} contains no prompts")
+    return [Item(index=i, **_typed(row, f"{path.name} line {line_no}")) for i, (line_no, row) in enumerate(rows)]
+
+
+@dataclass
+class GenerateOptions:
+    out: Path
+    preset: str = "balanced"
+    overrides: dict = field(default_factory=dict)
+    seed: int = 0
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    batch_size: int = 1
+    num_images_per_prompt: int = 1
+    compare_baseline: bool = False
+    fps: int = 8
+    extra: dict = field(default_factory=dict)   # fixed call kwargs (e.g. max_sequence_length)
+
+
+def check_sizes(items: list[Item], opts: GenerateOptions, factor: int) -> None:
+    """Every requested size must be a multiple of the model's factor (checked before any run)."""
+    for item in items:
+        for name in ("height", "width"):
+            value = getattr(item, name) or getattr(opts, name)
+            if value is not None and value % factor:
+                raise ValueError(f"item {item.index} ({item.prompt[:30]!r}): {name} {value} is not a "
+                                 f"multiple of {factor}, which this model requires")
+
+
+def config_factor(model: str) -> int | None:
+    """The size factor read from a local model folder's configs, without loading weights."""
+    root = Path(model)
+    try:
+        vae = json.loads((root / "vae" / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    factor = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
+    for name in ("transformer", "unet"):
+        try:
+            patch = json.loads((root / name / "config.json").read_text()).get("patch_size") or 1
+        except (OSError, json.JSONDecodeError):
+            continue
+        return factor * int(patch[-1] if isinstance(patch, list) else patch)
+    return factor
+
+
+def size_factor(pipe) -> int:
+    """Pixels per denoiser token along one side: VAE downsampling times the patch size."""
+    factor = int(getattr(pipe, "vae_scale_factor", None) or getattr(pipe, "vae_scale_factor_spatial", 8))
+    denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
+    patch = getattr(getattr(denoiser, "config", None), "patch_size", None) or 1
+    if isinstance(patch, (tuple, list)):
+        patch = patch[-1]
+    if type(pipe).__name__.startswith("Flux"):
+        patch = 2                      # Flux packs 2x2 latent patches into one token
+    return factor * int(patch)
+
+
+def _call_kwargs(pipe, items: list[Item], opts: GenerateOptions) -> dict:
+    first = items[0]
+    kw: dict[str, Any] = {**opts.extra, "prompt": [i.prompt for i in items],
+                          "num_images_per_prompt": opts.num_images_per_prompt}
+    negatives = [i.negative_prompt for i in items]
+    if any(negatives):
+        kw["negative_prompt"] = [n or "" for n in negatives]
+    steps = first.steps or opts.steps
+    if steps:
+        kw["num_inference_steps"] = steps
+    guidance = first.guidance if first.guidance is not None else opts.guidance
+    if guidance is not None:
+        kw["guidance_scale"] = guidance
+    for name in ("height", "width"):
+        value = getattr(first, name) or getattr(opts, name)
+        if value:
+            kw[name] = value
+    device = getattr(pipe, "device", torch.device("cpu"))
+    kw["generator"] = [torch.Generator(device).manual_seed(_seed(i, opts) * 1000 + k)
+                       for i in items for k in range(opts.num_images_per_prompt)]
+    return kw
+
+
+def _seed(item: Item, opts: GenerateOptions) -> int:
+    return item.seed if item.seed is not None else opts.seed + item.index
+
+
+def _batches(items: list[Item], size: int) -> list[list[Item]]:
+    """Consecutive items with the same call settings, at most ``size`` per batch."""
+    batches: list[list[Item]] = []
+    for item in items:
+        settings = (item.height, item.width, item.steps, item.guidance)
+        last = batches[-1] if batches else None
+        if last and len(last) < size and (last[0].height, last[0].width, last[0].steps,
+                                          last[0].guidance) == settings:
+            last.append(item)
+        else:
+            batches.append([item])
+    return batches
+
+
+def _save_outputs(result, keys: list[str], out: Path, fps: int) -> list[str]:
+    """Write each output under a temporary name, then rename: no half-written files."""
+    from diffusers.utils import export_to_gif
+
+    files = []
+    if hasattr(result, "frames"):
+        for frames, key in zip(result.frames, keys):
+            frames = [_to_pil(f) for f in frames]
+            target = out / f"{key}.mp4"
+            tmp = out / f".{key}.tmp.mp4"
+            try:
+                from diffusers.utils import export_to_video
+
+                export_to_video(frames, str(tmp), fps=fps)
+            except Exception:                # no video writer installed: GIF via Pillow
+                target, tmp = out / f"{key}.gif", out / f".{key}.tmp.gif"
+                export_to_gif(frames, str(tmp), fps=fps)
+            os.replace(tmp, target)
+            files.append(target.name)
+    else:
+        for image, key in zip(result.images, keys):
+            target, tmp = out / f"{key}.png", out / f".{key}.tmp.png"
+            _to_pil(image).save(tmp, format="PNG")
+            os.replace(tmp, target)
+            files.append(target.name)
+    return files
+
+
+def _to_pil(image):
+    from PIL import Image
+    import numpy as np
+
+    if isinstance(image, Image.Image):
+        return image
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = array.transpose(1, 2, 0)
+    if array.dtype != np.uint8:
+        array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+    return Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array)
+
+
+def _done_keys(out: Path) -> set[str]:
+    """Items recorded in any manifest whose files all exist."""
+    done = set()
+    for manifest in out.glob("manifest*.jsonl"):
+        for line in manifest.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue                     # a line cut by an interrupt: redo that item
+            if all((out / name).exists() for name in record.get("files", [])):
+                done.add(record["key"])
+    return done
+
+
+def generate(pipe, items: list[Item], opts: GenerateOptions, progress: bool = True) -> dict:
+    """Generate every item not done yet; return a summary (counts, images/s, speedup)."""
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    from .api import accelerate
+
+    # On CPU, Accelerate only joins the processes `accelerate launch` started when told `cpu=True`.
+    state = PartialState(cpu=torch.device(getattr(pipe, "device", "cpu")).type == "cpu")
+    opts.out.mkdir(parents=True, exist_ok=True)
+    check_sizes(items, opts, size_factor(pipe))
+    done = _done_keys(opts.out)
+    todo = [i for i in items if i.key(0) not in done]
+    manifest_path = opts.out / (f"manifest.rank{state.process_index}.jsonl" if state.num_processes > 1
+                                else "manifest.jsonl")
+    accelerate(pipe, opts.preset, **opts.overrides)
+    generated, assigned, seconds, baseline_seconds = 0, 0, 0.0, 0.0
+    try:
+        with state.split_between_processes(todo) as mine:
+            assigned = len(mine)
+            bar = tqdm(total=len(mine), disable=not progress, desc=f"generate[{state.process_index}]")
+            for batch in _batches(mine, opts.batch_size):
+                if opts.compare_baseline:
+                    handle = pipe.acceleration
+                    handle.remove()
+                    start = time.perf_counter()
+                    pipe(**_call_kwargs(pipe, batch, opts))
+                    baseline_seconds += time.perf_counter() - start
+                    accelerate(pipe, opts.preset, **opts.overrides)
+                start = time.perf_counter()
+                result = pipe(**_call_kwargs(pipe, batch, opts))
+                elapsed = time.perf_counter() - start
+                seconds += elapsed
+                report = pipe.acceleration.report()
+                techniques = [a["technique"] for a in report.applied]
+                per_item = opts.num_images_per_prompt
+                for n, item in enumerate(batch):
+                    keys = [item.key(k) for k in range(per_item)]
+                    outputs = _slice_result(result, n * per_item, (n + 1) * per_item)
+                    files = _save_outputs(outputs, keys, opts.out, opts.fps)
+                    record = {"key": item.key(0), **{k: v for k, v in asdict(item).items() if v is not None},
+                              "seed": _seed(item, opts), "files": files, "preset": opts.preset,
+                              "overrides": opts.overrides, "techniques": techniques,
+                              "seconds": round(elapsed / len(batch), 4), "rank": state.process_index}
+                    with open(manifest_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    generated += per_item
+                bar.update(len(batch))
+            bar.close()
+    finally:
+        if getattr(pipe, "acceleration", None) is not None:
+            pipe.acceleration.remove()
+    state.wait_for_everyone()
+    if state.is_main_process and state.num_processes > 1:
+        _merge_manifests(opts.out)
+    summary = {"items": len(items), "skipped_done": len(items) - len(todo), "assigned": assigned,
+               "generated": generated,
+               "seconds": seconds, "images_per_s": generated / seconds if seconds else 0.0,
+               "process": state.process_index, "processes": state.num_processes}
+    if opts.compare_baseline and seconds:
+        summary["speedup"] = baseline_seconds / seconds
+    return summary
+
+
+def _slice_result(result, start: int, stop: int):
+    from types import SimpleNamespace
+
+    if hasattr(result, "frames"):
+        return SimpleNamespace(frames=result.frames[start:stop])
+    return SimpleNamespace(images=result.images[start:stop])
+
+
+def _merge_manifests(out: Path) -> None:
+    """One manifest.jsonl from the per-process ones (previous merged records kept)."""
+    records: dict[str, str] = {}
+    merged = out / "manifest.jsonl"
+    sources = ([merged] if merged.exists() else []) + sorted(out.glob("manifest.rank*.jsonl"))
+    for path in sources:
+        for line in path.read_text().splitlines():
+            try:
+                records[json.loads(line)["key"]] = line
+            except (json.JSONDecodeError, KeyError):
+                continue
+    tmp = out / ".manifest.tmp.jsonl"
+    tmp.write_text("".join(records[k] + "\n" for k in sorted(records)))
+    os.replace(tmp, merged)
+    for path in out.glob("manifest.rank*.jsonl"):
+        path.unlink()
+
+
+# Size factors of the built-in tiny pipelines (what their pipelines' input checks require).
+TINY_FACTORS = {"sd": 8, "sdxl": 8, "pixart": 8, "sd3": 16, "flux": 16, "wan": 16}
+
+
+def run_cli(args) -> int:
+    """``accelerate-diffusion generate``: validate everything, then load, then generate."""
+    from . import testing
+    from .cli import load_pipeline, parse_overrides
+    from .presets import get_preset
+
+    if bool(args.prompt) == bool(args.prompts):
+        raise ValueError("generate: give exactly one of --prompt or --prompts FILE")
+    items = read_prompts(args.prompts) if args.prompts else [Item(0, **_typed({"prompt": args.prompt}, "--prompt"))]
+    get_preset(args.preset)
+    overrides = parse_overrides(args.set)
+    for name in ("batch_size", "num_images_per_prompt"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: must be at least 1")
+    opts = GenerateOptions(out=Path(args.out), preset=args.preset, overrides=overrides, seed=args.seed,
+                           height=args.height, width=args.width, steps=args.steps,
+                           guidance=args.guidance, batch_size=args.batch_size,
+                           num_images_per_prompt=args.num_images_per_prompt,
+                           compare_baseline=args.compare_baseline)
+    model = args.model or "demo-dit"
+    if model in testing.PIPELINES:
+        factor = TINY_FACTORS[model]
+        extra = testing.call_kwargs(model, args.size)
+        opts.extra = {k: v for k, v in extra.items()
+                      if k in ("max_sequence_length", "use_resolution_binning", "clean_caption", "num_frames")}
+        opts.height = opts.height or extra.get("height")
+        opts.width = opts.width or extra.get("width")
+    else:
+        factor = config_factor(model)
+    if factor:
+        check_sizes(items, opts, factor)    # before any model loads
+    pipe = load_pipeline(model, args.size, args.device, args.dtype)
+    summary = generate(pipe, items, opts, progress=not args.quiet)
+    line = (f"generated {summary['generated']} output(s) for {summary['assigned']} item(s) "
+            f"({summary['skipped_done']} of {summary['items']} already done) in {summary['seconds']:.2f} s: "
+            f"{summary['images_per_s']:.2f} images/s")
+    if "speedup" in summary:
+        line += f", speedup vs baseline {summary['speedup']:.2f}x"
+    if summary["processes"] > 1:
+        line = f"[process {summary['process']}/{summary['processes']}] " + line
+    print(line)
+    return 0
+
+
+def register(sub) -> None:
+    """Add the ``generate`` subcommand to the CLI's subparsers."""
+    import torch as _torch
+
+    from .presets import PRESETS
+
+    p = sub.add_parser("generate", help="generate images/videos for a prompt or a prompts file")
+    p.add_argument("--prompt", default=None, help="a single prompt")
+    p.add_argument("--prompts", default=None, help="prompts file: .txt (one per line), .jsonl or .csv "
+                   "with columns prompt, negative_prompt, seed, height, width, steps, guidance")
+    p.add_argument("--model", default=None, help="diffusers id or local path, demo-unet, demo-dit "
+                   "(default), or a tiny test pipeline name (sd, sdxl, pixart, sd3, flux, wan)")
+    p.add_argument("--size", default="micro", choices=["micro", "small"], help="tiny pipeline size")
+    p.add_argument("--preset", default="balanced", choices=list(PRESETS))
+    p.add_argument("--set", action="append", default=[], metavar="TECH.FIELD=VALUE")
+    p.add_argument("--out", required=True, help="output folder (rerun to resume)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--num-images-per-prompt", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="base seed; item i uses seed+i unless its row sets one")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--compare-baseline", action="store_true",
+                   help="also time each batch unaccelerated and print the speedup")
+    p.add_argument("--device", default="cuda" if _torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_cli)
