@@ -24,6 +24,7 @@ from ..state import AccelerationState
 # technique name -> module implementing it. Order of application is families.TECHNIQUES.
 _MODULES: dict[str, str] = {
     "deepcache": "accelerate_diffusion.patches.deepcache",
+    "guidance": "accelerate_diffusion.patches.guidance",
 }
 
 

@@ -1,0 +1,493 @@
+"""Adaptive guidance (AG), guidance truncation/interval and LinearAG.
+
+Classifier-free guidance (CFG) evaluates the denoiser twice per step, on the
+unconditional and the conditional input. Late in sampling the two predictions agree
+almost perfectly, so the unconditional evaluation adds cost but no information.
+This patch removes it, without editing any pipeline, by intercepting the denoiser:
+
+* **batched CFG** (one call on ``[uncond, cond]``, batch ``2B``): the denoiser runs on
+  the rows still needed (all cond rows, the uncond rows of samples still guided) and
+  the returned uncond rows of the other samples are copies of their cond rows, so the
+  pipeline's ``uncond + s * (cond - uncond)`` is exactly ``cond`` (a guidance-1 step,
+  also under ``guidance_rescale``: the std ratio is then 1).
+* **separate CFG calls** (Flux ``true_cfg_scale``, Wan: a cond call then an uncond call
+  per step): the uncond call is the one made in diffusers' ``cache_context("uncond")``,
+  or else the second call of the step; it is skipped and the cond output of the same
+  step returned.
+
+Modes (``Config.mode``):
+
+* ``adaptive`` (AG): after each guided step, ``gamma = cos(eps_cond, eps_uncond)`` per
+  sample; once ``gamma >= threshold`` the sample's remaining steps run cond only.
+* ``truncation``: CFG only while ``step / num_steps < cfg_fraction``.
+* ``interval``: CFG only while ``lo <= step / num_steps < hi``.
+* ``linear`` (LinearAG): on steps listed in a fitted coefficient file the uncond
+  prediction is not evaluated but estimated as ``a*eps_c[t] + b*eps_c[t-1] + c*eps_u[t-1]``;
+  the AG switch (``threshold``) runs on top. Fit with :func:`fit_pipeline`.
+
+Per-sample decisions by default (``per_sample=False``: the whole batch switches when
+every sample has crossed the threshold). The report lists, per sample, the first step
+run without an unconditional evaluation, and the denoiser sample-evaluations (NFE)
+run and saved. Guidance is the outermost technique hook, so caches inside it only ever
+see the rows that really run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from ..config import TechniqueConfig, check_choice, check_range
+from . import NotApplicable, PatchContext, PatchHandle
+
+NAME = "guidance"
+MODES = ("adaptive", "truncation", "interval", "linear")
+HOOK = "accelerate_diffusion.guidance"
+DATA_DIR = Path(__file__).parent / "guidance_data"   # shipped LinearAG coefficient files
+
+
+@dataclass
+class Config(TechniqueConfig):
+    """``threshold`` above 1 never switches (full CFG, bit-identical to the original)."""
+
+    NAME = NAME
+    mode: str = "adaptive"
+    threshold: float = 0.99          # adaptive / linear: switch once cos(eps_c, eps_u) >= this
+    cfg_fraction: float = 0.5        # truncation: CFG on the first fraction of the steps
+    interval: tuple = (0.0, 0.7)     # interval: CFG while lo <= step/num_steps < hi
+    per_sample: bool = True          # False: the batch switches when all samples have crossed
+    coefficients: str | None = None  # linear: a JSON path or shipped name; None: match the model
+
+    def validate(self) -> None:
+        check_choice(NAME, "mode", self.mode, MODES)
+        check_range(NAME, "threshold", self.threshold, -1.0, 2.0)
+        check_range(NAME, "cfg_fraction", self.cfg_fraction, 0.0, 1.0, lo_open=True)
+        if not isinstance(self.interval, (tuple, list)) or len(self.interval) != 2:
+            raise ValueError(f"{NAME}.interval: must be a pair (lo, hi) with 0 <= lo < hi <= 1, "
+                             f"got {self.interval!r}")
+        lo, hi = self.interval
+        check_range(NAME, "interval[0]", lo, 0.0, 1.0, hi_open=True)
+        check_range(NAME, "interval[1]", hi, 0.0, 1.0, lo_open=True)
+        if lo >= hi:
+            raise ValueError(f"{NAME}.interval: lo must be < hi; got ({lo}, {hi})")
+        self.interval = (lo, hi)
+        check_choice(NAME, "per_sample", self.per_sample, (True, False))
+        if self.coefficients is not None and not isinstance(self.coefficients, str):
+            raise ValueError(f"{NAME}.coefficients: must be None or a path/name string, "
+                             f"got {self.coefficients!r}")
+
+
+# -- model outputs ------------------------------------------------------------------------
+def _main(out) -> torch.Tensor:
+    """The prediction tensor in a denoiser output (tuple, output dataclass or tensor)."""
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+def _with_main(out, tensor: torch.Tensor):
+    """``out`` of the same type with its prediction replaced."""
+    if isinstance(out, torch.Tensor):
+        return tensor
+    if isinstance(out, tuple):
+        return (tensor,) + tuple(out[1:])
+    first = next(iter(out.keys()))
+    return type(out)(**{**dict(out.items()), first: tensor})
+
+
+def _select(value, n: int, index: torch.Tensor):
+    """Rows ``index`` of every tensor (nested in dicts/lists/tuples) whose batch dim is ``n``."""
+    if isinstance(value, torch.Tensor):
+        if value.ndim >= 1 and value.shape[0] == n:
+            return value.index_select(0, index.to(value.device))
+        return value
+    if isinstance(value, dict):
+        return type(value)((k, _select(v, n, index)) for k, v in value.items())
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_select(v, n, index) for v in value)
+    return value
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a.flatten(1).double(), b.flatten(1).double(), dim=1)
+
+
+# -- LinearAG coefficients ----------------------------------------------------------------
+def model_fingerprint(denoiser: torch.nn.Module) -> str:
+    """Class and config of the denoiser, hashed: coefficients are fitted per model."""
+    config = getattr(denoiser, "config", {})
+    text = json.dumps({"class": type(denoiser).__name__, "config": dict(config)},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_coefficients(name_or_path: str) -> dict:
+    """A coefficient file by path, or by name among the shipped ones."""
+    path = Path(name_or_path)
+    if not path.exists():
+        path = DATA_DIR / (name_or_path if name_or_path.endswith(".json") else name_or_path + ".json")
+    if not path.exists():
+        shipped = ", ".join(sorted(p.stem for p in DATA_DIR.glob("*.json"))) or "none"
+        raise ValueError(f"{NAME}.coefficients: {name_or_path!r} is neither a file nor a shipped "
+                         f"name; shipped: {shipped}")
+    return json.loads(path.read_text())
+
+
+def find_coefficients(denoiser: torch.nn.Module, scheduler) -> list[dict]:
+    """Shipped coefficient files fitted for this model and scheduler class."""
+    fp, sched = model_fingerprint(denoiser), type(scheduler).__name__
+    found = []
+    for path in sorted(DATA_DIR.glob("*.json")):
+        data = json.loads(path.read_text())
+        if data.get("fingerprint") == fp and data.get("scheduler") == sched:
+            found.append(data)
+    return found
+
+
+def record_trajectories(pipe, calls: Iterable[dict]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Run ``pipe(**kwargs)`` with full CFG for each kwargs; per call, per step (cond, uncond)."""
+    from ..api import accelerate
+
+    trajectories = []
+    accelerate(pipe, "off", guidance=Config(mode="adaptive", threshold=2.0))
+    try:
+        controller = pipe.acceleration.state.caches[NAME]
+        for kwargs in calls:
+            controller.recording = []
+            pipe(**kwargs)
+            if not controller.recording:
+                raise ValueError(f"{NAME}: no CFG step was recorded; does this call use "
+                                 f"classifier-free guidance (guidance_scale > 1)?")
+            trajectories.append(controller.recording)
+    finally:
+        pipe.acceleration.remove()
+    return trajectories
+
+
+def fit_linear_ag(trajectories, max_ratio: float = 0.5, max_fraction: float = 1.0) -> dict:
+    """Least-squares LinearAG coefficients per step from full-CFG trajectories.
+
+    For each step t >= 1: ``eps_u[t] ~ a*eps_c[t] + b*eps_c[t-1] + c*eps_u[t-1]`` over all
+    samples and elements. ``ratio[t]`` is the residual relative to ``|eps_u - eps_c|`` (the
+    error of simply dropping guidance). Steps are chosen for replacement alternately (the
+    previous step is a real evaluation), within ``max_fraction`` of the steps, when
+    ``ratio <= max_ratio``.
+    """
+    steps = len(trajectories[0])
+    if any(len(t) != steps for t in trajectories):
+        raise ValueError(f"{NAME}: all calibration runs must have the same number of steps")
+    coeffs, ratios, replace = [[0.0, 0.0, 0.0]], [float("nan")], []
+    for t in range(1, steps):
+        cols = [torch.cat([traj[t][0].flatten() for traj in trajectories]),
+                torch.cat([traj[t - 1][0].flatten() for traj in trajectories]),
+                torch.cat([traj[t - 1][1].flatten() for traj in trajectories])]
+        x = torch.stack(cols, 1).double()
+        y = torch.cat([traj[t][1].flatten() for traj in trajectories]).double()
+        w = torch.linalg.lstsq(x, y.unsqueeze(1)).solution.squeeze(1)
+        ratio = float((y - x @ w).norm() / (y - cols[0].double()).norm().clamp_min(1e-12))
+        coeffs.append([float(v) for v in w])
+        ratios.append(ratio)
+        if ratio <= max_ratio and t < max_fraction * steps and (t - 1) not in replace:
+            replace.append(t)
+    return {"steps": steps, "coefficients": coeffs, "ratio": ratios, "replace": replace,
+            "samples": sum(traj[0][0].shape[0] for traj in trajectories)}
+
+
+def fit_pipeline(pipe, calls: list[dict], path: str | Path | None = None, **fit_kwargs) -> dict:
+    """Record full-CFG runs of ``pipe``, fit LinearAG, tag it with the model, save as JSON."""
+    from ..families import find_denoiser
+
+    _, denoiser = find_denoiser(pipe)
+    data = fit_linear_ag(record_trajectories(pipe, calls), **fit_kwargs)
+    data = {"denoiser": type(denoiser).__name__, "fingerprint": model_fingerprint(denoiser),
+            "scheduler": type(pipe.scheduler).__name__, **data}
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=1) + "\n")
+    return data
+
+
+# -- the controller -----------------------------------------------------------------------
+class _Generation:
+    """What one generation has decided so far."""
+
+    def __init__(self):
+        self.layout: str | None = None   # "batched" | "separate" | "single" (no CFG seen)
+        self.batch = 0                   # B: samples per branch
+        self.switched: list[int | None] = []   # per sample: first step without uncond eval
+        self.gammas: list[list[float]] = []    # per guided step, per sample
+        self.last_guided: list[int | None] = []  # per sample: last step with a real uncond eval
+        self.guided_count: list[int] = []        # per sample: steps with a real uncond eval
+        self.cond_out = None             # separate layout: this step's cond output
+        self.prev: tuple[torch.Tensor, torch.Tensor] | None = None  # linear: (eps_c, eps_u) of t-1
+        self.estimated = 0               # linear: uncond predictions estimated
+        self.linear_off: str | None = None
+        self.unrecognised = False
+
+
+class _Controller:
+    def __init__(self, ctx: PatchContext, config: Config, linear: dict | None):
+        self.ctx, self.state, self.config, self.linear = ctx, ctx.state, config, linear
+        self.gen = _Generation()
+        self.recording: list | None = None
+
+    def reset(self) -> None:
+        self.gen = _Generation()
+
+    # which rows need what at this step ----------------------------------------------------
+    def _cfg_window(self) -> bool:
+        p = self.state.progress
+        if self.config.mode == "truncation":
+            return p < self.config.cfg_fraction
+        if self.config.mode == "interval":
+            lo, hi = self.config.interval
+            return lo <= p < hi
+        return True
+
+    def _plan(self) -> tuple[list[int], list[int]]:
+        """(samples whose uncond is evaluated, samples whose uncond is estimated) this step."""
+        gen, step = self.gen, self.state.step
+        if not self._cfg_window():
+            return [], []
+        guided = [i for i in range(gen.batch) if gen.switched[i] is None or step < gen.switched[i]]
+        if self.config.mode == "linear" and self.linear is not None and gen.linear_off is None:
+            if step in self._replace and gen.prev is not None:
+                return [], guided
+        return guided, []
+
+    @property
+    def _replace(self) -> set[int]:
+        return set(self.linear["replace"]) if self.linear else set()
+
+    def _start(self, layout: str, batch: int) -> None:
+        gen = self.gen
+        gen.layout, gen.batch, gen.switched = layout, batch, [None] * batch
+        gen.last_guided, gen.guided_count = [None] * batch, [0] * batch
+        if self.linear is not None and self.state.num_steps != self.linear["steps"]:
+            gen.linear_off = (f"coefficients fitted for {self.linear['steps']} steps, this "
+                              f"generation runs {self.state.num_steps}: AG only")
+            warnings.warn(f"accelerate_diffusion: guidance: LinearAG {gen.linear_off}", stacklevel=4)
+
+    def _layout(self, args, kwargs) -> str:
+        """'batched', 'cond', 'uncond' or 'single' (run untouched) for this call."""
+        gen, call = self.gen, self.state.call_in_step
+        if gen.layout == "batched":
+            return "batched" if call == 1 else "single"   # extra calls (SD3 skip-layer): untouched
+        name = getattr(self._context._context, "name", None)
+        if name in ("cond", "uncond"):
+            return name                                   # diffusers' cache_context says which
+        if gen.layout is None:
+            sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+            # PixArt-style pipelines have no `do_classifier_free_guidance` flag: then the
+            # shared latents alone tell that the batch is [uncond, cond].
+            do_cfg = getattr(self.ctx.pipe, "do_classifier_free_guidance", True) is True
+            if (do_cfg and isinstance(sample, torch.Tensor) and sample.shape[0] % 2 == 0
+                    and torch.equal(*sample.chunk(2))):
+                return "batched"                          # [uncond, cond] share the latents
+        return {1: "cond", 2: "uncond"}.get(call, "single")
+
+    # the hook body ------------------------------------------------------------------------
+    def forward(self, original, module, args, kwargs):
+        layout = self._layout(args, kwargs)
+        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        n = sample.shape[0] if isinstance(sample, torch.Tensor) else 0
+        gen = self.gen
+        if layout == "batched":
+            if gen.layout is None:
+                self._start("batched", n // 2)
+            return self._batched(original, args, kwargs, n)
+        if layout == "uncond":
+            if gen.layout != "separate":
+                self._start("separate", n)
+            return self._uncond_call(original, args, kwargs, n)
+        out = original(*args, **kwargs)
+        self.state.count("guidance_nfe", n)
+        if layout == "cond":
+            gen.cond_out = out
+            if gen.layout is None:
+                gen.layout, gen.batch = "single", n
+        return out
+
+    def step_end(self) -> None:
+        """After step 0: CFG on but no layout we know is loud, not silent."""
+        if (self.state.step == 0 and self.gen.layout == "single"
+                and getattr(self.ctx.pipe, "do_classifier_free_guidance", False) is True):
+            self.gen.unrecognised = True
+            warnings.warn("accelerate_diffusion: guidance: the pipeline uses classifier-free "
+                          "guidance but its denoiser calls match no known layout ([uncond, cond] "
+                          "batch or a cond call then an uncond call); running full CFG.",
+                          stacklevel=2)
+
+    def _batched(self, original, args, kwargs, n):
+        b = n // 2
+        evaluated, estimated = self._plan()
+        run = evaluated + list(range(b, n))
+        self.state.count("guidance_nfe", len(run))
+        self.state.count("guidance_nfe_saved", n - len(run))
+        if len(run) == n:
+            out = original(*args, **kwargs)
+            pred = _main(out)
+            self._observe(pred[b:], pred[:b], list(range(b)))
+            return out
+        index = torch.tensor(run)
+        out = original(*_select(args, n, index), **_select(kwargs, n, index))
+        pred = _main(out)
+        cond = pred[len(evaluated):]
+        uncond = self._fill(cond, pred[:len(evaluated)], evaluated, estimated)
+        self._observe(cond, uncond, evaluated)
+        return _with_main(out, torch.cat([uncond, cond]))
+
+    def _uncond_call(self, original, args, kwargs, n):
+        gen = self.gen
+        if gen.cond_out is None or _main(gen.cond_out).shape[0] != n:
+            out = original(*args, **kwargs)     # no cond output of this step to pair with
+            self.state.count("guidance_nfe", n)
+            return out
+        cond = _main(gen.cond_out)
+        evaluated, estimated = self._plan()
+        self.state.count("guidance_nfe", len(evaluated))
+        self.state.count("guidance_nfe_saved", n - len(evaluated))
+        if len(evaluated) == n:
+            out = original(*args, **kwargs)
+            self._observe(cond, _main(out), evaluated)
+            return out
+        if evaluated:
+            index = torch.tensor(evaluated)
+            out = original(*_select(args, n, index), **_select(kwargs, n, index))
+            real = _main(out)
+        else:
+            out, real = gen.cond_out, cond[:0]
+        uncond = self._fill(cond, real, evaluated, estimated)
+        self._observe(cond, uncond, evaluated)
+        return _with_main(out, uncond)
+
+    def _fill(self, cond, real, evaluated, estimated) -> torch.Tensor:
+        """The full uncond prediction: real rows, LinearAG estimates, cond copies elsewhere."""
+        uncond = cond.clone()
+        if evaluated:
+            uncond[evaluated] = real.to(cond.dtype)
+        if estimated:
+            a, b, c = self.linear["coefficients"][self.state.step]
+            prev_c, prev_u = self.gen.prev
+            uncond[estimated] = (a * cond[estimated] + b * prev_c[estimated]
+                                 + c * prev_u[estimated]).to(cond.dtype)
+            self.gen.estimated += len(estimated)
+            self.state.count("guidance_uncond_estimated", len(estimated))
+        return uncond
+
+    def _observe(self, cond, uncond, evaluated) -> None:
+        """After a step's predictions: AG decisions, LinearAG history, recording."""
+        gen, step = self.gen, self.state.step
+        if self.recording is not None and len(evaluated) == gen.batch:
+            self.recording.append((cond.detach().cpu().clone(), uncond.detach().cpu().clone()))
+        if self.linear is not None:
+            gen.prev = (cond.detach(), uncond.detach())
+        for i in evaluated:
+            gen.last_guided[i] = step
+            gen.guided_count[i] += 1
+        if not evaluated or self.config.mode not in ("adaptive", "linear"):
+            return
+        gamma = _cosine(cond[evaluated], uncond[evaluated]).tolist()
+        row = [float("nan")] * gen.batch
+        for i, g in zip(evaluated, gamma):
+            row[i] = g
+        gen.gammas.append(row)
+        crossed = [i for i, g in zip(evaluated, gamma) if g >= self.config.threshold]
+        if not self.config.per_sample:
+            still = [i for i in range(gen.batch) if gen.switched[i] is None]
+            crossed = still if set(still) <= set(crossed) else []
+        for i in crossed:
+            if gen.switched[i] is None:
+                gen.switched[i] = step + 1
+
+    # report -------------------------------------------------------------------------------
+    def stats(self) -> dict:
+        gen, counters = self.gen, self.state.counters
+        if self.state.generation == 0 or gen.layout is None:
+            return {"status": "no generation run yet"}
+        if gen.layout == "single":
+            why = ("inactive: the pipeline ran without classifier-free guidance "
+                   "(guidance_scale <= 1, or true_cfg_scale <= 1 / no negative prompt)")
+            if gen.unrecognised:
+                why = "inactive: CFG is on but its call layout is not recognised; full CFG ran"
+            return {"status": why}
+        steps = self.state.num_steps
+        nfe, saved = counters.get("guidance_nfe", 0), counters.get("guidance_nfe_saved", 0)
+        # per sample: the step after its last real uncond evaluation, None if it ran to the end
+        first = [None if s is not None and s + 1 >= steps else (0 if s is None else s + 1)
+                 for s in gen.last_guided]
+        out = {"status": f"active ({self.config.mode}, {gen.layout} CFG)",
+               "switch_step_per_sample": first,
+               "guided_steps_per_sample": list(gen.guided_count),
+               "nfe": f"{nfe} of {nfe + saved} sample-evaluations ({saved} saved, "
+                      f"{100 * saved / max(nfe + saved, 1):.1f}%)"}
+        if self.linear is not None:
+            out["linear"] = gen.linear_off or f"{gen.estimated} uncond predictions estimated"
+        return out
+
+
+def _make_hook(controller: _Controller):
+    from diffusers.hooks import ModelHook
+    from diffusers.hooks.hooks import StateManager
+
+    class GuidanceHook(ModelHook):
+        _is_stateful = True   # so diffusers' cache_context("cond"/"uncond") reaches us
+
+        def __init__(self):
+            super().__init__()
+            self.context = StateManager(dict)
+            controller._context = self.context
+
+        def new_forward(self, module, *args, **kwargs):
+            return controller.forward(self.fn_ref.original_forward, module, args, kwargs)
+
+        def reset_state(self, module):
+            return module   # pipelines reset cache hooks after the loop; the report must survive
+
+    return GuidanceHook()
+
+
+def apply(ctx: PatchContext, config: Config) -> PatchHandle:
+    from diffusers.hooks import HookRegistry
+
+    linear = None
+    if config.mode == "linear":
+        if config.coefficients is not None:
+            linear = load_coefficients(config.coefficients)
+            fp = model_fingerprint(ctx.denoiser)
+            if linear.get("fingerprint") != fp:
+                raise NotApplicable(f"LinearAG coefficients {config.coefficients!r} were fitted for "
+                                    f"another model ({linear.get('denoiser')}); refit with "
+                                    f"guidance.fit_pipeline")
+        else:
+            found = find_coefficients(ctx.denoiser, ctx.pipe.scheduler)
+            if not found:
+                raise NotApplicable(f"no LinearAG coefficients fitted for this "
+                                    f"{type(ctx.denoiser).__name__} with "
+                                    f"{type(ctx.pipe.scheduler).__name__}; fit them with "
+                                    f"accelerate_diffusion.patches.guidance.fit_pipeline")
+            linear = found[0]
+        if linear.get("scheduler") != type(ctx.pipe.scheduler).__name__:
+            raise NotApplicable(f"LinearAG coefficients were fitted with {linear.get('scheduler')}, "
+                                f"the pipeline uses {type(ctx.pipe.scheduler).__name__}")
+    controller = _Controller(ctx, config, linear)
+    ctx.state.caches[NAME] = controller
+    ctx.state.on_reset(controller.reset)
+    ctx.state.on_step_end(controller.step_end)
+    registry = HookRegistry.check_if_exists_or_initialize(ctx.denoiser)
+    registry.register_hook(_make_hook(controller), HOOK)
+
+    def undo():
+        ctx.denoiser._diffusers_hook.remove_hook(HOOK, recurse=False)
+        ctx.state.caches.pop(NAME, None)
+        for hooks, fn in ((ctx.state._on_reset, controller.reset),
+                          (ctx.state._on_step_end, controller.step_end)):
+            if fn in hooks:
+                hooks.remove(fn)
+
+    return PatchHandle(NAME, targets=[ctx.denoiser_attr], undo=[undo], stats=controller.stats)
