@@ -1,0 +1,312 @@
+"""Block caching for DiTs: reuse sub-module outputs on a per-step x per-block x per-component schedule.
+
+Each cacheable component of each block (PixArt attn1/attn2/ff, SD3 attn/ff/ff_context, Flux
+attn/ff/ff_context and attn/proj_mlp/proj_out, Wan attn1/attn2/ffn; see ``families.py``)
+gets a diffusers ``ModelHook``. When the schedule says "reuse", the hook returns the output
+the component produced at its last recompute, *without* running it. The block's own code
+still applies this step's adaLN gate/shift/scale and the residual add around it, which is
+what keeps reuse accurate (ECAD, FORA).
+
+Modes:
+- ``schedule``: a :class:`~accelerate_diffusion.schedules.CacheSchedule` (object, JSON dict,
+  file, shipped name, or heuristic such as ``"fora:2"``). Fixed schedules made for another
+  step count are resampled to the nearest step, with a warning and a note in the report.
+- ``dynamic``: First-Block-Cache-like. The first block always runs; when its residual
+  (output - input) changed less than ``threshold`` (mean abs difference relative to the
+  residual at the last full step), every component of the remaining blocks is reused.
+  ``threshold=0`` never reuses, so it is exact.
+
+Caches are kept per denoiser call slot (``state.call_in_step``: pipelines that run uncond and
+cond as separate calls get one cache each) and keyed on the input shapes: a batch or
+resolution change recomputes. If an outer technique (guidance) shrinks a batched
+``[uncond, cond]`` call to the cond half, a reused output is sliced to its cond half (the
+second half of the batch) rather than recomputed (unless the CFG layout is "separate",
+where a batch never holds both halves: then it recomputes). Everything is dropped between generations.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..config import TechniqueConfig, check_choice, check_range
+from ..schedules.cache_schedule import CacheSchedule, ScheduleLayout, is_heuristic, resolve_schedule
+from . import NotApplicable, PatchContext, PatchHandle
+
+NAME = "block_cache"
+HOOK = "accelerate_diffusion.block_cache"
+PROBE_HOOK = "accelerate_diffusion.block_cache.probe"
+MODES = ("schedule", "dynamic")
+
+try:
+    from diffusers.hooks import HookRegistry, ModelHook
+except ImportError:  # pragma: no cover - diffusers is a hard dependency
+    HookRegistry, ModelHook = None, object
+
+
+@dataclass
+class Config(TechniqueConfig):
+    """``mode``: "schedule" or "dynamic". ``schedule``: CacheSchedule, JSON dict, file path,
+    shipped name or heuristic spec ("fora:2", "component:ff,k=6", "tgate:gate=0.5", "full").
+    Dynamic mode: ``threshold`` (relative change of the first block's residual below which the
+    other blocks are reused), ``warmup_steps`` (first steps always computed) and ``max_reuse``
+    (at most this many consecutive reused steps; 0 = no limit)."""
+
+    NAME = "block_cache"
+    mode: str = "schedule"
+    schedule: Any = "fora:2"
+    threshold: float = 0.1
+    warmup_steps: int = 1
+    max_reuse: int = 0
+
+    def validate(self) -> None:
+        check_choice(self.NAME, "mode", self.mode, MODES)
+        check_range(self.NAME, "threshold", self.threshold, 0.0, None)
+        check_range(self.NAME, "warmup_steps", self.warmup_steps, 1, None, integer=True)
+        check_range(self.NAME, "max_reuse", self.max_reuse, 0, None, integer=True)
+        if not isinstance(self.schedule, (str, dict, CacheSchedule, os.PathLike)):
+            raise ValueError(f"{self.NAME}.schedule: expected a CacheSchedule, a dict, a file path or a "
+                             f"heuristic name like 'fora:2', got {type(self.schedule).__name__}")
+
+
+def _tensors(args, kwargs):
+    for value in list(args) + [kwargs[k] for k in sorted(kwargs)]:
+        if isinstance(value, torch.Tensor):
+            yield value
+
+
+def _signature(args, kwargs) -> tuple:
+    return tuple((tuple(t.shape), t.dtype, t.device) for t in _tensors(args, kwargs))
+
+
+def _is_halved(cached: tuple, now: tuple) -> bool:
+    """``now`` is ``cached`` with the batch (dim 0 of the main input) halved."""
+    if not cached or len(cached) != len(now):
+        return False
+    (c_shape, c_dtype, _), (n_shape, n_dtype, _) = cached[0], now[0]
+    return (len(c_shape) == len(n_shape) and c_shape[1:] == n_shape[1:] and c_dtype == n_dtype
+            and n_shape[0] > 0 and c_shape[0] == 2 * n_shape[0])
+
+
+def _second_half(value, batch: int):
+    """Slice every batch-sized tensor in ``value`` to its second half (the cond rows)."""
+    if isinstance(value, torch.Tensor):
+        return value[batch // 2:] if value.ndim and value.shape[0] == batch else value
+    if isinstance(value, tuple):
+        return tuple(_second_half(v, batch) for v in value)
+    if isinstance(value, list):
+        return [_second_half(v, batch) for v in value]
+    return value
+
+
+class _ComponentHook(ModelHook):
+    def __init__(self, runtime: "_Runtime", block: int, component: int):
+        super().__init__()
+        self.runtime, self.block, self.component = runtime, block, component
+
+    def new_forward(self, module, *args, **kwargs):
+        return self.runtime.component_call(self.block, self.component, self.fn_ref.original_forward,
+                                           args, kwargs)
+
+
+class _ProbeHook(ModelHook):
+    """On the first block, in dynamic mode: decides whether the other blocks are reused."""
+
+    def __init__(self, runtime: "_Runtime"):
+        super().__init__()
+        self.runtime = runtime
+
+    def new_forward(self, module, *args, **kwargs):
+        return self.runtime.probe_call(self.fn_ref.original_forward, args, kwargs)
+
+
+class _Runtime:
+    """Per-pipeline cache state: the schedule for this generation and the cached outputs."""
+
+    def __init__(self, ctx: PatchContext, config: Config, layout: ScheduleLayout):
+        self.state = ctx.state
+        self.config = config
+        self.layout = layout
+        self.spec = config.schedule
+        self.fixed: CacheSchedule | None = None
+        if config.mode == "schedule":
+            probe = resolve_schedule(self.spec, layout, 20)   # raises ValueError on a bad or mismatched one
+            self.fixed = None if is_heuristic(self.spec) else probe
+        self.by_steps: dict[int, CacheSchedule] = {}
+        self.warned: set[int] = set()
+        self.schedule: CacheSchedule | None = None
+        self.resampled: str = "no"
+        self.generation = -1
+        self.outputs: dict[tuple, tuple] = {}
+        self.dynamic: dict[int, dict] = {}
+
+    # -- generation bookkeeping ---------------------------------------------------------
+    def clear(self) -> None:
+        self.outputs.clear()
+        self.dynamic.clear()
+
+    def _sync(self) -> None:
+        """At the first call of a generation: drop caches, pick the schedule for its step count."""
+        state = self.state
+        if state.generation == self.generation:
+            return
+        self.generation = state.generation
+        self.clear()
+        if self.config.mode == "schedule":
+            self.schedule = self._schedule_for(max(state.num_steps, 1))
+
+    def _schedule_for(self, num_steps: int) -> CacheSchedule:
+        if num_steps not in self.by_steps:
+            if self.fixed is None:
+                sched = resolve_schedule(self.spec, self.layout, num_steps)
+            else:
+                sched = self.fixed.resample(num_steps)
+            self.by_steps[num_steps] = sched
+        sched = self.by_steps[num_steps]
+        if self.fixed is not None and sched is not self.fixed:
+            self.resampled = f"{self.fixed.num_steps} -> {num_steps} steps (nearest step)"
+            if num_steps not in self.warned:
+                self.warned.add(num_steps)
+                warnings.warn(f"accelerate_diffusion: block_cache schedule {self.fixed.name!r} was made for "
+                              f"{self.fixed.num_steps} steps; resampled to {num_steps} (nearest step)",
+                              stacklevel=4)
+        else:
+            self.resampled = "no"
+        return sched
+
+    def _slot(self) -> int:
+        return max(self.state.call_in_step - 1, 0)
+
+    # -- decisions ----------------------------------------------------------------------
+    def _wants_reuse(self, block: int, component: int, slot: int) -> bool:
+        if self.config.mode == "schedule":
+            return not self.schedule.recompute_at(self.state.step, block, component)
+        if block == 0:
+            return False
+        return self.dynamic.get(slot, {}).get("reuse", False)
+
+    def component_call(self, block: int, component: int, forward, args, kwargs):
+        self._sync()
+        state, slot = self.state, self._slot()
+        key = (slot, block, component)
+        signature = _signature(args, kwargs)
+        if self._wants_reuse(block, component, slot):
+            cached = self.outputs.get(key)
+            if cached is not None:
+                cached_sig, output = cached
+                if cached_sig == signature:
+                    state.count("components_reused")
+                    return output
+                if _is_halved(cached_sig, signature) and state.cfg_layout != "separate":
+                    state.count("components_reused")
+                    return _second_half(output, cached_sig[0][0][0])
+            state.count("components_cache_miss")       # reuse planned but nothing valid cached
+        output = forward(*args, **kwargs)
+        self.outputs[key] = (signature, output)
+        state.count("components_recomputed")
+        return output
+
+    def probe_call(self, forward, args, kwargs):
+        """Run the first block and decide, from its residual, whether the rest is reused."""
+        self._sync()
+        state, config = self.state, self.config
+        hidden_in = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        output = forward(*args, **kwargs)
+        hidden_out = output[-1] if isinstance(output, (tuple, list)) else output
+        residual = (hidden_out - hidden_in).detach()
+        slot = self.dynamic.setdefault(self._slot(), {"prev": None, "run": 0, "reuse": False})
+        reuse = False
+        prev = slot["prev"]
+        if (state.step >= config.warmup_steps and prev is not None
+                and (config.max_reuse == 0 or slot["run"] < config.max_reuse)):
+            if prev.shape != residual.shape and _is_halved(((tuple(prev.shape), prev.dtype, None),),
+                                                           ((tuple(residual.shape), residual.dtype, None),)):
+                prev = prev[prev.shape[0] // 2:]
+            if prev.shape == residual.shape:
+                change = (residual - prev).abs().mean() / prev.abs().mean().clamp_min(1e-12)
+                reuse = float(change) < config.threshold
+        if reuse:
+            slot["run"] += 1
+            state.count("dynamic_calls_reused")
+        else:
+            slot["prev"], slot["run"] = residual, 0
+        slot["reuse"] = reuse
+        return output
+
+    def stats(self) -> dict:
+        counters = self.state.counters
+        run, reused = counters["components_recomputed"], counters["components_reused"]
+        out = {"mode": self.config.mode}
+        if self.config.mode == "schedule":
+            name = self.schedule.name if self.schedule is not None else (
+                self.fixed.name if self.fixed is not None else str(self.spec))
+            out["schedule"] = name
+            if self.schedule is not None:
+                out["planned recompute fraction"] = round(self.schedule.recompute_fraction(), 3)
+            out["resampled"] = self.resampled
+        else:
+            out["threshold"] = self.config.threshold
+            out["calls with blocks reused"] = counters["dynamic_calls_reused"]
+        out["components recomputed"] = run
+        out["components reused"] = reused
+        if counters["components_cache_miss"]:
+            out["reuse planned but recomputed (shape change or empty cache)"] = counters["components_cache_miss"]
+        if run + reused:
+            out["reused fraction"] = round(reused / (run + reused), 3)
+        return out
+
+
+def _hook(module: torch.nn.Module, hook, name: str):
+    """Register ``hook``; return an undo that leaves no registry or instance forward behind."""
+    had_registry = hasattr(module, "_diffusers_hook")
+    had_forward = "forward" in vars(module)
+    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+
+    def undo():
+        registry = module._diffusers_hook
+        registry.remove_hook(name, recurse=False)
+        if not registry.hooks and not had_registry:
+            del module._diffusers_hook
+            if "forward" in vars(module) and not had_forward:
+                del module.forward
+
+    return undo
+
+
+def apply(ctx: PatchContext, config: Config) -> PatchHandle:
+    family = ctx.family
+    if not family.block_groups:
+        raise NotApplicable(f"the {family.name} family has no transformer blocks in the family table")
+    layout = ScheduleLayout.of(family, ctx.denoiser)
+    if layout.num_blocks == 0:
+        raise NotApplicable(f"{type(ctx.denoiser).__name__} has no blocks to cache")
+    runtime = _Runtime(ctx, config, layout)
+    handle = PatchHandle(NAME, stats=runtime.stats)
+    comps = layout.components
+    try:
+        for b, (qualname, block) in enumerate(family.blocks(ctx.denoiser)):
+            for c in layout.block_components[b]:
+                module = getattr(block, c, None)
+                if module is None:           # e.g. SD3's last block has no ff_context
+                    continue
+                handle.undo.append(_hook(module, _ComponentHook(runtime, b, comps.index(c)), HOOK))
+                handle.targets.append(f"{qualname}.{c}")
+            if b == 0 and config.mode == "dynamic":
+                handle.undo.append(_hook(block, _ProbeHook(runtime), PROBE_HOOK))
+    except BaseException:
+        handle.remove()
+        raise
+    ctx.state.on_reset(runtime.clear)
+
+    def forget():
+        runtime.clear()
+        if runtime.clear in ctx.state._on_reset:
+            ctx.state._on_reset.remove(runtime.clear)
+
+    handle.undo.insert(0, forget)
+    return handle

@@ -1,0 +1,229 @@
+"""Block caching: exactness when nothing is reused, real skips when reuse is scheduled,
+schedule files, resampling, validation, stale-cache safety and the dynamic mode."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from accelerate_diffusion import accelerate
+from accelerate_diffusion.families import family_of, find_denoiser
+from accelerate_diffusion.patches import block_cache
+from accelerate_diffusion.schedules import (CacheSchedule, ScheduleLayout, component_blocks, fora, from_spec,
+                                            measure_component_macs, tgate, with_full_ends)
+from accelerate_diffusion.testing import call_kwargs, run
+
+DITS = ["pixart", "sd3", "flux", "wan"]
+
+
+def _layout(pipe):
+    denoiser = find_denoiser(pipe)[1]
+    return ScheduleLayout.of(family_of(denoiser), denoiser)
+
+
+def _stats(pipe):
+    return pipe.acceleration.report().applied[0]["stats"]
+
+
+def _no_traces(pipe):
+    denoiser = find_denoiser(pipe)[1]
+    for module in denoiser.modules():
+        assert not hasattr(module, "_diffusers_hook") and "forward" not in vars(module)
+
+
+@pytest.mark.parametrize("name", DITS)
+def test_all_true_schedule_is_bit_identical_and_remove_restores(pipelines, name):
+    pipe = pipelines(name)
+    reference = run(pipe, name, steps=3)
+    accelerate(pipe, "off", block_cache={"schedule": "full"})
+    assert torch.equal(run(pipe, name, steps=3), reference)
+    assert _stats(pipe)["components reused"] == 0
+    pipe.acceleration.remove()
+    _no_traces(pipe)
+    accelerate(pipe, "off", block_cache={"schedule": "fora:2"})
+    cached = run(pipe, name, steps=3)
+    assert _stats(pipe)["components reused"] > 0 and not torch.equal(cached, reference)
+    pipe.acceleration.remove()
+    _no_traces(pipe)
+    assert torch.equal(run(pipe, name, steps=3), reference)
+
+
+def test_reused_component_is_skipped_and_its_cached_output_used(pipelines):
+    pipe = pipelines("pixart")
+    layout = _layout(pipe)
+    sched = CacheSchedule.full(layout, 4, name="skip-ff-block1-step2")
+    sched.recompute[2, 1, layout.components.index("ff")] = False
+    ff = find_denoiser(pipe)[1].transformer_blocks[1].ff
+    inner_calls, outputs = [], []
+    h1 = ff.net[0].register_forward_pre_hook(lambda m, a: inner_calls.append(1))
+    h2 = ff.register_forward_hook(lambda m, a, out: outputs.append(out))
+    try:
+        reference = run(pipe, "pixart", steps=4)
+        assert len(inner_calls) == 4
+        inner_calls.clear(), outputs.clear()
+        accelerate(pipe, "off", block_cache={"schedule": sched})
+        cached = run(pipe, "pixart", steps=4)
+    finally:
+        h1.remove(), h2.remove()
+    assert len(inner_calls) == 3                      # step 2 did not run ff's layers
+    assert len(outputs) == 4 and outputs[2] is outputs[1]  # it got step 1's output back
+    assert not torch.equal(cached, reference)
+    stats = _stats(pipe)
+    assert stats["components reused"] == 1 and stats["components recomputed"] == 4 * 6 - 1
+    pipe.acceleration.remove()
+
+
+def test_json_round_trip(pipelines, tmp_path):
+    layout = _layout(pipelines("flux"))
+    sched = with_full_ends(fora(layout, 6, n=3), first=1, last=1)
+    sched.metrics = {"psnr": 30.5}
+    path = tmp_path / "s.json"
+    sched.save(path)
+    loaded = CacheSchedule.load(path)
+    assert loaded == sched and loaded.metrics == {"psnr": 30.5}
+    data = sched.to_dict()
+    assert list(data["schedule"]) == ["000", "001", "002", "003", "004", "005"]
+    assert data["num_blocks"] == 2 and data["components"] == ["attn", "ff", "ff_context", "proj_mlp", "proj_out"]
+    assert set(data["schedule"]["001"]["1"]) == {"attn", "proj_mlp", "proj_out"}   # single block's own
+    assert CacheSchedule.from_bits(layout, 6, sched.to_bits(), name=sched.name) == sched
+
+
+def test_resampling_nearest_step_warns_and_reports(pipelines):
+    pipe = pipelines("sd3")
+    layout = _layout(pipe)
+    sched = fora(layout, 4, n=2)                      # steps 1 and 3 reuse
+    assert sched.resample(4) is sched
+    up = sched.resample(7)                            # new i -> old nearest(i * 3 / 6) = 0,1,1,2,2,3,3
+    assert [bool(up.recompute[i].all()) for i in range(7)] == [True, False, False, True, True, False, False]
+    assert up.metrics["resampled_from"] == 4 and up.recompute[0].all()
+    accelerate(pipe, "off", block_cache={"schedule": sched.to_dict()})
+    with pytest.warns(UserWarning, match="made for 4 steps; resampled to 7"):
+        run(pipe, "sd3", steps=7)
+    assert _stats(pipe)["resampled"] == "4 -> 7 steps (nearest step)"
+    run(pipe, "sd3", steps=4)
+    assert _stats(pipe)["resampled"] == "no"
+    pipe.acceleration.remove()
+
+
+def test_validation_errors(pipelines):
+    layout = _layout(pipelines("pixart"))
+    bad = np.ones((3, layout.num_blocks, 3), bool)
+    bad[0, 0, 0] = False
+    with pytest.raises(ValueError, match="step 0 must recompute everything"):
+        CacheSchedule("x", layout, bad)
+    data = fora(layout, 3).to_dict()
+    with pytest.raises(ValueError, match="missing field 'num_blocks'"):
+        CacheSchedule.from_dict({k: v for k, v in data.items() if k != "num_blocks"})
+    data["schedule"]["001"]["0"]["ff"] = "yes"
+    with pytest.raises(ValueError, match="step 001 block 0 ff: expected true/false"):
+        CacheSchedule.from_dict(data)
+    with pytest.raises(ValueError, match=r"block_cache\.mode: 'x' is not allowed"):
+        block_cache.Config(mode="x")
+    with pytest.raises(ValueError, match=r"block_cache\.threshold"):
+        block_cache.Config(threshold=-1)
+    with pytest.raises(ValueError, match="unknown heuristic 'foo'"):
+        from_spec("foo:2", layout, 4)
+    with pytest.raises(ValueError, match="unknown component.*allowed: attn1, attn2, ff"):
+        from_spec("component:mlp", layout, 4)
+    sd3_layout = _layout(pipelines("sd3"))
+    with pytest.raises(ValueError, match="no cross-attention"):
+        tgate(sd3_layout, 4)
+
+
+def test_mismatched_schedule_is_a_clear_error(pipelines):
+    pipe = pipelines("pixart")
+    layout = _layout(pipe)
+    other = ScheduleLayout("pixart", layout.block_components * 2)
+    with pytest.raises(ValueError, match="does not match this model: blocks: schedule 4, model 2"):
+        accelerate(pipe, "off", block_cache={"schedule": fora(other, 4)})
+    wan = fora(_layout(pipelines("wan")), 4)
+    with pytest.raises(ValueError, match="model family: schedule 'wan', model 'pixart'"):
+        accelerate(pipe, "off", block_cache={"schedule": wan})
+    renamed = ScheduleLayout("pixart", (("attn1", "attn2", "mlp"),) * 2)
+    with pytest.raises(ValueError, match=r"block 0 components: schedule \['attn1', 'attn2', 'mlp'\]"):
+        accelerate(pipe, "off", block_cache={"schedule": fora(renamed, 4)})
+    assert not hasattr(pipe, "acceleration")
+    _no_traces(pipe)
+
+
+def test_no_stale_cache_across_sizes_and_steps(pipelines):
+    pipe = pipelines("pixart")
+    accelerate(pipe, "off", block_cache={"schedule": "fora:2"})
+    run(pipe, "pixart", steps=4)
+    second = run(pipe, "pixart", steps=3, height=48, width=48)
+    third = run(pipe, "pixart", steps=3, height=48, width=48, num_images_per_prompt=2)
+    pipe.acceleration.remove()
+    accelerate(pipe, "off", block_cache={"schedule": "fora:2"})
+    assert torch.equal(run(pipe, "pixart", steps=3, height=48, width=48), second)
+    pipe.acceleration.remove()
+    accelerate(pipe, "off", block_cache={"schedule": "fora:2"})
+    assert torch.equal(run(pipe, "pixart", steps=3, height=48, width=48, num_images_per_prompt=2), third)
+    pipe.acceleration.remove()
+
+
+class _CondHalfOnly(block_cache.ModelHook):
+    """Stands in for guidance: from step 1 on, run the cond half of the batch only."""
+
+    def __init__(self, state):
+        super().__init__()
+        self.state = state
+
+    def new_forward(self, module, *args, **kwargs):
+        if self.state.step == 0:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        batch = args[0].shape[0] if args else kwargs["hidden_states"].shape[0]
+        half = lambda v: v[batch // 2:] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == batch else v
+        kwargs = {k: ({kk: half(vv) for kk, vv in v.items()} if isinstance(v, dict) else half(v))
+                  for k, v in kwargs.items()}
+        out = self.fn_ref.original_forward(*[half(a) for a in args], **kwargs)
+        return (torch.cat([out[0], out[0]]),)
+
+
+def test_batch_shrinking_to_cond_half_slices_the_cache(pipelines):
+    from diffusers.hooks import HookRegistry
+
+    pipe = pipelines("pixart")
+    accelerate(pipe, "off", block_cache={"schedule": "fora:2"})
+    denoiser = find_denoiser(pipe)[1]
+    registry = HookRegistry.check_if_exists_or_initialize(denoiser)
+    registry.register_hook(_CondHalfOnly(pipe.acceleration.state), "test.cond_half")
+    try:
+        run(pipe, "pixart", steps=4)
+        stats = _stats(pipe)
+    finally:
+        registry.remove_hook("test.cond_half", recurse=False)
+        pipe.acceleration.remove()
+    # step 1 reuses the [uncond, cond] outputs of step 0 sliced to cond; step 3 those of step 2
+    assert stats["components reused"] == 2 * 6 and "reuse planned but recomputed" not in str(stats)
+
+
+@pytest.mark.parametrize("name", ["pixart", "wan"])
+def test_dynamic_threshold_zero_is_exact(pipelines, name):
+    pipe = pipelines(name)
+    reference = run(pipe, name, steps=3)
+    accelerate(pipe, "off", block_cache={"mode": "dynamic", "threshold": 0.0})
+    assert torch.equal(run(pipe, name, steps=3), reference)
+    pipe.acceleration.remove()
+    accelerate(pipe, "off", block_cache={"mode": "dynamic", "threshold": 100.0, "max_reuse": 1})
+    assert not torch.equal(run(pipe, name, steps=3), reference)
+    stats = _stats(pipe)
+    assert stats["calls with blocks reused"] >= 1 and stats["components reused"] > 0
+    pipe.acceleration.remove()
+    _no_traces(pipe)
+
+
+def test_heuristics_and_macs(pipelines):
+    pipe = pipelines("pixart")
+    layout = _layout(pipe)
+    s = component_blocks(layout, 10, "ff", k=1, window=0.6, every=2)
+    reused = np.argwhere(~s.recompute)
+    assert set(reused[:, 1]) == {0} and set(reused[:, 2]) == {2} and set(reused[:, 0]) == {3, 5, 7}
+    t = from_spec("tgate:gate=4,last=1", layout, 8)
+    assert t.recompute[:4].all() and not t.recompute[4:7, :, 1].any() and t.recompute[7].all()
+    assert t.recompute[:, :, [0, 2]].all()
+    assert from_spec("fora:3", layout, 9).macs_fraction() == pytest.approx(1 / 3)
+    macs, total = measure_component_macs(pipe, call_kwargs("pixart"))
+    assert (macs > 0).all() and total > macs.sum()
+    ratio = from_spec("fora:2", layout, 4).macs_ratio(macs, total)
+    assert 1 < ratio < 2
