@@ -39,3 +39,19 @@ def ssim(reference: torch.Tensor, other: torch.Tensor, data_range: float = 1.0) 
     kernel -= 1 - kernel % 2                # odd, and no larger than the image
     return float(structural_similarity_index_measure(b, a, data_range=data_range,
                                                      kernel_size=kernel))
+
+
+def per_image(metric, reference: torch.Tensor, other: torch.Tensor) -> list[float]:
+    """``metric`` (psnr or ssim) of each pair: one value per item of the leading dimension."""
+    reference, other = torch.as_tensor(reference), torch.as_tensor(other)
+    if reference.shape != other.shape:
+        raise ValueError(f"fidelity: shapes differ: {tuple(reference.shape)} vs {tuple(other.shape)}")
+    return [metric(a, b) for a, b in zip(reference, other)]
+
+
+def per_frame(metric, reference: torch.Tensor, other: torch.Tensor) -> list[float]:
+    """For videos [N, F, C, H, W]: ``metric`` of frame f over all N videos, for each f."""
+    reference, other = torch.as_tensor(reference), torch.as_tensor(other)
+    if reference.ndim != 5:
+        raise ValueError(f"per_frame: expected [N, F, C, H, W], got {tuple(reference.shape)}")
+    return [metric(reference[:, f], other[:, f]) for f in range(reference.shape[1])]
