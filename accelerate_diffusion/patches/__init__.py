@@ -23,6 +23,7 @@ from ..state import AccelerationState
 
 # technique name -> module implementing it. Order of application is families.TECHNIQUES.
 _MODULES: dict[str, str] = {
+    "ras": "accelerate_diffusion.patches.ras",
     "block_cache": "accelerate_diffusion.patches.block_cache",
     "deepcache": "accelerate_diffusion.patches.deepcache",
     "guidance": "accelerate_diffusion.patches.guidance",
