@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import generate
     generate.register(sub)
+
+    from . import app
+    app.register(sub)
     return parser
 
 

@@ -30,6 +30,8 @@ class BenchResult:
     psnr: float = float("nan")
     ssim: float = float("nan")
     report: str = ""
+    baseline_output: torch.Tensor | None = field(default=None, repr=False)
+    accelerated_output: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def wall_ratio(self) -> float:
@@ -98,6 +100,7 @@ def run_bench(pipe, make_kwargs: Callable[[], dict], preset: str = "balanced",
     result.report = str(pipe.acceleration.report())
     pipe.acceleration.remove()
     result.psnr, result.ssim = psnr(reference, accelerated), ssim(reference, accelerated)
+    result.baseline_output, result.accelerated_output = reference, accelerated
 
     for _ in range(warmup):
         pipe(**make_kwargs())
