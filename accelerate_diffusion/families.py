@@ -83,6 +83,14 @@ FAMILIES: tuple[Family, ...] = (
         techniques=("guidance", "block_cache", "attention"),
         notes="Wan 2.x text-to-video",
     ),
+    Family(
+        name="anyflow_far", classes=("AnyFlowFARTransformer3DModel",), kind="dit",
+        denoiser_attr="transformer",
+        block_groups=(BlockGroup("blocks", ("attn1", "attn2", "ffn")),),
+        grid="3d", patch_size=(1, 2, 2), text_tokens="cross", pos_embed="rope",
+        techniques=("kv_cache",),
+        notes="AnyFlow-FAR chunk-wise autoregressive video (causal Wan 2.1 with a KV cache)",
+    ),
 )
 
 

@@ -23,6 +23,7 @@ from ..state import AccelerationState
 
 # technique name -> module implementing it. Order of application is families.TECHNIQUES.
 _MODULES: dict[str, str] = {
+    "kv_cache": "accelerate_diffusion.patches.kv_cache",
     "ras": "accelerate_diffusion.patches.ras",
     "block_cache": "accelerate_diffusion.patches.block_cache",
     "deepcache": "accelerate_diffusion.patches.deepcache",

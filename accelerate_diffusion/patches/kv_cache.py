@@ -1,0 +1,327 @@
+"""Temporal KV-cache compression for autoregressive video (SPECS §6): TempCache.
+
+Target: diffusers' ``AnyFlowFARPipeline``, which denoises a video chunk by chunk and keeps
+a per-layer KV cache of the chunks already made. Each layer's self-attention processor is
+swapped for one that attends to a bounded TempCache (``kernels/kv.py``) instead:
+
+- when a chunk's keys enter the cache, each is matched to its nearest cached key (ANN on
+  the keys with RoPE applied, ``kernels/ann.py``); pairs above ``merge_threshold`` merge
+  (running-mean key/value, count m, logit bias log m through the SDPA additive mask);
+- the cache is held within ``budget_frames`` frames' worth of tokens per layer, evicting
+  the least-attended (or oldest) slots.
+
+Two ways of filling it (``encode``):
+
+- ``"incremental"`` (flat cost): the pipeline's ``encode_kv_cache``, which re-encodes the
+  whole history after every chunk, is replaced (on the instance) by one pass of the new
+  chunk at t=0 that attends to the TempCache and commits its keys. History is kept at full
+  resolution (FAR's compressed-context branch is not used), so even with nothing merged
+  it equals the pipeline only while FAR would not compress (``full_chunk_limit`` not hit).
+- ``"pipeline"``: the pipeline's own cache step runs; the TempCache is rebuilt from its
+  buffers once per chunk and the denoising steps attend to it. With no merge and no
+  eviction the original processor runs: bit-identical output.
+
+The processors reproduce the pipeline's attention exactly otherwise, including its
+inference-path zero padding of keys to a multiple of 128 that is not masked (diffusers
+0.42.1 behaviour; the cache-step path masks it, and so does the commit pass here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import TechniqueConfig, check_choice, check_range
+from ..kernels import ann, kv
+from . import NotApplicable, PatchContext, PatchHandle
+
+NAME = "kv_cache"
+HOOK = "accelerate_diffusion.kv_cache"
+ENCODE = ("incremental", "pipeline")
+SUPPORTED = ("AnyFlowFARTransformer3DModel",)
+
+
+@dataclass
+class Config(TechniqueConfig):
+    """TempCache settings. ``merge_threshold`` > 1 never merges; ``budget_frames`` 0 is unlimited."""
+
+    NAME = NAME
+    merge_threshold: float = 0.95     # cosine similarity (mean over heads, min over batch) to merge
+    budget_frames: float = 0.0        # cache cap per layer, in frames of full-resolution tokens
+    evict: str = "attention"          # "attention" (least attended first) | "age" (oldest first)
+    encode: str = "incremental"       # "incremental" (flat cost) | "pipeline" (FAR's own re-encode)
+    ann: str = "proj"                 # "proj" (random projection + re-rank) | "exact"
+    ann_dim: int = 16                 # projection width for ann="proj"
+    ann_candidates: int = 4           # candidates re-ranked exactly for ann="proj"
+    mass_samples: int = 64            # queries sampled to estimate attention mass for eviction
+    mass_decay: float = 0.8           # per-chunk decay of the accumulated attention mass
+
+    def validate(self) -> None:
+        check_range(NAME, "merge_threshold", self.merge_threshold, -1.0, 2.0)
+        check_range(NAME, "budget_frames", self.budget_frames, 0.0)
+        if 0 < self.budget_frames < 1:
+            raise ValueError(f"{NAME}.budget_frames: {self.budget_frames!r} is out of range; allowed 0 "
+                             f"(unlimited) or [1, inf)")
+        check_choice(NAME, "evict", self.evict, kv.EVICTION)
+        check_choice(NAME, "encode", self.encode, ENCODE)
+        check_choice(NAME, "ann", self.ann, ann.METHODS)
+        check_range(NAME, "ann_dim", self.ann_dim, 1, 4096, integer=True)
+        check_range(NAME, "ann_candidates", self.ann_candidates, 1, 1024, integer=True)
+        check_range(NAME, "mass_samples", self.mass_samples, 1, 1 << 20, integer=True)
+        check_range(NAME, "mass_decay", self.mass_decay, 0.0, 1.0)
+
+
+class _Controller:
+    """Shared state of one patched pipeline: the per-layer caches, geometry and statistics."""
+
+    def __init__(self, config: Config, transformer):
+        self.config = config
+        self.transformer = transformer
+        self.slots: dict[int, kv.Slots] = {}
+        self.built: dict[int, tuple] = {}       # pipeline mode: layer -> (cache step, chunks) built for
+        self.cache_steps = 0
+        self.committing = False
+        self.chunk_partition: list[int] = []
+        self.full_tpf = 0                       # full-resolution tokens per frame
+        self.compressed_tpf = 0
+        self.chunks: list[dict] = []            # row i: the cache once chunk i entered it
+
+    # geometry, from the transformer's arguments (pre-forward hook)
+    def observe(self, kwargs) -> None:
+        hidden = kwargs.get("hidden_states")
+        flag = kwargs.get("kv_cache_flag") or {}
+        cfg = self.transformer.config
+        if hidden is not None:
+            h, w = hidden.shape[-2:]
+            self.full_tpf = (h // cfg.patch_size[1]) * (w // cfg.patch_size[2])
+            self.compressed_tpf = (h // cfg.compressed_patch_size[1]) * (w // cfg.compressed_patch_size[2])
+        self.chunk_partition = list(kwargs.get("chunk_partition") or [])
+        if flag.get("is_cache_step"):
+            self.cache_steps += 1
+        elif flag.get("num_cached_chunks") == 0 and not self.committing:
+            self.reset()                        # first chunk of a new generation
+
+    @property
+    def budget(self) -> int:
+        return int(round(self.config.budget_frames * self.full_tpf))
+
+    def reset(self) -> None:
+        self.slots.clear()
+        self.built.clear()
+        self.chunks = []
+
+    def record(self, chunk: int, layer: int, merges: int, evictions: int) -> None:
+        while len(self.chunks) <= chunk:
+            self.chunks.append({"chunk": len(self.chunks), "cache_tokens": {}, "cache_bytes": 0,
+                                "merges": 0, "evictions": 0})
+        row = self.chunks[chunk]
+        row["merges"] += merges
+        row["evictions"] += evictions
+        slots = self.slots[layer]
+        row["cache_tokens"][layer] = len(slots)
+        row["cache_bytes"] = sum(s.nbytes for s in self.slots.values())
+
+    def stats(self) -> dict:
+        if not self.chunks:
+            return {"chunks": 0}
+        last = self.chunks[-1]
+        return {
+            "encode": self.config.encode,
+            "chunks": len(self.chunks),
+            "cache tokens per layer (last chunk)": sorted(set(last["cache_tokens"].values())),
+            "budget tokens per layer": self.budget or "unlimited",
+            "merges per chunk": [r["merges"] for r in self.chunks],
+            "evictions per chunk": [r["evictions"] for r in self.chunks],
+            "cache MiB (last chunk)": round(last["cache_bytes"] / 2 ** 20, 3),
+        }
+
+
+def _project(attn, hidden_states):
+    """q, k, v in (B, H, L, D), as the pipeline's causal processor computes them."""
+    dtype = hidden_states.dtype
+    q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+    q, k = q.to(dtype), k.to(dtype)
+    return tuple(t.unflatten(2, (attn.heads, -1)).transpose(1, 2) for t in (q, k, v))
+
+
+class TempCacheProcessor:
+    """Self-attention over [TempCache slots, this chunk] with the log(m) bias; commits chunks."""
+
+    def __init__(self, original, ctrl: _Controller, layer: int):
+        self.original = original
+        self.ctrl = ctrl
+        self.layer = layer
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 rotary_emb=None, kv_cache=None, kv_cache_flag=None):
+        ctrl, cfg = self.ctrl, self.ctrl.config
+        args = dict(encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask,
+                    rotary_emb=rotary_emb, kv_cache=kv_cache, kv_cache_flag=kv_cache_flag)
+        if kv_cache is None or encoder_hidden_states is not None or kv_cache_flag["is_cache_step"]:
+            return self.original(attn, hidden_states, **args)      # training path / FAR cache step
+        from diffusers.models.transformers.transformer_anyflow_far import apply_rotary_emb
+
+        chunks_before = kv_cache_flag["num_cached_chunks"]
+        if cfg.encode == "pipeline":
+            if chunks_before == 0:
+                return self.original(attn, hidden_states, **args)
+            changed = self._rebuild(attn, kv_cache, kv_cache_flag, rotary_emb, hidden_states, chunks_before)
+            if not changed:
+                return self.original(attn, hidden_states, **args)   # nothing merged or evicted
+        q, k, v = _project(attn, hidden_states)
+        lq = q.shape[2]
+        q = apply_rotary_emb(q, rotary_emb["query"])
+        k = apply_rotary_emb(k, rotary_emb["key"][:, :, -lq:])
+        slots = ctrl.slots.get(self.layer)
+        if slots is None or slots.k.shape[:2] != k.shape[:2] or (chunks_before == 0 and not ctrl.committing):
+            slots = kv.Slots.empty(k)         # new generation (or batch changed): empty cache
+            ctrl.slots[self.layer] = slots
+        keys, values = torch.cat([slots.k, k], 2), torch.cat([slots.v, v], 2)
+        bias = torch.cat([slots.bias(), slots.count.new_zeros(lq)]) if bool((slots.count > 1).any()) else None
+        if not ctrl.committing:
+            # The pipeline pads keys with zeros to a multiple of 128 and leaves them unmasked.
+            pad = -lq % 128
+            if pad:
+                keys = torch.cat([keys, keys.new_zeros(*keys.shape[:2], pad, keys.shape[3])], 2)
+                values = torch.cat([values, values.new_zeros(*values.shape[:2], pad, values.shape[3])], 2)
+                if bias is not None:
+                    bias = torch.cat([bias, bias.new_zeros(pad)])
+        out = kv.biased_attention(q, keys, values, bias)
+        if ctrl.committing:
+            self._commit(slots, q, k, v, keys, bias, chunks_before)
+        out = out.transpose(1, 2).flatten(2, 3).type_as(q)
+        return attn.to_out[1](attn.to_out[0](out))
+
+    # -- incremental mode: the new chunk enters the cache ------------------------------
+    def _commit(self, slots, q, k, v, keys, bias, chunk):
+        ctrl, cfg = self.ctrl, self.ctrl.config
+        first = sum(ctrl.chunk_partition[:-1])
+        if len(slots) and cfg.evict == "attention":
+            seen = kv.attention_mass(q, keys, bias, len(slots), cfg.mass_samples)
+            slots.mass = slots.mass * cfg.mass_decay + seen
+        merges = 0
+        tpf = ctrl.full_tpf
+        for i in range(k.shape[2] // tpf):
+            part = slice(i * tpf, (i + 1) * tpf)
+            slots, m = kv.insert(slots, k[:, :, part], v[:, :, part], first + i, cfg.merge_threshold,
+                                 cfg.ann, cfg.ann_dim, cfg.ann_candidates)
+            merges += m
+        slots, evicted = kv.evict(slots, ctrl.budget, cfg.evict, protect_from=first)
+        ctrl.slots[self.layer] = slots
+        ctrl.record(chunk, self.layer, merges, evicted)
+
+    # -- pipeline mode: rebuild from the pipeline's buffers once per chunk -------------
+    def _rebuild(self, attn, kv_cache, flag, rotary_emb, hidden_states, chunk) -> bool:
+        from diffusers.models.transformers.transformer_anyflow_far import apply_rotary_emb
+
+        ctrl, cfg = self.ctrl, self.ctrl.config
+        key = (ctrl.cache_steps, chunk)
+        if ctrl.built.get(self.layer, (None,))[0] == key:
+            return ctrl.built[self.layer][1]
+        nc, nf = flag["num_cached_compressed_tokens"], flag["num_cached_full_tokens"]
+        cached_k = torch.cat([kv_cache["compressed_cache"][0, :, :, :nc], kv_cache["full_cache"][0, :, :, :nf]], 2)
+        cached_v = torch.cat([kv_cache["compressed_cache"][1, :, :, :nc], kv_cache["full_cache"][1, :, :, :nf]], 2)
+        cached_k = apply_rotary_emb(cached_k, rotary_emb["key"][:, :, : nc + nf])
+        groups = [(i * ctrl.compressed_tpf, ctrl.compressed_tpf) for i in range(nc // max(ctrl.compressed_tpf, 1))]
+        groups += [(nc + i * ctrl.full_tpf, ctrl.full_tpf) for i in range(nf // ctrl.full_tpf)]
+        slots, merges = kv.Slots.empty(cached_k), 0
+        for frame, (start, n) in enumerate(groups):
+            slots, m = kv.insert(slots, cached_k[:, :, start:start + n], cached_v[:, :, start:start + n], frame,
+                                 cfg.merge_threshold, cfg.ann, cfg.ann_dim, cfg.ann_candidates)
+            merges += m
+        evicted = 0
+        if ctrl.budget and len(slots) > ctrl.budget:
+            if cfg.evict == "attention":
+                q, _, _ = _project(attn, hidden_states)
+                q = apply_rotary_emb(q, rotary_emb["query"])
+                slots.mass = kv.attention_mass(q, slots.k, slots.bias(), len(slots), cfg.mass_samples)
+            slots, evicted = kv.evict(slots, ctrl.budget, cfg.evict)
+        ctrl.slots[self.layer] = slots
+        changed = bool(merges or evicted)
+        ctrl.built[self.layer] = (key, changed)
+        ctrl.record(chunk - 1, self.layer, merges, evicted)   # row i: the cache once chunk i is in
+        return changed
+
+
+def _encode_incremental(pipe, ctrl: _Controller):
+    """Replacement for ``pipe.encode_kv_cache``: one t=0 pass of the finished chunk commits it."""
+
+    def encode_kv_cache(kv_cache, kv_cache_flag, chunk_partition, chunk_idx, output, prompt_embeds,
+                        negative_prompt_embeds):
+        if kv_cache_flag["num_cached_chunks"] == 0:
+            ctrl.reset()
+        cfg_on = pipe.do_classifier_free_guidance
+        embeds = torch.cat([negative_prompt_embeds, prompt_embeds]) if cfg_on else prompt_embeds
+        start, end = sum(chunk_partition[:-1]), sum(chunk_partition)
+        latents = output[:, start:end].to(pipe.transformer.dtype)
+        latents = torch.cat([latents] * 2) if cfg_on else latents
+        t = torch.zeros(latents.shape[:2], device=latents.device, dtype=torch.long)
+        ctrl.committing = True
+        try:
+            pipe.transformer(hidden_states=latents, timestep=t, r_timestep=t, encoder_hidden_states=embeds,
+                             chunk_partition=list(chunk_partition), attention_kwargs=pipe.attention_kwargs,
+                             return_dict=False, kv_cache=kv_cache,
+                             kv_cache_flag={"num_cached_chunks": kv_cache_flag["num_cached_chunks"],
+                                            "is_cache_step": False})
+        finally:
+            ctrl.committing = False
+        kv_cache_flag["num_cached_chunks"] += 1
+        return kv_cache
+
+    return encode_kv_cache
+
+
+def apply(ctx: PatchContext, config: Config) -> PatchHandle:
+    from diffusers.hooks import HookRegistry, ModelHook
+
+    denoiser = ctx.denoiser
+    names = [c.__name__ for c in type(denoiser).__mro__]
+    if not any(n in SUPPORTED for n in names):
+        raise NotApplicable(f"TempCache needs a chunk-wise KV-cached video transformer "
+                            f"({', '.join(SUPPORTED)}); got {type(denoiser).__name__}")
+    if not callable(getattr(ctx.pipe, "encode_kv_cache", None)):
+        raise NotApplicable(f"{type(ctx.pipe).__name__} has no encode_kv_cache(): not an AnyFlow-FAR rollout")
+    ctrl = _Controller(config, denoiser)
+    handle = PatchHandle(NAME, stats=ctrl.stats)
+
+    class _Observe(ModelHook):
+        def pre_forward(self, module, *args, **kwargs):
+            ctrl.observe(kwargs)
+            return args, kwargs
+
+    registry = HookRegistry.check_if_exists_or_initialize(denoiser)
+    registry.register_hook(_Observe(), HOOK)
+
+    def unhook():
+        registry.remove_hook(HOOK, recurse=False)
+    handle.undo.append(unhook)
+
+    for i, block in enumerate(denoiser.blocks):
+        attn = block.attn1
+        original = attn.processor
+        attn.set_processor(TempCacheProcessor(original, ctrl, i))
+        handle.undo.append(lambda attn=attn, original=original: attn.set_processor(original))
+        handle.targets.append(f"blocks.{i}.attn1")
+
+    if config.encode == "incremental":
+        pipe = ctx.pipe
+        had_own = "encode_kv_cache" in vars(pipe)
+        own = vars(pipe).get("encode_kv_cache")
+        pipe.encode_kv_cache = _encode_incremental(pipe, ctrl)
+
+        def restore():
+            if had_own:
+                pipe.encode_kv_cache = own
+            else:
+                vars(pipe).pop("encode_kv_cache", None)
+        handle.undo.append(restore)
+        handle.targets.append("pipeline.encode_kv_cache")
+    handle.undo.append(ctrl.reset)
+    ctx.pipe._kv_cache_controller = ctrl       # for benchmarks: per-chunk cache statistics
+    handle.undo.append(lambda: vars(ctx.pipe).pop("_kv_cache_controller", None))
+    return handle

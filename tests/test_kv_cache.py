@@ -1,0 +1,125 @@
+"""TempCache on AnyFlow-FAR: exactness of the off setting and of the merge rule, budget, errors."""
+
+import warnings
+
+import pytest
+import torch
+
+from accelerate_diffusion import accelerate, patches
+from accelerate_diffusion.kernels import ann, kv
+from accelerate_diffusion.patches import kv_cache
+from accelerate_diffusion.testing_video import make_far_pipeline, run_far
+
+warnings.filterwarnings("ignore", message=".*flex_attention.*")
+
+ROLL = dict(latent_frames=8, chunk=2)
+
+
+@pytest.fixture(scope="module")
+def far():
+    pipe = make_far_pipeline("micro")
+    return pipe, run_far(pipe, "micro", **ROLL)
+
+
+# -- pure functions ------------------------------------------------------------------
+def test_merged_identical_keys_with_log_bias_equal_unmerged_attention():
+    torch.manual_seed(0)
+    b, h, d, m = 2, 3, 8, 4
+    q = torch.randn(b, h, 5, d)
+    other_k, other_v = torch.randn(b, h, 6, d), torch.randn(b, h, 6, d)
+    dup_k = torch.randn(b, h, 1, d).expand(b, h, m, d).contiguous()
+    dup_v = torch.randn(b, h, m, d)                     # values may differ: sum of values is kept
+    full = kv.biased_attention(q, torch.cat([other_k, dup_k], 2), torch.cat([other_v, dup_v], 2), None)
+
+    slots, merged = kv.insert(kv.Slots.empty(other_k), other_k, other_v, 0, threshold=1.5)
+    assert merged == 0 and len(slots) == 6
+    slots, merged = kv.insert(slots, dup_k[:, :, :1], dup_v[:, :, :1], 1, threshold=1.5)
+    slots, merged = kv.insert(slots, dup_k[:, :, 1:], dup_v[:, :, 1:], 2, threshold=0.999, method="exact")
+    assert merged == m - 1 and len(slots) == 7 and slots.count.tolist() == [1] * 6 + [m]
+    compact = kv.biased_attention(q, slots.k, slots.v, slots.bias())
+    torch.testing.assert_close(compact, full, atol=1e-6, rtol=1e-5)
+    # without the log(m) bias the merged slot loses attention mass
+    assert not torch.allclose(kv.biased_attention(q, slots.k, slots.v, None), full, atol=1e-4)
+
+
+def test_evict_keeps_budget_order_and_policy():
+    k = torch.randn(1, 2, 6, 4)
+    slots = kv.Slots(k, k.clone(), torch.ones(6), torch.tensor([5., 0., 4., 1., 3., 2.]),
+                     torch.arange(6))
+    kept, n = kv.evict(slots, 3, "attention")
+    assert n == 3 and kept.birth.tolist() == [0, 2, 4]
+    kept, n = kv.evict(slots, 3, "age")
+    assert kept.birth.tolist() == [3, 4, 5]
+    kept, n = kv.evict(slots, 3, "attention", protect_from=5)
+    assert kept.birth.tolist() == [0, 2, 5]
+    assert kv.evict(slots, 0, "age")[1] == 0            # 0 = unlimited
+
+
+def test_projected_ann_finds_the_exact_neighbour():
+    torch.manual_seed(0)
+    base = torch.nn.functional.normalize(torch.randn(2, 200, 96), dim=-1)
+    query = torch.nn.functional.normalize(base[:, 50:80] + 0.05 * torch.randn(2, 30, 96), dim=-1)
+    idx, sim = ann.nearest(query, base, "proj", dim=16, candidates=8)
+    ref, ref_sim = ann.nearest(query, base, "exact")
+    assert torch.equal(ref, torch.arange(50, 80)) and (idx == ref).float().mean() >= 0.9
+    assert torch.all(sim <= ref_sim + 1e-6)
+    with pytest.raises(ValueError, match="ann.method"):
+        ann.nearest(query, base, "lsh")
+
+
+# -- on the pipeline -----------------------------------------------------------------
+def test_no_merge_unlimited_budget_is_bit_identical_and_remove_restores(far):
+    pipe, reference = far
+    accelerate(pipe, "off", kv_cache=dict(merge_threshold=1.5, budget_frames=0, encode="pipeline"))
+    assert torch.equal(run_far(pipe, "micro", **ROLL), reference)
+    stats = pipe.acceleration.report().applied[0]["stats"]
+    assert stats["chunks"] == 3 and set(stats["merges per chunk"]) == {0}
+    accelerate(pipe, "off", kv_cache=dict(merge_threshold=0.5, budget_frames=2, encode="incremental"))
+    assert not torch.equal(run_far(pipe, "micro", **ROLL), reference)
+    pipe.acceleration.remove()
+    assert torch.equal(run_far(pipe, "micro", **ROLL), reference)
+    assert "encode_kv_cache" not in vars(pipe) and not hasattr(pipe, "_kv_cache_controller")
+    assert not hasattr(pipe.transformer, "_diffusers_hook")
+    assert all(type(b.attn1.processor).__name__ == "AnyFlowCausalAttnProcessor" for b in pipe.transformer.blocks)
+
+
+def test_incremental_encode_matches_far_while_nothing_is_compressed():
+    # With full_chunk_limit above the chunk count FAR keeps all history at full resolution:
+    # encoding each chunk once against the cache is then the same computation.
+    pipe = make_far_pipeline("micro", full_chunk_limit=5)
+    reference = run_far(pipe, "micro", **ROLL)
+    with accelerate(pipe, "off", kv_cache=dict(merge_threshold=1.5, encode="incremental")).acceleration:
+        out = run_far(pipe, "micro", **ROLL)
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_never_exceeds_budget_over_a_long_rollout(far):
+    pipe, _ = far
+    accelerate(pipe, "off", kv_cache=dict(merge_threshold=0.6, budget_frames=3, evict="attention"))
+    run_far(pipe, "micro", latent_frames=24, chunk=2)
+    ctrl = pipe._kv_cache_controller
+    budget = 3 * ctrl.full_tpf
+    assert len(ctrl.chunks) == 11
+    assert all(max(row["cache_tokens"].values()) <= budget for row in ctrl.chunks)
+    assert ctrl.chunks[-1]["cache_tokens"][0] == budget
+    assert sum(r["merges"] for r in ctrl.chunks) > 0 and sum(r["evictions"] for r in ctrl.chunks) > 0
+    pipe.acceleration.remove()
+
+
+def test_bad_configs_and_unsupported_pipelines():
+    with pytest.raises(ValueError, match=r"kv_cache\.budget_frames: 0\.5 is out of range"):
+        kv_cache.Config(budget_frames=0.5)
+    with pytest.raises(ValueError, match=r"kv_cache\.evict: 'lru' is not allowed; allowed: 'attention', 'age'"):
+        kv_cache.Config(evict="lru")
+    with pytest.raises(ValueError, match=r"kv_cache\.encode"):
+        kv_cache.Config(encode="full")
+    with pytest.raises(ValueError, match=r"kv_cache\.merge_threshold"):
+        kv_cache.Config(merge_threshold=3)
+    with pytest.raises(ValueError, match=r"kv_cache\.ann_dim"):
+        kv_cache.Config(ann_dim=0)
+    with pytest.raises(ValueError, match=r"kv_cache: unknown field\(s\) window"):
+        kv_cache.Config.from_dict({"window": 3})
+    other = torch.nn.Linear(2, 2)
+    ctx = patches.PatchContext(pipe=None, denoiser=other, denoiser_attr="transformer", family=None, state=None)
+    with pytest.raises(patches.NotApplicable, match="AnyFlowFARTransformer3DModel"):
+        kv_cache.apply(ctx, kv_cache.Config())
