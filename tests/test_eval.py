@@ -177,6 +177,20 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     assert [c.label for c in runner.parse_configs("fast,off")] == ["off", "fast"]
     assert [c.label for c in runner.parse_configs(["balanced"])] == ["off", "balanced"]
 
+    with pytest.raises(ValueError, match="reference_dir: not a directory"):
+        evaluate("sd", ["a red circle"], ["off"], reference_dir=str(tmp_path / "none"))
+    from PIL import Image
+
+    from accelerate_diffusion.eval.report import _load_reference_dir
+
+    (tmp_path / "ref").mkdir()
+    Image.new("RGB", (8, 6), (255, 0, 0)).save(tmp_path / "ref" / "a.png")
+    with pytest.raises(ValueError, match="at least 2 images"):
+        _load_reference_dir(str(tmp_path / "ref"))
+    Image.new("RGB", (8, 6), (0, 0, 255)).save(tmp_path / "ref" / "b.png")
+    red, blue = _load_reference_dir(str(tmp_path / "ref"))
+    assert red.shape == (3, 6, 8) and red[0].min() == 1.0 and blue[0].max() == 0.0
+
     (tmp_path / "prompts.txt").write_text("a red circle\n")
     assert main(["eval", "--model", "sd", "--prompts", str(tmp_path / "nope.txt")]) == 2
     assert "prompts: file not found" in capsys.readouterr().err

@@ -226,7 +226,9 @@ def load_clip(source: str | Callable | None) -> ClipAdapter:
             loaded = demo.load_clip()
         except (FileNotFoundError, OSError) as exc:
             raise Unavailable(f"demo CLIP weights not found ({exc})")
-        return _adapt(loaded, "demo CLIP (accelerate_diffusion.demo.load_clip)")
+        # The demo CLIP was trained on pixels in [-1, 1] (demo.train.to_tensor).
+        return _adapt(loaded, "demo CLIP (accelerate_diffusion.demo.load_clip)",
+                      mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     if not os.path.isdir(source):
         raise Unavailable(f"CLIP: {source!r} is not a local directory (no downloads at run time)")
     from transformers import AutoTokenizer, CLIPModel
@@ -244,7 +246,7 @@ def load_clip(source: str | Callable | None) -> ClipAdapter:
     return ClipAdapter(model, tokenizer, size, mean, std, f"CLIP from {source}")
 
 
-def _adapt(loaded, description: str) -> ClipAdapter:
+def _adapt(loaded, description: str, mean=None, std=None) -> ClipAdapter:
     """Accept a ClipAdapter, a (model, tokenizer[, ...]) tuple, or an object with those attributes."""
     if isinstance(loaded, ClipAdapter):
         return loaded
@@ -257,8 +259,8 @@ def _adapt(loaded, description: str) -> ClipAdapter:
                           f"tokenizer, got {type(loaded).__name__}")
     vision = getattr(model.config, "vision_config", None)
     size = getattr(vision, "image_size", 224)
-    mean = getattr(loaded, "image_mean", _CLIP_MEAN)
-    std = getattr(loaded, "image_std", _CLIP_STD)
+    mean = getattr(loaded, "image_mean", mean or _CLIP_MEAN)
+    std = getattr(loaded, "image_std", std or _CLIP_STD)
     return ClipAdapter(model, tokenizer, size, mean, std, description)
 
 
