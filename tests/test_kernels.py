@@ -233,6 +233,9 @@ def test_block_tables_cover_mask_and_full_blocks_are_full(spec, bq, bk):
     assert torch.equal(lay.unpermute(lay.permute(x)), x)
 
     mp = spec.dense_mask()[perm][:, perm]
+    # the kernels' interval-form mask in tiled order is the same mask
+    idx = torch.arange(n)
+    assert torch.equal(lay.permuted_mask_mod("cpu")(0, 0, idx[:, None], idx[None, :]), mp)
     state = lay.dense_block_mask()
     for i in range(lay.num_q_blocks):
         for j in range(lay.num_kv_blocks):

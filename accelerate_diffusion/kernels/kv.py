@@ -9,6 +9,7 @@ slot equals attention over its m copies (:func:`biased_attention` applies the bi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -129,3 +130,68 @@ def attention_mass(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None, 
     if bias is not None:
         logits = logits + bias.float()
     return logits.softmax(-1)[..., :n_slots].mean(dim=(0, 1, 2))
+
+
+def block_retrieval_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
+                              n_cache: int, block: int, topk: int) -> torch.Tensor:
+    """AnnSA: each query block attends to its ``topk`` retrieved cache key blocks plus the local keys.
+
+    keys/values: [B, H, n_cache + L_local, D] (cache slots first), bias [n_cache + L_local].
+    Cache blocks are ranked by centroid similarity (:func:`ann.topk_blocks`); with ``topk``
+    covering every block this is dense attention over the same keys.
+    """
+    b, h, lq, d = q.shape
+    ck, cv, cb = keys[:, :, :n_cache], values[:, :, :n_cache], bias[:n_cache]
+    lk, lv, lb = keys[:, :, n_cache:], values[:, :, n_cache:], bias[n_cache:]
+    nb = -(-n_cache // block)
+    topk = min(topk, nb)
+    idx = ann.topk_blocks(q, ck, block, topk)                                   # [B, H, nq, k]
+    nq = idx.shape[2]
+    pad = nb * block - n_cache
+    if pad:
+        ck = torch.cat([ck, ck.new_zeros(b, h, pad, d)], 2)
+        cv = torch.cat([cv, cv.new_zeros(b, h, pad, d)], 2)
+        cb = torch.cat([cb, cb.new_full((pad,), -float("inf"))])
+
+    def pick(x):
+        blocks = x.reshape(b, h, 1, nb, block, d).expand(b, h, nq, nb, block, d)
+        index = idx[..., None, None].expand(b, h, nq, topk, block, d)
+        return blocks.gather(3, index).reshape(b, h, nq, topk * block, d)
+
+    sel_bias = cb.reshape(nb, block)[idx].reshape(b, h, nq, topk * block)
+    k_all = torch.cat([pick(ck), lk[:, :, None].expand(b, h, nq, *lk.shape[2:])], 3)
+    v_all = torch.cat([pick(cv), lv[:, :, None].expand(b, h, nq, *lv.shape[2:])], 3)
+    bias_all = torch.cat([sel_bias, lb.expand(b, h, nq, lb.shape[0])], 3)[..., None, :].to(q.dtype)
+    qpad = nq * block - lq
+    qb = torch.cat([q, q.new_zeros(b, h, qpad, d)], 2) if qpad else q
+    out = F.scaled_dot_product_attention(qb.reshape(b, h, nq, block, d), k_all, v_all, attn_mask=bias_all)
+    return out.reshape(b, h, nq * block, d)[:, :, :lq]
+
+
+def ann_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame_tokens: int, block: int,
+                        topk: int) -> torch.Tensor:
+    """AnnCA: per frame, attend only to the union of the text tokens its query blocks retrieve.
+
+    q: [B, H, L, D] with L a whole number of frames of ``frame_tokens``; k, v: [B, H, T, D].
+    Each query block (its mean query) retrieves its ``topk`` highest-scoring keys; a frame
+    attends to the union over its blocks (rows padded to the largest union, masked).
+    """
+    b, h, length, d = q.shape
+    t = k.shape[2]
+    frames = length // frame_tokens
+    bs = math.gcd(frame_tokens, block)
+    qf = q.reshape(b, h, frames, frame_tokens, d)
+    centroids = qf.reshape(b, h, frames, frame_tokens // bs, bs, d).mean(4)     # [B, H, F, nb, D]
+    scores = centroids @ k.transpose(-1, -2)[:, :, None]                          # [B, H, F, nb, T]
+    idx = scores.topk(min(topk, t), dim=-1).indices.flatten(3)
+    chosen = torch.zeros(b, h, frames, t, dtype=torch.bool, device=q.device).scatter_(-1, idx, True)
+    width = int(chosen.sum(-1).max())
+    order = chosen.to(q.dtype).topk(width, dim=-1).indices                        # chosen tokens first
+    valid = chosen.gather(-1, order)
+    expand = (b, h, frames, t, d)
+    index = order[..., None].expand(b, h, frames, width, d)
+    kk = k[:, :, None].expand(expand).gather(3, index)
+    vv = v[:, :, None].expand(expand).gather(3, index)
+    mask = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill(~valid, -float("inf"))
+    out = F.scaled_dot_product_attention(qf, kk, vv, attn_mask=mask[..., None, :])
+    return out.reshape(b, h, length, d)

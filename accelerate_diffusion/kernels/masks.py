@@ -122,19 +122,6 @@ class _Group(_Rel):
 
 
 @dataclass(frozen=True)
-class _SelfOr(_Rel):
-    """Same coordinate, or a key coordinate in a fixed set (global frames)."""
-
-    values: tuple[int, ...]
-
-    def __call__(self, qc, kc):
-        ok = qc == kc
-        for v in self.values:
-            ok = ok | (kc == v)
-        return ok
-
-
-@dataclass(frozen=True)
 class _KeyIs(_Rel):
     """Key coordinate equals a constant, whatever the query (one global column)."""
 
@@ -274,6 +261,15 @@ class MaskSpec:
         """Per term, per dimension: the ``[L, L]`` bool table of the 1D relation."""
         return _rel_tables(self)
 
+    def interval_terms(self):
+        """Per term, per dimension: ``(lo, hi, d, is_all)`` with ``lo, hi`` ``[L]`` tensors.
+
+        Every 1D relation used here is an interval of keys per query coordinate, stepped
+        by the dilation: ``lo[q] <= kv <= hi[q]`` and ``kv % d == q % d``. Kernels test
+        that (a few compares per score) instead of evaluating the rule or a table.
+        """
+        return _interval_terms(self)
+
     def layout(self, block_q: int = 128, block_kv: int | None = None, tile=None):
         """Token permutation + block-sparse tables for tiled kernels (see ``layout.py``).
 
@@ -299,6 +295,26 @@ def _unflatten(g, grid):
 @lru_cache(maxsize=64)
 def _rel_tables(spec: MaskSpec):
     return tuple(tuple(rel.table(L) for rel, L in zip(term, spec.grid)) for term in spec.terms)
+
+
+@lru_cache(maxsize=64)
+def _interval_terms(spec: MaskSpec):
+    out = []
+    for term, tables in zip(spec.terms, spec.rel_tables()):
+        dims = []
+        for rel, table in zip(term, tables):
+            L = table.shape[0]
+            d = rel.dilation if isinstance(rel, _Window) else 1
+            c = torch.arange(L)
+            any_ = table.any(1)
+            lo = torch.where(any_, table.float().argmax(1), 1)
+            hi = torch.where(any_, L - 1 - table.flip(1).float().argmax(1), 0)
+            rebuilt = (lo[:, None] <= c[None, :]) & (c[None, :] <= hi[:, None]) & (c[:, None] % d == c[None, :] % d)
+            if not torch.equal(rebuilt, table):  # an internal invariant of the relations above
+                raise AssertionError(f"{rel!r} is not an interval relation")
+            dims.append((lo, hi, d, rel.is_all))
+        out.append(tuple(dims))
+    return tuple(out)
 
 
 @lru_cache(maxsize=16)
@@ -458,7 +474,9 @@ class FrameTileMask(MaskSpec):
 
     @property
     def terms(self):
-        return ((_SelfOr(self.global_frames),) + tuple(_All() for _ in self.grid[1:]),)
+        rest = tuple(_All() for _ in self.grid[1:])
+        own = ((_Group(1),) + rest,)
+        return own + tuple((_KeyIs(f),) + rest for f in self.global_frames)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 One program per (query block, batch*head). It walks only the key blocks the layout lists:
 first the fully allowed ones without any mask arithmetic, then the partial ones, where
-the mask is evaluated from the spec's normal form (per-token grid coordinates looked up
-in small per-dimension ``[L, L]`` relation tables). Online softmax in fp32, exp2.
+the mask is evaluated from the spec's interval form (per position: key coordinates, and
+per query the allowed ``[lo, hi]`` per dimension and term). Online softmax in fp32, exp2.
 
 This module imports ``triton`` at import time; ``accelerate_diffusion.kernels`` only
 imports it lazily (on the first triton call), so triton stays optional. For the CPU
@@ -13,7 +13,6 @@ that ``import torch`` imports triton when it is installed), i.e. in the environm
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
@@ -21,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .layout import BlockLayout, layout_for
+from .layout import layout_for
 from .masks import MaskSpec
 
 __all__ = ["triton_attention", "interpreting", "triton_supports"]
@@ -57,11 +56,11 @@ def _scores(q, k, qk_scale, IEEE: tl.constexpr):
 def _fwd(
     Q, K, V, O, sm_scale,
     KV_NUM, KV_IDX, FULL_NUM, FULL_IDX, n_kv_blocks,
-    COORDS, EXTRA, TAB,
+    KC, LO, HI, RID, NPAD, G,
     N, H,
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
     D: tl.constexpr, D_PAD: tl.constexpr,
-    NDIM: tl.constexpr, NTERMS: tl.constexpr, LMAX: tl.constexpr,
+    NDIM: tl.constexpr, NTERMS: tl.constexpr, ACTIVE: tl.constexpr, DILATED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -94,8 +93,10 @@ def _fwd(
         s = _scores(q, k, qk_scale, IEEE)
         m_i, l_i, acc = _step(s, v, m_i, l_i, acc)
 
-    # partially allowed key blocks: evaluate the mask's normal form
-    extra_q = tl.load(EXTRA + offs_m, mask=m_valid, other=1) != 0
+    # partially allowed key blocks: evaluate the mask's interval form. Positions >= G
+    # are extra (dense) tokens; per term, a key is allowed when its coordinate lies in
+    # the query's [lo, hi] in every constrained dim (and the dilation residues match).
+    # Arrays are padded past N, so whole blocks can be loaded without bounds masks.
     n_part = tl.load(KV_NUM + pid_m)
     for j in range(0, n_part):
         kb = tl.load(KV_IDX + pid_m * n_kv_blocks + j)
@@ -105,15 +106,20 @@ def _fwd(
         k = tl.load(k_base + offs_n[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + offs_n[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
         s = _scores(q, k, qk_scale, IEEE)
-        extra_k = tl.load(EXTRA + offs_n, mask=n_valid, other=0) != 0
-        allowed = extra_q[:, None] | extra_k[None, :]
+        allowed = (offs_m[:, None] >= G) | (offs_n[None, :] >= G)
         for t in tl.static_range(NTERMS):
             ok = tl.full([BLOCK_M, BLOCK_N], 1, tl.int32)
             for i in tl.static_range(NDIM):
-                qc = tl.load(COORDS + i * N + offs_m, mask=m_valid, other=0)
-                kc = tl.load(COORDS + i * N + offs_n, mask=n_valid, other=0)
-                tab = tl.load(TAB + (t * NDIM + i) * LMAX * LMAX + qc[:, None] * LMAX + kc[None, :])
-                ok = ok & (tab != 0).to(tl.int32)
+                if (ACTIVE >> (t * NDIM + i)) & 1:
+                    kc = tl.load(KC + i * NPAD + offs_n)
+                    lo = tl.load(LO + (t * NDIM + i) * NPAD + offs_m)
+                    hi = tl.load(HI + (t * NDIM + i) * NPAD + offs_m)
+                    inside = (lo[:, None] <= kc[None, :]) & (kc[None, :] <= hi[:, None])
+                    ok = ok & inside.to(tl.int32)
+            if (DILATED >> t) & 1:
+                rq = tl.load(RID + t * NPAD + offs_m)
+                rk = tl.load(RID + t * NPAD + offs_n)
+                ok = ok & (rq[:, None] == rk[None, :]).to(tl.int32)
             allowed = allowed | (ok != 0)
         allowed = allowed & n_valid[None, :]
         s = tl.where(allowed, s, float("-inf"))
@@ -127,39 +133,6 @@ def _fwd(
         mask=m_valid[:, None] & d_valid[None, :],
     )
 
-
-
-def _aux(layout: BlockLayout, device) -> dict:
-    """Per-token coordinates, extra-token flags and packed relation tables (cached)."""
-    key = ("triton_aux", str(torch.device(device)))
-    if key not in layout._cache:
-        spec = layout.spec
-        n, p, g = spec.num_tokens, spec.prefix, spec.grid_size
-        perm = layout.perm
-        gidx = perm - p
-        is_extra = (gidx < 0) | (gidx >= g)
-        flat = torch.where(is_extra, torch.zeros_like(gidx), gidx)
-        coords = []
-        for size in reversed(spec.grid[1:]):
-            coords.append(flat % size)
-            flat = flat // size
-        coords.append(flat)
-        coords = torch.stack(list(reversed(coords))).to(torch.int32).contiguous()
-        lmax = max(spec.grid)
-        tables = spec.rel_tables()
-        tab = torch.zeros(len(tables), spec.ndim, lmax, lmax, dtype=torch.int8)
-        for t, term in enumerate(tables):
-            for i, table in enumerate(term):
-                L = table.shape[0]
-                tab[t, i, :L, :L] = table.to(torch.int8)
-        layout._cache[key] = {
-            "coords": coords.to(device),
-            "extra": is_extra.to(torch.int8).to(device),
-            "tab": tab.reshape(-1).contiguous().to(device),
-            "nterms": len(tables),
-            "lmax": lmax,
-        }
-    return layout._cache[key]
 
 
 def triton_supports(q: torch.Tensor) -> str | None:
@@ -206,9 +179,13 @@ def triton_attention(
     bm, bn, nw, ns = _default_blocks(D)
     bm, bn = block_m or bm, block_n or bn
     nw, ns = num_warps or nw, num_stages or ns
+    if not (16 <= bm <= 256 and 16 <= bn <= 256):
+        raise ValueError(f"block_m={bm} and block_n={bn} must be in [16, 256]")
     layout = layout_for(spec, bm, bn)
     t = layout.on(q.device)
-    aux = _aux(layout, q.device)
+    iv = layout.interval_arrays(q.device)
+    active = sum(1 << (ti * spec.ndim + i) for ti, term in enumerate(iv["active"]) for i, a in enumerate(term) if a)
+    dilated = sum(1 << ti for ti, dl in enumerate(iv["dilated"]) if dl)
     if not permuted:
         q, k, v = layout.permute(q), layout.permute(k), layout.permute(v)
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
@@ -218,11 +195,11 @@ def triton_attention(
     _fwd[grid](
         q, k, v, o, scale,
         t["kv_num"], t["kv_idx"], t["full_num"], t["full_idx"], layout.num_kv_blocks,
-        aux["coords"], aux["extra"], aux["tab"],
+        iv["kc"], iv["lo"], iv["hi"], iv["rid"], iv["kc"].shape[1], iv["G"],
         N, H,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
         D=D, D_PAD=max(16, triton.next_power_of_2(D)),
-        NDIM=spec.ndim, NTERMS=aux["nterms"], LMAX=aux["lmax"],
+        NDIM=spec.ndim, NTERMS=len(iv["active"]), ACTIVE=active, DILATED=dilated,
         BLOCK_M=bm, BLOCK_N=bn, IEEE=q.dtype == torch.float32,
         num_warps=nw, num_stages=ns,
     )
