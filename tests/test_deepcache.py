@@ -201,3 +201,17 @@ def test_controlnet_residuals_are_applied_on_cached_steps(controlnet_pipe):
     assert not torch.equal(applied, dropped)
     assert torch.equal(pipe(**_control_kwargs()).images, reference)
     assert _no_hooks_left(pipe.unet) == []
+
+
+def test_composes_with_guidance_truncation(pipelines):
+    """Guidance (outer hook) runs only the cond half late in sampling: the cache is sliced."""
+    pipe = pipelines("sd")
+    accelerate(pipe, "off", guidance={"mode": "truncation", "cfg_fraction": 0.5},
+               deepcache={"cache_interval": 3, "cache_branch": 1})
+    out = run(pipe, "sd", steps=6, num_images_per_prompt=2)
+    report = pipe.acceleration.report()
+    pipe.acceleration.remove()
+    stats = next(a["stats"] for a in report.applied if a["technique"] == "deepcache")
+    assert report.generation["counters"]["guidance_nfe_saved"] > 0 and torch.isfinite(out).all()
+    assert stats["full_step_indices"] == [0, 3] and stats["forced_full_calls"] == 0
+    assert _no_hooks_left(pipe.unet) == []
