@@ -176,6 +176,11 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
         runner.parse_configs(["off", "turbo"])
     assert [c.label for c in runner.parse_configs("fast,off")] == ["off", "fast"]
     assert [c.label for c in runner.parse_configs(["balanced"])] == ["off", "balanced"]
+    config = runner.parse_config_arg("dc3=fast deepcache.cache_interval=3 guidance=off")
+    assert (config.label, config.preset) == ("dc3", "fast")
+    assert config.overrides == {"deepcache": {"cache_interval": 3}, "guidance": False}
+    with pytest.raises(ValueError, match="expected 'LABEL=PRESET"):
+        runner.parse_config_arg("deepcache.cache_interval=3")
 
     with pytest.raises(ValueError, match="reference_dir: not a directory"):
         evaluate("sd", ["a red circle"], ["off"], reference_dir=str(tmp_path / "none"))
@@ -197,3 +202,17 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     assert main(["eval", "--model", "sd", "--prompts", str(tmp_path / "prompts.txt"),
                  "--presets", "off,warp"]) == 2
     assert "unknown preset 'warp'" in capsys.readouterr().err
+
+
+def test_demo_clip_prefers_matching_captions():
+    try:
+        adapter = models.load_clip("demo")
+    except models.Unavailable as exc:
+        pytest.skip(f"demo CLIP not available: {exc}")
+    from accelerate_diffusion.demo import dataset
+
+    images, captions, _ = dataset.generate(4, split="train", start=5000)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    matched = quality.clip_score(x, captions, adapter)
+    shuffled = quality.clip_score(x, captions[1:] + captions[:1], adapter)
+    assert matched > shuffled + 10

@@ -220,15 +220,24 @@ def load_clip(source: str | Callable | None) -> ClipAdapter:
             from .. import demo
         except ImportError as exc:
             raise Unavailable(f"demo CLIP: accelerate_diffusion.demo does not import ({exc})")
-        if not hasattr(demo, "load_clip"):
-            raise Unavailable("demo CLIP: accelerate_diffusion.demo has no load_clip()")
-        try:
-            loaded = demo.load_clip()
-        except (FileNotFoundError, OSError) as exc:
-            raise Unavailable(f"demo CLIP weights not found ({exc})")
+        folder = os.path.join(list(demo.__path__)[0], "weights", "clip")
+        description = "demo CLIP (accelerate_diffusion.demo.load_clip)"
+        if hasattr(demo, "load_clip"):
+            try:
+                loaded = demo.load_clip()
+            except (FileNotFoundError, OSError) as exc:
+                raise Unavailable(f"demo CLIP weights not found ({exc})")
+        elif os.path.isfile(os.path.join(folder, "config.json")):
+            from transformers import AutoTokenizer, CLIPModel
+
+            loaded = (CLIPModel.from_pretrained(folder, local_files_only=True),
+                      AutoTokenizer.from_pretrained(folder, local_files_only=True))
+            description = f"demo CLIP ({folder})"
+        else:
+            raise Unavailable("demo CLIP: no accelerate_diffusion.demo.load_clip() and no "
+                              f"weights in {folder}")
         # The demo CLIP was trained on pixels in [-1, 1] (demo.train.to_tensor).
-        return _adapt(loaded, "demo CLIP (accelerate_diffusion.demo.load_clip)",
-                      mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+        return _adapt(loaded, description, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     if not os.path.isdir(source):
         raise Unavailable(f"CLIP: {source!r} is not a local directory (no downloads at run time)")
     from transformers import AutoTokenizer, CLIPModel

@@ -410,6 +410,9 @@ def register(sub) -> None:
     ev.add_argument("--warmup", type=int, default=1)
     ev.add_argument("--set", action="append", default=[], metavar="TECH.FIELD=VALUE",
                     help="override a technique setting in every preset but off")
+    ev.add_argument("--config", action="append", default=[], metavar="'LABEL=PRESET [TECH.FIELD=VALUE ...]'",
+                    help="an extra configuration with its own overrides, e.g. "
+                         "'dc3=off deepcache.cache_interval=3' (repeatable)")
     ev.add_argument("--guidance", type=float, default=None, help="guidance_scale")
     ev.add_argument("--reference-dir", default=None,
                     help="real images for FID (default: FID against the off outputs)")
@@ -425,6 +428,21 @@ def register(sub) -> None:
     ev.set_defaults(func=_main)
 
 
+def parse_config_arg(text: str) -> EvalConfig:
+    """``"dc3=off deepcache.cache_interval=3 guidance=on"`` -> EvalConfig."""
+    import shlex
+
+    from ..cli import parse_overrides
+
+    head, *rest = shlex.split(text) or [""]
+    label, sep, preset = head.partition("=")
+    if not sep or not label or not preset or "." in label:
+        raise ValueError(f"--config: expected 'LABEL=PRESET [TECH.FIELD=VALUE ...]', got {text!r}")
+    if preset not in PRESETS:
+        raise ValueError(f"--config {label}: unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
+    return EvalConfig(label, preset, parse_overrides(rest))
+
+
 def _main(args) -> int:
     from ..cli import parse_overrides
 
@@ -434,7 +452,8 @@ def _main(args) -> int:
         raise ValueError(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
     extra = {} if args.guidance is None else {"guidance_scale": args.guidance}
     prompts = read_prompts(args.prompts)          # check inputs before loading any model
-    configs = parse_configs(args.presets, parse_overrides(args.set))
+    configs = [*parse_configs(args.presets, parse_overrides(args.set)),
+               *(parse_config_arg(text) for text in args.config)]
     report = evaluate(args.model, prompts, configs, steps=args.steps, seeds=seeds,
                       out_dir=args.out, size=args.size, repeats=args.repeats, warmup=args.warmup,
                       call_kwargs=extra, reference_dir=args.reference_dir,
