@@ -123,3 +123,29 @@ def test_bad_configs_and_unsupported_pipelines():
     ctx = patches.PatchContext(pipe=None, denoiser=other, denoiser_attr="transformer", family=None, state=None)
     with pytest.raises(patches.NotApplicable, match="AnyFlowFARTransformer3DModel"):
         kv_cache.apply(ctx, kv_cache.Config())
+
+
+def test_annsa_and_annca_equal_dense_attention_when_retrieval_covers_everything():
+    torch.manual_seed(0)
+    q, keys, values = torch.randn(2, 3, 40, 8), torch.randn(2, 3, 110, 8), torch.randn(2, 3, 110, 8)
+    bias = torch.cat([torch.rand(70).add(1).log(), torch.zeros(40)])
+    dense = kv.biased_attention(q, keys, values, bias)
+    torch.testing.assert_close(kv.block_retrieval_attention(q, keys, values, bias, 70, 16, 5), dense)
+    assert not torch.allclose(kv.block_retrieval_attention(q, keys, values, bias, 70, 16, 1), dense, atol=1e-3)
+    q, k, v = torch.randn(2, 3, 64, 8), torch.randn(2, 3, 50, 8), torch.randn(2, 3, 50, 8)
+    dense = kv.biased_attention(q, k, v, None)
+    torch.testing.assert_close(kv.ann_cross_attention(q, k, v, 16, 8, 50), dense)
+    assert not torch.allclose(kv.ann_cross_attention(q, k, v, 16, 8, 4), dense, atol=1e-3)
+
+
+def test_annca_and_annsa_run_on_the_pipeline_and_remove_cleanly(far):
+    pipe, reference = far
+    accelerate(pipe, "off", kv_cache=dict(merge_threshold=1.5, cross_topk=8, self_topk=1, self_block=8))
+    out = run_far(pipe, "micro", **ROLL)
+    stats = pipe.acceleration.report().applied[0]["stats"]
+    assert stats["annca_calls"] > 0 and stats["annsa_calls"] > 0 and torch.isfinite(out).all()
+    pipe.acceleration.remove()
+    assert all(type(b.attn2.processor).__name__ == "AnyFlowCrossAttnProcessor" for b in pipe.transformer.blocks)
+    assert torch.equal(run_far(pipe, "micro", **ROLL), reference)
+    with pytest.raises(ValueError, match=r"kv_cache\.self_topk: AnnSA needs encode='incremental'"):
+        kv_cache.Config(self_topk=2, encode="pipeline")

@@ -56,6 +56,10 @@ class Config(TechniqueConfig):
     ann_candidates: int = 4           # candidates re-ranked exactly for ann="proj"
     mass_samples: int = 64            # queries sampled to estimate attention mass for eviction
     mass_decay: float = 0.8           # per-chunk decay of the accumulated attention mass
+    cross_topk: int = 0               # AnnCA: prompt tokens retrieved per query block (0 = dense)
+    cross_block: int = 8              # AnnCA: query tokens per block
+    self_topk: int = 0                # AnnSA: cache key blocks retrieved per query block (0 = whole cache)
+    self_block: int = 16              # AnnSA: tokens per query/key block
 
     def validate(self) -> None:
         check_range(NAME, "merge_threshold", self.merge_threshold, -1.0, 2.0)
@@ -70,6 +74,12 @@ class Config(TechniqueConfig):
         check_range(NAME, "ann_candidates", self.ann_candidates, 1, 1024, integer=True)
         check_range(NAME, "mass_samples", self.mass_samples, 1, 1 << 20, integer=True)
         check_range(NAME, "mass_decay", self.mass_decay, 0.0, 1.0)
+        check_range(NAME, "cross_topk", self.cross_topk, 0, 1 << 16, integer=True)
+        check_range(NAME, "cross_block", self.cross_block, 1, 1 << 16, integer=True)
+        check_range(NAME, "self_topk", self.self_topk, 0, 1 << 16, integer=True)
+        check_range(NAME, "self_block", self.self_block, 1, 1 << 16, integer=True)
+        if self.self_topk and self.encode != "incremental":
+            raise ValueError(f"{NAME}.self_topk: AnnSA needs encode='incremental' (got {self.encode!r})")
 
 
 class _Controller:
@@ -82,10 +92,15 @@ class _Controller:
         self.built: dict[int, tuple] = {}       # pipeline mode: layer -> (cache step, chunks) built for
         self.cache_steps = 0
         self.committing = False
+        self.in_cache_step = False
         self.chunk_partition: list[int] = []
         self.full_tpf = 0                       # full-resolution tokens per frame
         self.compressed_tpf = 0
         self.chunks: list[dict] = []            # row i: the cache once chunk i entered it
+        self.counters: dict[str, int] = {}
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
 
     # geometry, from the transformer's arguments (pre-forward hook)
     def observe(self, kwargs) -> None:
@@ -97,7 +112,8 @@ class _Controller:
             self.full_tpf = (h // cfg.patch_size[1]) * (w // cfg.patch_size[2])
             self.compressed_tpf = (h // cfg.compressed_patch_size[1]) * (w // cfg.compressed_patch_size[2])
         self.chunk_partition = list(kwargs.get("chunk_partition") or [])
-        if flag.get("is_cache_step"):
+        self.in_cache_step = bool(flag.get("is_cache_step"))
+        if self.in_cache_step:
             self.cache_steps += 1
         elif flag.get("num_cached_chunks") == 0 and not self.committing:
             self.reset()                        # first chunk of a new generation
@@ -110,6 +126,7 @@ class _Controller:
         self.slots.clear()
         self.built.clear()
         self.chunks = []
+        self.counters = {}
 
     def record(self, chunk: int, layer: int, merges: int, evictions: int) -> None:
         while len(self.chunks) <= chunk:
@@ -124,9 +141,9 @@ class _Controller:
 
     def stats(self) -> dict:
         if not self.chunks:
-            return {"chunks": 0}
+            return {"chunks": 0, **self.counters}
         last = self.chunks[-1]
-        return {
+        return {**self.counters,
             "encode": self.config.encode,
             "chunks": len(self.chunks),
             "cache tokens per layer (last chunk)": sorted(set(last["cache_tokens"].values())),
@@ -182,16 +199,19 @@ class TempCacheProcessor:
             slots = kv.Slots.empty(k)         # new generation (or batch changed): empty cache
             ctrl.slots[self.layer] = slots
         keys, values = torch.cat([slots.k, k], 2), torch.cat([slots.v, v], 2)
-        bias = torch.cat([slots.bias(), slots.count.new_zeros(lq)]) if bool((slots.count > 1).any()) else None
-        if not ctrl.committing:
-            # The pipeline pads keys with zeros to a multiple of 128 and leaves them unmasked.
-            pad = -lq % 128
-            if pad:
-                keys = torch.cat([keys, keys.new_zeros(*keys.shape[:2], pad, keys.shape[3])], 2)
-                values = torch.cat([values, values.new_zeros(*values.shape[:2], pad, values.shape[3])], 2)
-                if bias is not None:
-                    bias = torch.cat([bias, bias.new_zeros(pad)])
-        out = kv.biased_attention(q, keys, values, bias)
+        bias = torch.cat([slots.bias(), slots.count.new_zeros(lq)])
+        # The pipeline pads keys with zeros to a multiple of 128 and leaves them unmasked in the
+        # denoising pass: equal keys, so they fold into one slot with a log(pad) bias, exactly.
+        pad = 0 if ctrl.committing else -lq % 128
+        if pad:
+            keys = torch.cat([keys, keys.new_zeros(*keys.shape[:2], 1, keys.shape[3])], 2)
+            values = torch.cat([values, values.new_zeros(*values.shape[:2], 1, values.shape[3])], 2)
+            bias = torch.cat([bias, bias.new_full((1,), float(pad)).log()])
+        if cfg.self_topk and len(slots) > cfg.self_topk * cfg.self_block:
+            out = kv.block_retrieval_attention(q, keys, values, bias, len(slots), cfg.self_block, cfg.self_topk)
+            ctrl.count("annsa_calls")
+        else:
+            out = kv.biased_attention(q, keys, values, bias)
         if ctrl.committing:
             self._commit(slots, q, k, v, keys, bias, chunks_before)
         out = out.transpose(1, 2).flatten(2, 3).type_as(q)
@@ -246,6 +266,31 @@ class TempCacheProcessor:
         ctrl.built[self.layer] = (key, changed)
         ctrl.record(chunk - 1, self.layer, merges, evicted)   # row i: the cache once chunk i is in
         return changed
+
+
+class AnnCrossProcessor:
+    """AnnCA: each frame attends only to the prompt tokens its query blocks retrieve (top-k, union)."""
+
+    def __init__(self, original, ctrl: _Controller):
+        self.original = original
+        self.ctrl = ctrl
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None):
+        ctrl, cfg = self.ctrl, self.ctrl.config
+        tpf, length = ctrl.full_tpf, hidden_states.shape[1]
+        if (attention_mask is not None or not tpf or length % tpf or ctrl.in_cache_step
+                or cfg.cross_topk >= encoder_hidden_states.shape[1]):
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask)
+        q, k, v = attn.to_q(hidden_states), attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        q, k, v = (t.unflatten(2, (attn.heads, -1)).transpose(1, 2) for t in (q, k, v))
+        out = kv.ann_cross_attention(q, k, v, tpf, cfg.cross_block, cfg.cross_topk)
+        ctrl.count("annca_calls")
+        out = out.transpose(1, 2).flatten(2, 3).type_as(q)
+        return attn.to_out[1](attn.to_out[0](out))
 
 
 def _encode_incremental(pipe, ctrl: _Controller):
@@ -307,6 +352,14 @@ def apply(ctx: PatchContext, config: Config) -> PatchHandle:
         attn.set_processor(TempCacheProcessor(original, ctrl, i))
         handle.undo.append(lambda attn=attn, original=original: attn.set_processor(original))
         handle.targets.append(f"blocks.{i}.attn1")
+
+    if config.cross_topk:
+        for i, block in enumerate(denoiser.blocks):
+            attn = block.attn2
+            original = attn.processor
+            attn.set_processor(AnnCrossProcessor(original, ctrl))
+            handle.undo.append(lambda attn=attn, original=original: attn.set_processor(original))
+            handle.targets.append(f"blocks.{i}.attn2")
 
     if config.encode == "incremental":
         pipe = ctx.pipe
