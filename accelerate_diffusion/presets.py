@@ -35,10 +35,22 @@ PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
         Preset("off", "No acceleration: bit-identical to the unpatched pipeline."),
-        Preset("quality", "Visually lossless: small, safe savings (fidelity first)."),
-        Preset("balanced", "Good default: clear speedup with outputs close to the original."),
-        Preset("fast", "About 2x or more: visible but small differences from the original."),
-        Preset("max", "Largest speedup the techniques allow; quality may degrade noticeably."),
+        Preset("quality", "Visually lossless: small, safe savings (fidelity first).", {
+            "unet": {"deepcache": dict(cache_interval=2, cache_branch=1)},  # docs/presets.md#deepcache
+            "anyflow_far": {"kv_cache": dict(encode="pipeline", merge_threshold=0.95, budget_frames=12)},
+        }),
+        Preset("balanced", "Good default: clear speedup with outputs close to the original.", {
+            "unet": {"deepcache": dict(cache_interval=2, cache_branch=0)},  # docs/presets.md#deepcache
+            "anyflow_far": {"kv_cache": dict(merge_threshold=0.9, budget_frames=8)},
+        }),
+        Preset("fast", "About 2x or more: visible but small differences from the original.", {
+            "unet": {"deepcache": dict(cache_interval=3, cache_branch=0)},  # docs/presets.md#deepcache
+            "anyflow_far": {"kv_cache": dict(merge_threshold=0.7, budget_frames=6)},
+        }),
+        Preset("max", "Largest speedup the techniques allow; quality may degrade noticeably.", {
+            "unet": {"deepcache": dict(cache_interval=5, cache_branch=0)},  # docs/presets.md#deepcache
+            "anyflow_far": {"kv_cache": dict(merge_threshold=0.5, budget_frames=4, cross_topk=16, self_topk=4)},
+        }),
     )
 }
 

@@ -149,3 +149,15 @@ def test_annca_and_annsa_run_on_the_pipeline_and_remove_cleanly(far):
     assert torch.equal(run_far(pipe, "micro", **ROLL), reference)
     with pytest.raises(ValueError, match=r"kv_cache\.self_topk: AnnSA needs encode='incremental'"):
         kv_cache.Config(self_topk=2, encode="pipeline")
+
+
+def test_presets_apply_tempcache_to_the_far_family(far):
+    pipe, reference = far
+    for preset in ("quality", "balanced", "fast", "max"):
+        accelerate(pipe, preset)
+        applied = pipe.acceleration.report().applied
+        assert [a["technique"] for a in applied] == ["kv_cache"]
+        pipe.acceleration.remove()
+    accelerate(pipe, "quality")         # the history still fits the budget: nothing changes
+    assert torch.equal(run_far(pipe, "micro", **ROLL), reference)
+    pipe.acceleration.remove()
