@@ -38,9 +38,16 @@ def pareto(rows: list[dict], path: str, title: str = "") -> None:
     fig, axes = plt.subplots(1, len(axes_x), figsize=(5.5 * len(axes_x), 4.2), squeeze=False)
     for ax, (xlabel, xs) in zip(axes[0], axes_x):
         ax.scatter(xs, ys, zorder=3)
-        for r, x, y in zip(rows, xs, ys):
-            ax.annotate(r["label"] + (" (identical)" if not math.isfinite(r["psnr"]) else ""),
-                        (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        labels: dict[tuple[float, float], list[str]] = {}
+        for r, x, y in zip(rows, xs, ys):      # one label per point: coincident configs share it
+            labels.setdefault((round(x, 3), round(y, 3)), []).append(r["label"])
+        for (x, y), names in labels.items():
+            ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        if len(finite) < len(rows):
+            ax.axhline(top, color="gray", lw=0.6, ls=":")
+            ax.text(ax.get_xlim()[1], top, "identical to off (PSNR inf) ", fontsize=7,
+                    ha="right", va="top", color="gray")
+            ax.set_ylim(top=top + 2)
         front = pareto_front(list(zip(xs, ys)))
         ax.plot([xs[i] for i in front], [ys[i] for i in front], "--", color="gray", zorder=2,
                 label="Pareto front")

@@ -235,7 +235,8 @@ class EvalReport:
                 _fmt(r["macs_ratio"], ".2f", "n/a") + ("x" if r["macs_ratio"] else ""),
                 _fmt(r["peak_memory_mib"], ".1f", "n/a"),
                 _fmt(r["psnr"], ".2f"), _fmt(r["ssim"], ".4f"), _fmt(r["lpips"], ".4f"),
-                _fmt(r["fid"], ".2f"), _fmt(r["clip_score"], ".2f"),
+                _fmt(r["fid"], ".2f" if r["fid"] is None or abs(r["fid"]) >= 1 else ".3g"),
+                _fmt(r["clip_score"], ".2f"),
             ]) + " |")
         return "\n".join(lines)
 
