@@ -216,3 +216,28 @@ def test_demo_clip_prefers_matching_captions():
     matched = quality.clip_score(x, captions, adapter)
     shuffled = quality.clip_score(x, captions[1:] + captions[:1], adapter)
     assert matched > shuffled + 10
+
+
+def test_video_report_has_per_frame_metrics_and_strips(tmp_path):
+    from accelerate_diffusion.eval.report import EvalReport, compute_metrics
+
+    g = torch.Generator().manual_seed(3)
+    off = torch.rand(2, 5, 3, 16, 16, generator=g)          # 2 videos of 5 frames
+    fast = off.clone()
+    fast[:, 3:] = (fast[:, 3:] + 0.1).clamp(0, 1)            # only the last frames differ
+    results = [{"label": label, "preset": label, "times_s": [2.0, 2.2], "baseline_s": base,
+                "macs": macs, "acceleration": {"applied": [], "skipped": []}}
+               for label, base, macs in (("off", [2.0, 2.2], 100), ("fast", [2.1, 2.1], 50))]
+    metrics = compute_metrics(results, {"off": off, "fast": fast}, prompts=["a", "b"], model=None,
+                              fid_features="random", clip=None, lpips_net=None)
+    row = metrics["rows"][1]
+    assert row["speedup"] == pytest.approx(2.1 / 2.1) and row["macs_ratio"] == 2.0
+    assert row["per_frame"]["psnr"][:3] == [math.inf] * 3 and row["per_frame"]["psnr"][3] < 30
+    assert metrics["info"]["clip_score"]["skipped"].startswith("no local CLIP model")
+    meta = {"model": "fake", "pipeline": "Fake", "steps": 2, "seeds": [0], "prompts": ["a", "b"],
+            "repeats": 2, "warmup": 1, "device": "cpu", "torch_threads": 1, "torch": "x",
+            "timing": "t", "memory": "m", "date": "d"}
+    report = EvalReport(meta, metrics["rows"], metrics["info"], {"off": off, "fast": fast}, ["off", "fast"])
+    report.write(str(tmp_path))
+    assert (tmp_path / "strips" / "prompt_01.png").is_file() and (tmp_path / "grids" / "prompt_00.png").is_file()
+    assert "## Per-frame PSNR (dB) vs off" in (tmp_path / "report.md").read_text()
