@@ -177,3 +177,25 @@ def test_linear_ag_fit_and_use(pipelines, tmp_path):
     with pytest.warns(UserWarning, match="fitted for another model"):
         accelerate(other, "off", guidance={"mode": "linear", "coefficients": str(path)})
     other.acceleration.remove()
+
+
+def test_shipped_coefficients_are_found_by_model(pipelines):
+    pipe = pipelines("sd")                         # tiny-sd-micro-DDIMScheduler-20.json
+    accelerate(pipe, "off", guidance={"mode": "linear"})
+    with pytest.warns(UserWarning, match="fitted for 20 steps, this generation runs 2: AG only"):
+        run(pipe, "sd", steps=2)
+    assert "AG only" in _stats(pipe)["linear"]
+    pipe.acceleration.remove()
+
+
+def test_composes_with_deepcache(pipelines):
+    """Guidance is the outer hook: DeepCache inside sees the halved batch after the switch."""
+    pipe = pipelines("sd")
+    reference = run(pipe, "sd", steps=STEPS)
+    accelerate(pipe, "off", guidance={"threshold": -1.0}, deepcache={"cache_interval": 2})
+    run(pipe, "sd", steps=STEPS)
+    report = pipe.acceleration.report()
+    assert [a["technique"] for a in report.applied] == ["deepcache", "guidance"]
+    assert "3 saved" in report.applied[1]["stats"]["nfe"]
+    pipe.acceleration.remove()
+    assert torch.equal(run(pipe, "sd", steps=STEPS), reference)

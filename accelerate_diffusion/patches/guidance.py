@@ -120,8 +120,9 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # -- LinearAG coefficients ----------------------------------------------------------------
 def model_fingerprint(denoiser: torch.nn.Module) -> str:
     """Class and config of the denoiser, hashed: coefficients are fitted per model."""
-    config = getattr(denoiser, "config", {})
-    text = json.dumps({"class": type(denoiser).__name__, "config": dict(config)},
+    config = {k: v for k, v in dict(getattr(denoiser, "config", {})).items()
+              if not k.startswith("_")}   # private keys (e.g. an unordered set) vary per process
+    text = json.dumps({"class": type(denoiser).__name__, "config": config},
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -181,7 +182,7 @@ def fit_linear_ag(trajectories, max_ratio: float = 0.5, max_fraction: float = 1.
     steps = len(trajectories[0])
     if any(len(t) != steps for t in trajectories):
         raise ValueError(f"{NAME}: all calibration runs must have the same number of steps")
-    coeffs, ratios, replace = [[0.0, 0.0, 0.0]], [float("nan")], []
+    coeffs, ratios, replace = [[0.0, 0.0, 0.0]], [None], []
     for t in range(1, steps):
         cols = [torch.cat([traj[t][0].flatten() for traj in trajectories]),
                 torch.cat([traj[t - 1][0].flatten() for traj in trajectories]),
