@@ -384,6 +384,6 @@ def test_layout_is_computed_without_dense_mask(monkeypatch):
 
     monkeypatch.setattr(type(spec), "dense_mask", no_dense)
     lay = canonical_layout(spec)
-    assert lay.num_q_blocks == math.ceil(spec.num_tokens / 128)
+    assert lay.num_q_blocks == math.ceil(spec.num_tokens / 64)
     assert 0 < lay.block_density < 0.2
     assert 0 < spec.density() < lay.block_density

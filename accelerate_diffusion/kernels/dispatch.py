@@ -67,11 +67,9 @@ def available_backends(device="cpu") -> list[str]:
     """Backends that can run on ``device`` here, fastest first."""
     out = []
     dev = torch.device(device)
-    if triton_installed():
-        from .triton_attention import interpreting
-
-        if dev.type == "cuda" or interpreting():
-            out.append("triton")
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    if triton_installed() and (dev.type == "cuda" or interpreting):
+        out.append("triton")
     if flex_available():
         if dev.type not in _FLEX_BROKEN:
             out.append("flex")

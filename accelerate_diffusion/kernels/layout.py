@@ -263,7 +263,7 @@ def _to_lists(mask: torch.Tensor):
 
 
 @lru_cache(maxsize=128)
-def block_layout(spec: MaskSpec, block_q: int = 128, block_kv: int = 128, tile=None) -> BlockLayout:
+def block_layout(spec: MaskSpec, block_q: int = 64, block_kv: int = 64, tile=None) -> BlockLayout:
     """Layout for ``spec``; ``tile=None`` picks the tile shape that visits fewest blocks."""
     if block_q < 1 or block_kv < 1:
         raise ValueError(f"block_q={block_q} and block_kv={block_kv} must be >= 1")
@@ -296,11 +296,14 @@ def block_layout(spec: MaskSpec, block_q: int = 128, block_kv: int = 128, tile=N
     return BlockLayout(spec, block_q, block_kv, tile, perm, inv, kv_num, kv_idx, full_num, full_idx)
 
 
-CANONICAL_BLOCK = 128
+# Tiles are chosen for 64-token blocks: CPU FlexAttention and the Triton kernel use 64-key
+# blocks, and two consecutive 64-tiles form a compact 128-token block for GPU flex.
+# (64 vs 128 on CPU flex, 64x64 grid, window 24 stride 8: 4.7x vs 2.8x over dense SDPA.)
+CANONICAL_BLOCK = 64
 
 
 def canonical_layout(spec: MaskSpec) -> BlockLayout:
-    """The one token order every backend uses for ``spec`` (tiles chosen for 128-token
+    """The one token order every backend uses for ``spec`` (tiles chosen for 64-token
     blocks), so callers can permute once and pass ``permuted=True`` to any backend."""
     return block_layout(spec, CANONICAL_BLOCK, CANONICAL_BLOCK)
 

@@ -270,7 +270,7 @@ class MaskSpec:
         """
         return _interval_terms(self)
 
-    def layout(self, block_q: int = 128, block_kv: int | None = None, tile=None):
+    def layout(self, block_q: int = 64, block_kv: int | None = None, tile=None):
         """Token permutation + block-sparse tables for tiled kernels (see ``layout.py``).
 
         Without ``tile`` the token order is the canonical one shared by all backends."""
@@ -617,11 +617,6 @@ class UnionMask(MaskSpec):
     @property
     def terms(self):
         return tuple(t for p in self.parts for t in p.terms)
-
-
-def spec_summary(spec: MaskSpec) -> str:
-    """One-line human description (for benchmark and dispatcher logs)."""
-    return f"{spec!r} density={spec.density():.4f}"
 
 
 def coordinates(spec: MaskSpec, idx: torch.Tensor) -> Sequence[torch.Tensor]:
