@@ -215,3 +215,12 @@ def test_composes_with_guidance_truncation(pipelines):
     assert report.generation["counters"]["guidance_nfe_saved"] > 0 and torch.isfinite(out).all()
     assert stats["full_step_indices"] == [0, 3] and stats["forced_full_calls"] == 0
     assert _no_hooks_left(pipe.unet) == []
+
+
+def test_presets_pick_deepcache_for_unets(pipelines):
+    pipe = pipelines("sd")
+    for preset, (n, b) in {"quality": (2, 1), "balanced": (2, 0), "fast": (3, 0), "max": (5, 0)}.items():
+        accelerate(pipe, preset)
+        config = pipe.acceleration.plan["deepcache"]
+        pipe.acceleration.remove()
+        assert (config.cache_interval, config.cache_branch) == (n, b)
