@@ -122,8 +122,54 @@ def sweep(args) -> None:
               f"{p[-1]:.1f} | {st['cache tokens per layer (last chunk)']} | {sum(st['merges per chunk'])} |")
 
 
+def ann_bench(repeats: int = 20) -> None:
+    """Nearest cached key for one frame of new keys: torch exact / projected vs faiss (if installed).
+
+    An index is rebuilt at every call (the cache changes every chunk), so build time counts.
+    """
+    from accelerate_diffusion.kernels import ann
+
+    try:
+        import faiss
+    except ImportError:
+        faiss = None
+    print("| slots | feature width | method | ms per frame (median) | recall@1 vs exact |")
+    print("|---|---|---|---|---|")
+    for n, width in ((384, 192), (4096, 192), (4096, 384)):
+        gen = torch.Generator().manual_seed(0)
+        base = torch.nn.functional.normalize(torch.randn(1, n, width, generator=gen), dim=-1)
+        query = torch.nn.functional.normalize(base[:, :64] + 0.7 * torch.randn(1, 64, width, generator=gen) / width ** 0.5,
+                                              dim=-1)
+        exact = ann.nearest(query, base, "exact")[0]
+        methods = {"torch exact": lambda: ann.nearest(query, base, "exact")[0],
+                   "torch proj (16-d, 4 cand.)": lambda: ann.nearest(query, base, "proj", 16, 4)[0]}
+        if faiss is not None:
+            xb, xq = base[0].numpy(), query[0].numpy()
+
+            def run_index(make):
+                def go():
+                    index = make()
+                    if not index.is_trained:
+                        index.train(xb)
+                    index.add(xb)
+                    return torch.from_numpy(index.search(xq, 1)[1][:, 0])
+                return go
+            methods["faiss FlatIP"] = run_index(lambda: faiss.IndexFlatIP(width))
+            methods["faiss LSH (64 bits)"] = run_index(lambda: faiss.IndexLSH(width, 64))
+            methods["faiss HNSW (M=16)"] = run_index(lambda: faiss.IndexHNSWFlat(width, 16, faiss.METRIC_INNER_PRODUCT))
+        for name, fn in methods.items():
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                idx = fn()
+                times.append(time.perf_counter() - t)
+            recall = (idx == exact).float().mean().item()
+            print(f"| {n} | {width} | {name} | {statistics.median(times) * 1e3:.2f} | {recall:.2f} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--ann-bench", action="store_true", help="ANN retrieval timing: torch vs faiss")
     ap.add_argument("--sweep", action="store_true", help="preset candidates: fidelity and cache size only")
     ap.add_argument("--size", default="micro", choices=("micro", "small"))
     ap.add_argument("--frames", type=int, default=64)
@@ -136,13 +182,15 @@ def main():
     ap.add_argument("--self-topk", type=int, default=8)
     ap.add_argument("--budget", type=float, default=6.0, help="budget_frames")
     ap.add_argument("--evict", default="attention")
-    ap.add_argument("--ann", default="proj")
+    ap.add_argument("--ann", default="exact")
     ap.add_argument("--plot", default="docs/kv_cache_rollout.png")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     torch._dynamo.config.cache_size_limit = 256      # the baseline's flex attention recompiles per shape
     if args.sweep:
         return sweep(args)
+    if args.ann_bench:
+        return ann_bench()
 
     pipe = make_far_pipeline(args.size)
     kw = lambda: far_call_kwargs(args.size, latent_frames=args.frames, chunk=args.chunk, steps=args.steps,

@@ -51,7 +51,7 @@ class Config(TechniqueConfig):
     budget_frames: float = 0.0        # cache cap per layer, in frames of full-resolution tokens
     evict: str = "attention"          # "attention" (least attended first) | "age" (oldest first)
     encode: str = "incremental"       # "incremental" (flat cost) | "pipeline" (FAR's own re-encode)
-    ann: str = "proj"                 # "proj" (random projection + re-rank) | "exact"
+    ann: str = "exact"                # "exact" (fastest at budget sizes, measured) | "proj" (projection + re-rank)
     ann_dim: int = 16                 # projection width for ann="proj"
     ann_candidates: int = 4           # candidates re-ranked exactly for ann="proj"
     mass_samples: int = 64            # queries sampled to estimate attention mass for eviction
