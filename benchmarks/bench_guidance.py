@@ -36,6 +36,7 @@ TINY_PROMPTS = ["a red circle above a blue square", "a green star on a white bac
                 "a small yellow cross", "two purple diamonds"]
 
 VARIANTS = {
+    "no CFG (scale 1)": None,   # how much guidance matters at all: the floor
     "AG 0.98": {"threshold": 0.98},
     "AG 0.99": {"threshold": 0.99},
     "AG 0.995": {"threshold": 0.995},
@@ -46,10 +47,10 @@ VARIANTS = {
 }
 
 
-def demo_available() -> bool:
+def demo_available(kind: str = "dit") -> bool:
     try:
         from accelerate_diffusion import demo
-        return hasattr(demo, "load_pipeline")
+        return demo.is_available(kind)
     except ImportError:
         return False
 
@@ -63,9 +64,10 @@ def load(name: str, size: str):
         pipe = demo.load_pipeline(name.split("-", 1)[1])
         pipe.set_progress_bar_config(disable=True)
 
-        def kwargs(prompts, seed, steps):
+        def kwargs(prompts, seed, steps, **extra):
             return dict(prompt=prompts, num_inference_steps=steps, output_type="pt",
-                        generator=torch.Generator("cpu").manual_seed(seed))
+                        guidance_scale=5.0, generator=torch.Generator("cpu").manual_seed(seed),
+                        **extra)
 
         return pipe, kwargs, dataset.generate(16, split="test")[1], dataset.generate(16, split="val")[1]
 
@@ -73,26 +75,26 @@ def load(name: str, size: str):
 
     pipe = make_pipeline(name, size)
 
-    def kwargs(prompts, seed, steps):
-        kw = call_kwargs(name, size, steps=steps, seed=seed, prompt=prompts, output_type="pt")
-        if name == "flux":
-            kw.update(true_cfg_scale=4.0, negative_prompt=[""] * len(prompts))
+    def kwargs(prompts, seed, steps, **extra):
+        kw = call_kwargs(name, size, steps=steps, seed=seed, prompt=prompts, output_type="pt", **extra)
+        if name == "flux":   # Flux guides through true CFG (two calls per step)
+            kw.update(true_cfg_scale=1.0 if extra.get("guidance_scale") == 1.0 else 4.0,
+                      negative_prompt=[""] * len(prompts))
         return kw
 
     return pipe, kwargs, TINY_PROMPTS[:2], TINY_PROMPTS[2:]
 
 
 def load_clip_scorer():
-    """CLIP score with the demo CLIP, or None (then the column says n/a)."""
+    """Per-image CLIP score with the demo CLIP, or None (then the column says n/a)."""
     try:
-        from accelerate_diffusion.eval.models import load_clip
-        from accelerate_diffusion.eval.quality import clip_score
+        from accelerate_diffusion import demo
 
-        adapter = load_clip("demo")
-    except Exception as exc:   # missing module or weights: the table says why
+        clip = demo.load_clip()
+    except (ImportError, FileNotFoundError, OSError) as exc:
         print(f"CLIP score: n/a ({exc})")
         return None
-    return lambda images, prompts: clip_score(images, prompts, adapter)
+    return lambda images, prompts: demo.clip_score(images, prompts, clip)
 
 
 def images_of(out) -> torch.Tensor:
@@ -125,6 +127,13 @@ def timed(pipe, kw, config) -> float:
     return seconds
 
 
+def _summary(switch, steps):
+    if not switch:
+        return "-"
+    s = [steps if v is None else v for v in switch]
+    return f"{statistics.median(s):g} ({min(s)}-{max(s)}) of {steps}"
+
+
 def bench(name, size, steps, repeats, clip, save_coefficients, variants):
     pipe, kwargs, prompts, calib = load(name, size)
     print(f"\n== {name} ({type(pipe).__name__}, {type(pipe.scheduler).__name__}), {steps} steps, "
@@ -132,7 +141,7 @@ def bench(name, size, steps, repeats, clip, save_coefficients, variants):
 
     # LinearAG: fit on calibration prompts/seeds (full CFG), evaluate on the others.
     coeff_path = None
-    if any(v.get("mode") == "linear" for v in variants.values()):
+    if any(v and v.get("mode") == "linear" for v in variants.values()):
         if save_coefficients and name.startswith("demo-"):
             coeff_path = guidance.DATA_DIR / f"{name}-{type(pipe.scheduler).__name__}-{steps}.json"
         else:
@@ -144,7 +153,11 @@ def bench(name, size, steps, repeats, clip, save_coefficients, variants):
               f"{ratios}; saved to {coeff_path}")
 
     def config_of(v):
-        return {**v, "coefficients": str(coeff_path)} if v.get("mode") == "linear" else v
+        return {**v, "coefficients": str(coeff_path)} if v and v.get("mode") == "linear" else v
+
+    def call(v, seed=0):
+        """kwargs of one evaluated call; the `no CFG` row runs the pipeline at guidance 1."""
+        return kwargs(prompts, seed=seed, steps=steps, **({"guidance_scale": 1.0} if v is None else {}))
 
     kw = lambda: kwargs(prompts, seed=0, steps=steps)
     ref, base_macs, _, _, _ = counted(pipe, kw(), guidance.Config(threshold=2.0))
@@ -154,11 +167,16 @@ def bench(name, size, steps, repeats, clip, save_coefficients, variants):
     rows = []
     clip_ref = clip(ref, prompts) if clip else None
     for label, v in variants.items():
-        images, macs, stats, nfe, full = counted(pipe, kw(), config_of(v))
-        rows.append(dict(label=label, nfe=nfe / max(full, 1), macs=base_macs / max(macs, 1),
-                         psnr=psnr(ref, images), ssim=ssim(ref, images),
-                         clip=clip(images, prompts) if clip else None,
-                         switch=stats.get("switch_step_per_sample"), times=[]))
+        images, macs, stats, nfe, full = counted(pipe, call(v), config_of(v))
+        if v is None:
+            nfe, full = len(prompts) * steps, base_full
+        row = dict(label=label, nfe=nfe / max(full, 1), macs=base_macs / max(macs, 1),
+                   psnr=psnr(ref, images), ssim=ssim(ref, images), clip=None,
+                   switch=_summary(stats.get("switch_step_per_sample"), steps), times=[])
+        if clip:
+            delta = clip(images, prompts) - clip_ref          # paired per image
+            row["clip"] = (float(delta.mean()), float(delta.std() / len(delta) ** 0.5))
+        rows.append(row)
 
     # wall time: full CFG and every variant interleaved, order alternating per repeat
     base_times = []
@@ -168,16 +186,18 @@ def bench(name, size, steps, repeats, clip, save_coefficients, variants):
             if i is None:
                 base_times.append(timed(pipe, kw(), None))
             else:
-                rows[i]["times"].append(timed(pipe, kw(), config_of(list(variants.values())[i])))
+                v = list(variants.values())[i]
+                rows[i]["times"].append(timed(pipe, call(v), config_of(v)))
 
     base_t = statistics.median(base_times)
     print(f"full CFG: {format_macs(base_macs)} MACs, {base_t:.3f} s median, NFE {base_full}"
-          + (f", CLIP {clip_ref:.2f}" if clip_ref is not None else ", CLIP n/a"))
+          + (f", CLIP {float(clip_ref.mean()):.2f}" if clip_ref is not None else ", CLIP n/a"))
     print(f"{'variant':18s} {'NFE ratio':>9s} {'MACs x':>7s} {'wall x':>7s} {'PSNR':>7s} "
-          f"{'SSIM':>6s} {'CLIP':>6s}  switch step per sample")
+          f"{'SSIM':>6s} {'dCLIP +- se':>13s}  switch step (median, range)")
     for row in rows:
         wall = base_t / statistics.median(row["times"])
-        clip_s = f"{row['clip']:6.2f}" if row["clip"] is not None else "   n/a"
+        clip_s = (f"{row['clip'][0]:+6.2f} +-{row['clip'][1]:5.2f}" if row["clip"] is not None
+                  else f"{'n/a':>13s}")
         print(f"{row['label']:18s} {row['nfe']:9.3f} {row['macs']:7.2f} {wall:7.2f} "
               f"{row['psnr']:7.2f} {row['ssim']:6.3f} {clip_s}  {row['switch']}")
     return rows
@@ -188,7 +208,7 @@ def main(argv=None):
     parser.add_argument("--pipelines", default=None,
                         help="comma list of demo-unet, demo-dit, sd, sdxl, pixart, sd3, wan, flux")
     parser.add_argument("--size", default="micro", choices=("micro", "small"))
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", default=None, help="comma list of variant labels")
     parser.add_argument("--save-coefficients", action="store_true",
@@ -197,7 +217,7 @@ def main(argv=None):
     torch.set_num_threads(2)
     warnings.filterwarnings("ignore")
     names = (args.pipelines.split(",") if args.pipelines else
-             (["demo-unet", "demo-dit"] if demo_available() else []) + ["sd", "pixart", "sd3", "wan"])
+             [f"demo-{k}" for k in ("unet", "dit") if demo_available(k)] + ["sd", "pixart", "sd3", "wan"])
     variants = VARIANTS if not args.variants else {k: VARIANTS[k] for k in args.variants.split(",")}
     clip = load_clip_scorer() if any(n.startswith("demo-") for n in names) else None
     for name in names:
