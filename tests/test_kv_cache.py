@@ -74,6 +74,10 @@ def test_no_merge_unlimited_budget_is_bit_identical_and_remove_restores(far):
     assert torch.equal(run_far(pipe, "micro", **ROLL), reference)
     stats = pipe.acceleration.report().applied[0]["stats"]
     assert stats["chunks"] == 3 and set(stats["merges per chunk"]) == {0}
+    accelerate(pipe, "off", kv_cache=dict(merge_threshold=1.5, budget_frames=2, encode="pipeline", evict="age"))
+    assert not torch.equal(run_far(pipe, "micro", **ROLL), reference)      # evictions: the cache changed
+    ctrl = pipe._kv_cache_controller
+    assert ctrl.chunks[-1]["evictions"] > 0 and max(ctrl.chunks[-1]["cache_tokens"].values()) <= 2 * ctrl.full_tpf
     accelerate(pipe, "off", kv_cache=dict(merge_threshold=0.5, budget_frames=2, encode="incremental"))
     assert not torch.equal(run_far(pipe, "micro", **ROLL), reference)
     pipe.acceleration.remove()
