@@ -369,6 +369,8 @@ class _Controller:
 
     def _fill(self, cond, real, evaluated, estimated) -> torch.Tensor:
         """The full uncond prediction: real rows, LinearAG estimates, cond copies elsewhere."""
+        if not evaluated and not estimated:
+            return cond
         uncond = cond.clone()
         if evaluated:
             uncond[evaluated] = real.to(cond.dtype)
