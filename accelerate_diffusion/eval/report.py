@@ -192,6 +192,8 @@ def _fmt(value, spec: str, missing: str = "skipped") -> str:
         return "inf"
     if isinstance(value, float) and math.isnan(value):
         return "nan"
+    if isinstance(value, float) and abs(value) < 1e-6:
+        value = 0.0                       # float noise around an exact zero (e.g. FID of a set with itself)
     text = format(value, spec)
     return text[1:] if text.startswith("-") and float(text) == 0 else text   # no "-0.00"
 
