@@ -155,7 +155,7 @@ def test_batch_change_mid_generation_runs_dense(pipelines):
         out = run(pipe, "sd3", steps=STEPS)
         counters = pipe.acceleration.state.counters
     finally:
-        del transformer.forward
+        transformer.forward = original       # the hooked forward, removed by remove()
         pipe.acceleration.remove()
     assert torch.isfinite(out).all()
     # steps 0,1 dense, 2,3 sparse, 4 dense (batch changed), 5..7 sparse

@@ -453,7 +453,7 @@ def _image_attentions(ctx: PatchContext, family: str) -> list[tuple[str, torch.n
 
 def apply(ctx: PatchContext, config: Config) -> PatchHandle:
     family = ctx.family.name
-    if family == "dit" or family not in ("sd3", "flux"):
+    if family not in ("sd3", "flux"):
         raise NotApplicable(f"ras supports the SD3 and Flux transformers, not {family}")
     denoiser = ctx.denoiser
     if not _scheduler_ok(ctx.pipe.scheduler):
