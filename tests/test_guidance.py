@@ -199,3 +199,19 @@ def test_composes_with_deepcache(pipelines):
     assert "3 saved" in report.applied[1]["stats"]["nfe"]
     pipe.acceleration.remove()
     assert torch.equal(run(pipe, "sd", steps=STEPS), reference)
+
+
+def test_row_selection_and_output_types():
+    from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+    n, index = 4, torch.tensor([1, 3])
+    args = {"x": torch.arange(4), "scalar_t": torch.tensor(5), "ids": torch.zeros(7, 3),
+            "added": {"text_embeds": torch.arange(8).view(4, 2)}, "res": (torch.arange(4),)}
+    picked = guidance._select(args, n, index)
+    assert picked["x"].tolist() == [1, 3] and picked["scalar_t"].item() == 5
+    assert picked["ids"].shape == (7, 3) and picked["added"]["text_embeds"].tolist() == [[2, 3], [6, 7]]
+    assert picked["res"][0].tolist() == [1, 3]
+    new = torch.ones(2)
+    assert guidance._with_main((torch.zeros(2), "extra"), new)[0] is new
+    out = guidance._with_main(Transformer2DModelOutput(sample=torch.zeros(2)), new)
+    assert isinstance(out, Transformer2DModelOutput) and out.sample is new
