@@ -50,8 +50,8 @@ def patterns(quick: bool):
         (f"video {vid[0]}x{vid[1]}x{vid[2]} window 3x12x12",
          NeighborhoodMask(vid, (3, 12, 12))),
         (f"video {vid[0]}x{vid[1]}x{vid[2]} frame tile (+frame 0)", FrameTileMask(vid, (0,))),
-        (f"video {vid[0]}x{vid[1]}x{vid[2]} criss-cross 4x8x8",
-         CrissCrossMask(vid, (4, 8, 8))),
+        (f"video {vid[0]}x{vid[1]}x{vid[2]} criss-cross 1x4x4",
+         CrissCrossMask(vid, (1, 4, 4))),
     ]
 
 
