@@ -311,7 +311,8 @@ def evaluate(pipe_or_name, prompts, presets: Sequence[str | EvalConfig] = ("off"
              overrides: dict | None = None, call_kwargs: dict | None = None,
              reference_dir: str | None = None, fid_features: Any = "auto",
              clip: Any = "auto", lpips_net: str | None = "alex", device: str | None = None,
-             resume: bool = True, progress: bool = True, plots: bool = True) -> "EvalReport":
+             resume: bool = True, progress: bool = True, plots: bool = True,
+             label: str | None = None) -> "EvalReport":
     """Evaluate presets on one pipeline and write the report files into ``out_dir``.
 
     ``pipe_or_name``: a diffusers pipeline, or a name for ``cli.load_pipeline`` (tiny test
@@ -323,7 +324,8 @@ def evaluate(pipe_or_name, prompts, presets: Sequence[str | EvalConfig] = ("off"
     locally, else the CLIP image encoder), ``"inception"``, ``"clip"``, ``"random"``
     (tests only) or an ``nn.Module``. ``clip``: ``"auto"`` (the demo CLIP for demo
     models), ``"demo"``, a local CLIP directory, a callable, or None. ``lpips_net``: None
-    skips LPIPS. Returns the :class:`EvalReport` (also written as Markdown, JSON, CSV and
+    skips LPIPS. ``label`` names the model in the report (default: the name or class).
+    Returns the :class:`EvalReport` (also written as Markdown, JSON, CSV and
     plots). With ``resume`` a configuration already in ``out_dir`` with the same settings
     is loaded, not redone.
     """
@@ -357,6 +359,7 @@ def evaluate(pipe_or_name, prompts, presets: Sequence[str | EvalConfig] = ("off"
     model = name or type(pipe).__name__
     if name in testing.PIPELINES:
         model = f"{name} ({size})"
+    model = label or model
     pipe.set_progress_bar_config(disable=True)
     dev = _pipe_device(pipe)
     make_kwargs = _make_kwargs_factory(name, size, steps, call_kwargs)
