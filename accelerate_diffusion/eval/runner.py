@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import re
 import statistics
@@ -25,14 +24,16 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
 from ..api import accelerate
 from ..presets import PRESETS
 from .bench import _images
-from .fidelity import per_frame, per_image, psnr, ssim
+
+if TYPE_CHECKING:
+    from .report import EvalReport
 
 
 @dataclass
