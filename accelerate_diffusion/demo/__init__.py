@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_GUIDANCE",
     "IMAGE_SIZE",
     "load_pipeline",
+    "is_available",
     "load_clip",
     "load_vae",
     "load_tokenizer",
@@ -51,6 +52,13 @@ def _dir(name: str, weights_dir: str | Path | None) -> Path:
             f"demo weights not found at {p}; train them with `python -m accelerate_diffusion.demo.train {name}`"
         )
     return p
+
+
+def is_available(kind: str = "dit", weights_dir: str | Path | None = None) -> bool:
+    """Whether the embedded weights for pipeline `kind` (or ``"clip"``/``"vae"``) are present."""
+    d = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    need = {"unet": ("clip", "vae", "unet"), "dit": ("clip", "vae", "dit")}.get(kind, (kind,))
+    return all((d / n / "config.json").exists() for n in need)
 
 
 def load_tokenizer(weights_dir: str | Path | None = None):

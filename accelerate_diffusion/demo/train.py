@@ -76,6 +76,9 @@ class Logger:
     def __init__(self, out: Path, args):
         self.path = out / "train_log.json"
         self.data = {"args": vars(args), "log": []}
+        if getattr(args, "resume", False) and self.path.exists():
+            prev = json.loads(self.path.read_text())
+            self.data["previous_runs"] = prev.pop("previous_runs", []) + [prev]
         self.t0 = time.time()
 
     def add(self, step: int, **vals):
@@ -101,6 +104,16 @@ class EMA:
         d = min(self.decay, (1 + step) / (10 + step))
         for pe, p in zip(self.model.parameters(), model.parameters()):
             pe.lerp_(p.detach(), 1 - d)
+
+
+def _maybe_resume(args, model, out: Path):
+    """With --resume, continue from the weights saved in `out` (optimizer state restarts)."""
+    if not args.resume:
+        return model
+    loaded = type(model).from_pretrained(out, torch_dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    print(f"resumed {type(model).__name__} from {out}", flush=True)
+    return model
 
 
 def lr_at(step: int, base: float, warmup: int) -> float:
@@ -154,7 +167,7 @@ def train_clip(args):
     tok = build_tokenizer()
     ids = tok(captions, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt").input_ids
     pix = to_tensor(images)
-    model = new_clip(len(tok)).train()
+    model = _maybe_resume(args, new_clip(len(tok)), out).train()
 
     def loss_fn(step, gen):
         idx = torch.randint(0, len(captions), (args.batch,), generator=gen)
@@ -175,7 +188,7 @@ def train_vae(args):
     out.mkdir(parents=True, exist_ok=True)
     images, _ = train_images(args.n_images, args.data_seed)
     pix = to_tensor(images)
-    model = new_vae().train()
+    model = _maybe_resume(args, new_vae(), out).train()
 
     def loss_fn(step, gen):
         idx = torch.randint(0, len(pix), (args.batch,), generator=gen)
@@ -251,7 +264,7 @@ def train_unet(args):
     n = len(z0_all)
     sched = ddpm_train_scheduler()
     acp = sched.alphas_cumprod
-    model = new_unet().train()
+    model = _maybe_resume(args, new_unet(), out).train()
     ema = EMA(model, args.ema)
 
     def loss_fn(step, gen):
@@ -277,7 +290,7 @@ def train_dit(args):
     data, vae = diffusion_data(args)
     z0_all = (data["latents"] - vae.config.shift_factor) * vae.config.scaling_factor  # SD3 convention
     n = len(z0_all)
-    model = new_dit().train()
+    model = _maybe_resume(args, new_dit(), out).train()
     # one zero "T5" token standing for the pipeline's 256 (see ZeroTokenBiasProcessor)
     n_img = (model.config.sample_size // model.config.patch_size) ** 2
     model.set_attn_processor(ZeroTokenBiasProcessor(zero_token_bias(n_img, MAX_LENGTH)))
@@ -300,9 +313,7 @@ def train_dit(args):
         return F.mse_loss(pred, noise - x0)
 
     def save(m):
-        m = copy.deepcopy(m)
-        m.set_default_attn_processor()
-        save_fp16(m, out)
+        save_fp16(m, out)  # attention processors are not part of the saved model
         flow_scheduler().save_pretrained(out / "scheduler")
 
     loop(args, out, model, list(model.parameters()), loss_fn, ema=ema, save_fn=save)
@@ -335,6 +346,7 @@ def main(argv=None):
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--cfg-drop", type=float, default=0.1)
+    p.add_argument("--resume", action="store_true", help="start from the weights already in --out")
     p.add_argument("--kl-weight", type=float, default=1e-3)
     args = p.parse_args(argv)
     steps, batch, lr, warmup = DEFAULTS[args.stage]
