@@ -26,7 +26,7 @@ where a batch never holds both halves: then it recomputes). Everything is droppe
 
 from __future__ import annotations
 
-import collections
+import dataclasses
 import os
 import warnings
 from dataclasses import dataclass
@@ -72,6 +72,20 @@ class Config(TechniqueConfig):
         if not isinstance(self.schedule, (str, dict, CacheSchedule, os.PathLike)):
             raise ValueError(f"{self.NAME}.schedule: expected a CacheSchedule, a dict, a file path or a "
                              f"heuristic name like 'fora:2', got {type(self.schedule).__name__}")
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """For reports: a schedule object or JSON dict is shown by name, not as its whole array."""
+        out = {f: getattr(self, f) for f in self.field_names()}
+        if isinstance(self.schedule, CacheSchedule):
+            out["schedule"] = repr(self.schedule)
+        elif isinstance(self.schedule, dict):
+            out["schedule"] = f"<schedule {self.schedule.get('name', 'unnamed')!r}>"
+        elif isinstance(self.schedule, os.PathLike):
+            out["schedule"] = os.fspath(self.schedule)
+        return out
 
 
 def _tensors(args, kwargs):
