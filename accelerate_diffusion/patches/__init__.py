@@ -28,6 +28,7 @@ _MODULES: dict[str, str] = {
     "block_cache": "accelerate_diffusion.patches.block_cache",
     "deepcache": "accelerate_diffusion.patches.deepcache",
     "guidance": "accelerate_diffusion.patches.guidance",
+    "attention": "accelerate_diffusion.patches.attention",
 }
 
 

@@ -1,0 +1,370 @@
+"""Sparse / neighborhood attention as a drop-in: image or video self-attention restricted
+to a mask over the token grid (SPECS §5), run by the kernels' ``attention()`` dispatcher.
+
+How it plugs in, without copying any diffusers processor:
+
+* a hook on the denoiser reads the token grid from its input (latent ``H, W`` / patch
+  size for PixArt and SD3, Flux's ``img_ids`` for its 2x2-packed latents, ``(F, H, W)`` /
+  patch for Wan) and keeps it for the duration of the call;
+* a hook on each image self-attention module (PixArt/Wan ``attn1``, SD3/Flux joint
+  ``attn``, SD3.5 ``attn2``) runs the module's *own* processor unchanged (projections,
+  QK-norm, RoPE, joint concat, output projections) inside a ``TorchFunctionMode`` that
+  redirects its one ``scaled_dot_product_attention`` call to ``kernels.attention`` with the
+  mask spec for this grid. Joint text tokens are dense extra tokens: a *prefix* for Flux
+  (text first), a *suffix* for SD3 (image first, text appended).
+
+Processors are never replaced, so ``remove()`` only deletes the hooks, and a processor a
+user set (or diffusers' kwargs filtering by processor signature) is left as it is. A
+wrapped forward that never reaches SDPA (a non-native diffusers attention backend) raises
+instead of silently running dense. Cross-attention (``attn2`` of PixArt/Wan) stays dense.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.hooks import HookRegistry, ModelHook
+from torch.overrides import TorchFunctionMode
+
+from .. import kernels
+from ..config import TechniqueConfig, check_choice, check_range
+from . import NotApplicable, PatchContext, PatchHandle
+
+NAME = "attention"
+HOOK = "accel_attention"
+PATTERNS = ("neighborhood", "strided", "blocked", "frame_tile", "criss_cross")
+BACKENDS = ("auto", "flex", "flex_eager", "reference", "triton")
+FAMILIES = ("pixart", "sd3", "flux", "wan")
+
+
+def _tuple(value):
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+@dataclass
+class Config(TechniqueConfig):
+    """``window``: tokens (int) or a fraction of each grid side (float in (0, 1]); one value
+    or one per grid dimension ((t, h, w) for video). ``stride``: None = the pattern's own
+    (1 neighborhood, window // 2 strided, window blocked). ``dense_steps``: first steps run
+    dense (a count, or a fraction of the steps when < 1). ``dense_layers``: block indices
+    (in ``family.blocks`` order, negatives from the end) kept dense."""
+
+    NAME = NAME
+    pattern: str = "neighborhood"
+    window: Any = 0.5
+    stride: Any = None
+    global_frames: Any = (0,)     # frame_tile: key frames every frame sees
+    dense_steps: float = 0
+    dense_layers: Any = ()
+    backend: str = "auto"
+
+    def validate(self) -> None:
+        check_choice(NAME, "pattern", self.pattern, PATTERNS)
+        check_choice(NAME, "backend", self.backend, BACKENDS)
+        self.window = _tuple(self.window)
+        windows = self.window if isinstance(self.window, tuple) else (self.window,)
+        if not 1 <= len(windows) <= 3:
+            raise ValueError(f"{NAME}.window: one value or one per grid dimension (1 to 3), got {self.window!r}")
+        for w in windows:
+            if isinstance(w, float):
+                check_range(NAME, "window", w, 0, 1, lo_open=True)
+            else:
+                check_range(NAME, "window", w, 1, integer=True)
+        self.stride = _tuple(self.stride)
+        if self.stride is not None:
+            for s in self.stride if isinstance(self.stride, tuple) else (self.stride,):
+                check_range(NAME, "stride", s, 1, integer=True)
+        self.global_frames = _tuple(self.global_frames)
+        for f in self.global_frames if isinstance(self.global_frames, tuple) else (self.global_frames,):
+            check_range(NAME, "global_frames", f, 0, integer=True)
+        if isinstance(self.dense_steps, float):
+            check_range(NAME, "dense_steps", self.dense_steps, 0, 1)
+        else:
+            check_range(NAME, "dense_steps", self.dense_steps, 0, integer=True)
+        self.dense_layers = tuple(_tuple(self.dense_layers)) if self.dense_layers else ()
+        for i in self.dense_layers:
+            check_range(NAME, "dense_layers", i, integer=True)
+
+
+# -- mask specs -----------------------------------------------------------------------------
+def _sizes(name: str, value, grid: tuple[int, ...]) -> tuple[int, ...]:
+    """Per-dimension token counts: ints kept, fractions of each grid side rounded (>= 1)."""
+    values = value if isinstance(value, tuple) else (value,) * len(grid)
+    if len(values) != len(grid):
+        raise ValueError(f"{NAME}.{name}: {value!r} gives {len(values)} values for a "
+                         f"{len(grid)}-d token grid {grid}")
+    return tuple(max(1, round(v * L)) if isinstance(v, float) else int(v) for v, L in zip(values, grid))
+
+
+def build_spec(config: Config, grid: tuple[int, ...], prefix: int = 0, suffix: int = 0) -> kernels.MaskSpec:
+    """The kernels' mask spec for this config on this token grid; spec errors come back as
+    ValueError naming the config field."""
+    extra = dict(prefix=prefix, suffix=suffix)
+    try:
+        if config.pattern == "frame_tile":
+            return kernels.FrameTileMask(grid, config.global_frames, **extra)
+        window = _sizes("window", config.window, grid)
+        if config.pattern == "criss_cross":
+            return kernels.CrissCrossMask(grid, window, **extra)
+        if config.stride is not None:
+            stride = config.stride
+        elif config.pattern == "blocked":
+            stride = window
+        elif config.pattern == "strided":
+            stride = tuple(max(1, w // 2) for w in window)
+        else:
+            stride = 1
+        return kernels.NeighborhoodMask(grid, window, stride, **extra)
+    except ValueError as e:
+        msg = str(e)
+        head = msg.split("[")[0].split("=")[0].split(" ")[0]
+        name = {"group": "window", "spatial_window": "window"}.get(head, head)
+        if name not in Config.field_names():
+            name = "grid"
+        raise ValueError(f"{NAME}.{name}: pattern={config.pattern!r}, window={config.window!r}, "
+                         f"stride={config.stride!r} does not fit the token grid {grid}: {msg}") from None
+
+
+# -- the token grid ---------------------------------------------------------------------------
+def _grid_of(family: str, denoiser, args, kwargs) -> tuple[int, ...]:
+    """Token grid of this denoiser call, from its input (not guessed from sequence lengths)."""
+    x = args[0] if args else kwargs.get("hidden_states")
+    if family == "flux":
+        ids = kwargs.get("img_ids")
+        if ids is None and len(args) > 4:
+            ids = args[4]
+        if ids is None:
+            raise ValueError(f"{NAME}.grid: the Flux transformer was called without img_ids")
+        ids = ids.reshape(-1, ids.shape[-1])[: x.shape[1]]
+        h, w = int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
+        return (h, w)
+    patch = denoiser.config.patch_size
+    if family == "wan":
+        pt, ph, pw = patch
+        return (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
+    return (x.shape[-2] // patch, x.shape[-1] // patch)
+
+
+# -- runtime ----------------------------------------------------------------------------------
+@dataclass
+class _Layer:
+    name: str
+    index: int
+    side: str                  # where joint text tokens sit: "prefix", "suffix" or "none"
+    density: float | None = None
+    backend: str | None = None
+    sparse_calls: int = 0
+    dense_calls: int = 0
+
+
+class _Runtime:
+    def __init__(self, ctx: PatchContext, config: Config):
+        self.ctx = ctx
+        self.config = config
+        self.family = ctx.family.name
+        self.grid: tuple[int, ...] | None = None       # during a denoiser call
+        self.last_grid: tuple[int, ...] | None = None  # for the report
+        self.layers: list[_Layer] = []
+        self.dense_layers: set[int] = set()
+        self._specs: dict = {}
+        self.backends: dict[str, int] = {}
+
+    def reset(self) -> None:
+        self.backends = {}
+        for layer in self.layers:
+            layer.sparse_calls = layer.dense_calls = 0
+
+    def dense_steps(self) -> int:
+        n = self.config.dense_steps
+        return math.ceil(n * self.ctx.state.num_steps - 1e-9) if isinstance(n, float) else n
+
+    def is_dense(self, layer: _Layer) -> bool:
+        return layer.index in self.dense_layers or self.ctx.state.step < self.dense_steps()
+
+    def spec(self, n: int, layer: _Layer) -> kernels.MaskSpec:
+        if self.grid is None:
+            raise RuntimeError(f"{NAME}: {layer.name} ran outside a denoiser call; the token grid is unknown")
+        extra = n - math.prod(self.grid)
+        if extra < 0 or (extra and layer.side == "none"):
+            raise ValueError(f"{NAME}.grid: token grid {self.grid} ({math.prod(self.grid)} tokens) does not "
+                             f"match the {n} tokens attending in {layer.name}"
+                             + ("" if layer.side == "none" else " (image tokens + joint text tokens)"))
+        key = (self.grid, extra, layer.side)
+        if key not in self._specs:
+            self._specs[key] = build_spec(self.config, self.grid, prefix=extra if layer.side == "prefix" else 0,
+                                          suffix=extra if layer.side == "suffix" else 0)
+        return self._specs[key]
+
+    def sdpa(self, layer: _Layer, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+             scale=None, enable_gqa=False):
+        """Stands in for ``F.scaled_dot_product_attention`` inside a sparse layer."""
+        if attn_mask is not None or is_causal or dropout_p or enable_gqa or key.shape != query.shape:
+            raise NotImplementedError(
+                f"{NAME}: {layer.name} called attention with a mask, causal flag, dropout, GQA or "
+                "different key length; sparse attention only replaces plain self-attention "
+                f"(use {NAME}.dense_layers or attention=False)")
+        spec = self.spec(query.shape[-2], layer)
+        out, used = kernels.attention(query, key, value, spec, backend=self.config.backend, scale=scale)
+        layer.density, layer.backend = spec.density(), used
+        layer.sparse_calls += 1
+        self.backends[used] = self.backends.get(used, 0) + 1
+        self.ctx.state.count("attention_sparse_calls")
+        return out
+
+    def stats(self) -> dict:
+        per_layer, run = [], None
+        for layer in self.layers:
+            if layer.sparse_calls:
+                what = f"{layer.density:.2f} ({layer.backend})"
+            elif layer.dense_calls:
+                what = "1.00 (dense, original)"
+            else:
+                what = "not run"
+            block = layer.index
+            if run and run[2] == what and run[1] + 1 >= block:
+                run[1] = block
+            else:
+                run = [block, block, what]
+                per_layer.append(run)
+        text = "; ".join(f"{a}-{b}: {w}" if a != b else f"{a}: {w}" for a, b, w in per_layer)
+        sparse = sum(l.sparse_calls for l in self.layers)
+        dense = sum(l.dense_calls for l in self.layers)
+        weighted = sum(l.sparse_calls * (l.density or 1.0) for l in self.layers) + dense
+        return {
+            "token grid": self.last_grid,
+            "density per block": text or "no call yet",
+            "backends": dict(self.backends, dense=dense) if dense else dict(self.backends),
+            "attention calls sparse/dense": f"{sparse}/{dense}",
+            "mean attention density": round(weighted / max(sparse + dense, 1), 4),
+        }
+
+
+class _SparseSDPA(TorchFunctionMode):
+    """Redirects ``scaled_dot_product_attention`` (diffusers' native backend and the
+    ``AttnProcessor2_0`` family both end there) to the sparse kernels; all else unchanged."""
+
+    def __init__(self, runtime: _Runtime, layer: _Layer):
+        super().__init__()
+        self.runtime, self.layer, self.calls = runtime, layer, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            self.calls += 1
+            return self.runtime.sdpa(self.layer, *args, **kwargs)
+        return func(*args, **kwargs)
+
+
+class _GridHook(ModelHook):
+    """On the denoiser: the token grid of the call in progress."""
+
+    def __init__(self, runtime: _Runtime):
+        super().__init__()
+        self.runtime = runtime
+
+    def new_forward(self, module, *args, **kwargs):
+        rt = self.runtime
+        previous, rt.grid = rt.grid, _grid_of(rt.family, module, args, kwargs)
+        try:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        finally:
+            rt.last_grid, rt.grid = rt.grid, previous
+
+
+class _AttnHook(ModelHook):
+    """On one self-attention module: its own forward, with SDPA swapped when sparse."""
+
+    def __init__(self, runtime: _Runtime, layer: _Layer):
+        super().__init__()
+        self.runtime, self.layer = runtime, layer
+
+    def new_forward(self, module, *args, **kwargs):
+        rt, layer = self.runtime, self.layer
+        if rt.is_dense(layer):
+            layer.dense_calls += 1
+            rt.ctx.state.count("attention_dense_calls")
+            return self.fn_ref.original_forward(*args, **kwargs)
+        with _SparseSDPA(rt, layer) as mode:
+            out = self.fn_ref.original_forward(*args, **kwargs)
+        if mode.calls == 0:
+            raise RuntimeError(
+                f"{NAME}: {layer.name} ({type(module.processor).__name__}) did not call "
+                "torch's scaled_dot_product_attention (a non-native diffusers attention backend?); "
+                "sparse attention cannot apply there")
+        return out
+
+
+# -- apply ------------------------------------------------------------------------------------
+def _self_attentions(ctx: PatchContext) -> list[tuple[int, str, torch.nn.Module, str]]:
+    """(block index, name, module, text side) for every image/video self-attention."""
+    family = ctx.family.name
+    out = []
+    for index, (name, block) in enumerate(ctx.family.blocks(ctx.denoiser)):
+        if family in ("pixart", "wan"):
+            attrs = (("attn1", "none"),)
+        elif family == "sd3":
+            attrs = (("attn", "suffix"), ("attn2", "none"))   # attn2: SD3.5 dual image attention
+        else:
+            attrs = (("attn", "prefix"),)                      # Flux: text first (single blocks too)
+        for attr, side in attrs:
+            attn = getattr(block, attr, None)
+            if isinstance(attn, torch.nn.Module):
+                out.append((index, f"{name}.{attr}", attn, side))
+    return out
+
+
+def _register(module: torch.nn.Module, hook: ModelHook, undo: list) -> None:
+    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK)
+
+    def remove():
+        registry = module._diffusers_hook
+        registry.remove_hook(HOOK, recurse=False)
+        if not registry.hooks:
+            del module._diffusers_hook
+            if "forward" in vars(module):
+                del module.forward
+
+    undo.append(remove)
+
+
+def apply(ctx: PatchContext, config: Config) -> PatchHandle:
+    family = ctx.family.name
+    if family not in FAMILIES:
+        raise NotApplicable(f"{NAME} supports the {', '.join(FAMILIES)} transformers, not {family}")
+    if config.pattern == "frame_tile" and ctx.family.grid != "3d":
+        raise NotApplicable(f"{NAME}.pattern='frame_tile' needs video tokens; {family} has an image grid")
+    attentions = _self_attentions(ctx)
+    if not attentions:
+        raise NotApplicable(f"{NAME}: no self-attention modules found in the {family} transformer")
+    n_blocks = len(ctx.family.blocks(ctx.denoiser))
+    for i in config.dense_layers:
+        if not -n_blocks <= i < n_blocks:
+            raise ValueError(f"{NAME}.dense_layers: {i} is out of range; this {family} transformer has "
+                             f"{n_blocks} blocks (allowed {-n_blocks} to {n_blocks - 1})")
+
+    runtime = _Runtime(ctx, config)
+    runtime.dense_layers = {i % n_blocks for i in config.dense_layers}
+    undo: list = []
+    handle = PatchHandle(NAME, targets=[n for _, n, _, _ in attentions], undo=undo, stats=runtime.stats)
+    handle.runtime = runtime
+    try:
+        for index, name, attn, side in attentions:
+            layer = _Layer(name, index, side)
+            runtime.layers.append(layer)
+            _register(attn, _AttnHook(runtime, layer), undo)
+        _register(ctx.denoiser, _GridHook(runtime), undo)
+    except BaseException:
+        handle.remove()
+        raise
+    ctx.state.on_reset(runtime.reset)
+
+    def detach():
+        if runtime.reset in ctx.state._on_reset:
+            ctx.state._on_reset.remove(runtime.reset)
+
+    undo.insert(0, detach)
+    return handle
