@@ -216,14 +216,21 @@ def _drop_empty_registry(module) -> None:
             del module.forward
 
 
-def accelerate(pipe, preset: str = "balanced", *, measure_macs: bool = False, **overrides):
+def accelerate(pipe, preset: str = "balanced", *, measure_macs: bool = False, schedule=None,
+               schedule_dir=None, max_quality_loss: float | None = None, **overrides):
     """Patch ``pipe`` in place and return it, with a handle at ``pipe.acceleration``.
 
     ``preset`` is one of ``off, quality, balanced, fast, max``. ``overrides`` maps a
     technique name to a config object, a dict of fields (merged onto the preset's), True
     (the preset's or default settings) or False/None (disabled). ``measure_macs`` counts
     the denoiser's MACs each generation (slower; for reports and benchmarks).
+    ``schedule`` (a block-cache schedule file or object) or ``schedule_dir`` (a searched
+    Pareto front; ``max_quality_loss`` or the preset picks the point) set block_cache's schedule.
     """
+    if schedule is not None or schedule_dir is not None or max_quality_loss is not None:
+        from .schedules.search import schedule_override   # docs: schedules/search.py
+
+        overrides = schedule_override(overrides, preset, schedule, schedule_dir, max_quality_loss)
     denoiser_attr, denoiser = _check_pipeline(pipe)
     get_preset(preset)
     family = family_of(denoiser)

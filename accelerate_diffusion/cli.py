@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import generate
     generate.register(sub)
 
+    from .schedules import search as schedule_search
+    schedule_search.register(sub)   # `accelerate-diffusion search`
+
     from . import app
     app.register(sub)
     return parser

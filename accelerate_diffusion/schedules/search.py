@@ -1,0 +1,576 @@
+"""Learned block-cache schedules (ECAD): NSGA-II over the schedule bitstring, with a Pareto front.
+
+The genome is :meth:`CacheSchedule.to_bits` (every existing step x block x component entry
+of steps 1..T-1; step 0 always recomputes). pymoo's NSGA-II does the evolution: 4-point
+crossover (p=0.9), bit-flip mutation (p=0.05 per bit), one constraint "at least one bit
+reuses" (the all-True schedule is the baseline itself). Two objectives, both minimised:
+
+- **quality loss** on calibration prompts vs the uncached outputs (same seeds): ``ssim``
+  (1 - mean SSIM, default), ``psnr`` (1 - PSNR/100), ``lpips`` (when its weights are local) or
+  ``clip`` (1 - CLIP score/100 with the demo CLIP);
+- **compute**: the fraction of the uncached denoiser MACs the schedule executes. This is the
+  schedule's MACs estimate weighted by *counted* per-component MACs
+  (:func:`measure_component_macs`), so it is exact up to the work outside the components
+  (embeddings, norms), which is counted once and always runs.
+
+The uncached reference is generated once. Every evaluation goes to ``archive.jsonl`` (one line
+each, flushed), and the pymoo algorithm is pickled after every generation, so an interrupted
+search resumes where it stopped: the restored algorithm asks for the same offspring and the
+archive answers those already evaluated. The front is taken over *all* evaluated candidates.
+
+Output folder: ``front-NN.json`` (the Pareto front, CacheSchedule files with ``metrics``),
+``evaluations.csv`` (every candidate), ``front.png`` (quality loss vs MACs ratio, heuristics
+marked), ``archive.jsonl`` and ``search-state.pkl`` (resume).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import json
+import math
+import os
+import pickle
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .cache_schedule import CacheSchedule, ScheduleLayout, measure_component_macs
+
+METRICS = ("ssim", "psnr", "lpips", "clip")
+STATE_FILE = "search-state.pkl"
+ARCHIVE_FILE = "archive.jsonl"
+# Budget used to pick a front point when only a preset is given: the smallest quality loss
+# among points at least this fast (MACs ratio); "max" takes the fastest point.
+PRESET_MACS_TARGET = {"off": 1.5, "quality": 1.3, "balanced": 1.5, "fast": 2.0, "max": math.inf}
+
+
+@dataclass
+class SearchConfig:
+    """Settings of one search. ``generations`` counts pymoo generations, the seeded initial
+    population being the first; ``batch_size`` is prompts per pipeline call (0 = all)."""
+
+    steps: int = 20
+    generations: int = 10
+    population: int = 72
+    metric: str = "ssim"
+    seed: int = 0
+    crossover_points: int = 4
+    crossover_prob: float = 0.9
+    mutation_prob: float = 0.05
+    batch_size: int = 0
+
+    def validate(self) -> None:
+        for name, lo in (("steps", 2), ("generations", 1), ("population", 2), ("crossover_points", 1),
+                         ("batch_size", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise ValueError(f"search.{name}: {value!r} must be an integer >= {lo}")
+        if self.metric not in METRICS:
+            raise ValueError(f"search.metric: unknown {self.metric!r}; allowed: {', '.join(METRICS)}")
+        for name in ("crossover_prob", "mutation_prob"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f"search.{name}: {value!r} must be a number in [0, 1]")
+
+
+@dataclass
+class SearchResult:
+    front: list[CacheSchedule]
+    evaluations: int                      # distinct schedules run (uncached reference not counted)
+    generations: int
+    wall_seconds: float                   # over all sessions of this search (resumes included)
+    out_dir: str
+    files: dict[str, str] = field(default_factory=dict)
+
+
+# -- seeds ---------------------------------------------------------------------------------
+
+def heuristic_seeds(layout: ScheduleLayout, steps: int) -> list[CacheSchedule]:
+    """The hand-made schedules of ``heuristics.py`` that fit this model, to seed the search."""
+    from .heuristics import from_spec
+
+    n, comps = layout.num_blocks, layout.components
+    mlp = "+".join(c for c in comps if c.startswith(("ff", "proj")))
+    specs = ["fora:2", "fora:3", "fora:2,last=1", "fora:3,last=1", "fora:2,first=3,last=1", "fora:4",
+             f"component:all,k={max(n // 2, 1)},window=0.8,every=2,last=1"]
+    if mlp:
+        specs.append(f"component:{mlp},k={n},window=0.8,every=2,last=1")
+    if "attn2" in comps:
+        specs.append("tgate:gate=0.5")
+    seeds, seen = [], set()
+    for spec in specs:
+        try:
+            sched = from_spec(spec, layout, steps)
+        except ValueError:
+            continue
+        key = _key(sched.to_bits())
+        if sched.to_bits().all() or key in seen:     # no reuse (too few steps) or a duplicate
+            continue
+        seen.add(key)
+        seeds.append(sched)
+    return seeds
+
+
+def _key(bits: np.ndarray) -> str:
+    return np.packbits(np.asarray(bits, bool)).tobytes().hex()
+
+
+def _unkey(key: str, n_var: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(bytes.fromhex(key), np.uint8))[:n_var].astype(bool)
+
+
+# -- evaluation ------------------------------------------------------------------------------
+
+def _images(out) -> torch.Tensor:
+    images = out.frames if hasattr(out, "frames") else out.images
+    return torch.as_tensor(images).float()
+
+
+class _Evaluator:
+    """Runs a schedule on the calibration prompts and scores it against the uncached outputs."""
+
+    def __init__(self, pipe, prompts: list[str], make_kwargs: Callable[[list[str], list[int]], dict],
+                 layout: ScheduleLayout, config: SearchConfig):
+        from ..families import family_of, find_denoiser
+
+        self.pipe, self.prompts, self.make_kwargs, self.layout = pipe, prompts, make_kwargs, layout
+        self.config = config
+        size = config.batch_size or len(prompts)
+        self.batches = [list(range(i, min(i + size, len(prompts)))) for i in range(0, len(prompts), size)]
+        self.metric = self._metric(config.metric)
+        self.reference = self._generate(None)
+        family = family_of(find_denoiser(pipe)[1])
+        first = self.batches[0]
+        self.component_macs, self.call_macs = measure_component_macs(
+            pipe, make_kwargs([prompts[i] for i in first], first), family)
+
+    def _metric(self, name: str) -> Callable[[torch.Tensor, torch.Tensor], float]:
+        from ..eval import fidelity
+
+        if name == "ssim":
+            return lambda ref, out: 1.0 - fidelity.ssim(ref, out)
+        if name == "psnr":
+            return lambda ref, out: 1.0 - min(fidelity.psnr(ref, out), 100.0) / 100.0
+        if name == "lpips":
+            from ..eval.models import Unavailable, load_lpips
+            from ..eval.quality import lpips
+
+            try:
+                model = load_lpips()
+            except Unavailable as exc:
+                raise ValueError(f"search.metric: lpips is not available here ({exc}); use ssim or psnr")
+            return lambda ref, out: float(np.mean(lpips(ref, out, model)))
+        from ..eval.models import Unavailable, load_clip
+        from ..eval.quality import clip_score
+
+        try:
+            adapter = load_clip("demo")
+        except Unavailable as exc:
+            raise ValueError(f"search.metric: clip needs the demo CLIP ({exc}); use ssim or psnr")
+        return lambda ref, out: 1.0 - clip_score(out, self.prompts, adapter) / 100.0
+
+    def _generate(self, schedule: CacheSchedule | None) -> torch.Tensor:
+        from ..api import accelerate
+
+        outs = []
+        for batch in self.batches:
+            kwargs = self.make_kwargs([self.prompts[i] for i in batch], batch)
+            if schedule is None:
+                with torch.no_grad():
+                    outs.append(_images(self.pipe(**kwargs)))
+                continue
+            accelerate(self.pipe, "off", block_cache={"mode": "schedule", "schedule": schedule})
+            try:
+                with torch.no_grad():
+                    outs.append(_images(self.pipe(**kwargs)))
+            finally:
+                self.pipe.acceleration.remove()
+        return torch.cat(outs)
+
+    def macs_fraction(self, schedule: CacheSchedule) -> float:
+        return 1.0 / schedule.macs_ratio(self.component_macs, self.call_macs)
+
+    def __call__(self, schedule: CacheSchedule) -> tuple[float, float]:
+        """(quality loss, fraction of the uncached denoiser MACs executed)."""
+        return float(self.metric(self.reference, self._generate(schedule))), self.macs_fraction(schedule)
+
+
+# -- checkpoint and archive ---------------------------------------------------------------------
+
+def _meta(layout: ScheduleLayout, config: SearchConfig, prompts: list[str], n_var: int) -> dict:
+    """What must match for a checkpoint to be resumed (generations may grow)."""
+    return {"model_family": layout.model_family, "block_components": [list(c) for c in layout.block_components],
+            "steps": config.steps, "n_var": n_var, "prompts": list(prompts), "metric": config.metric,
+            "population": config.population, "seed": config.seed}
+
+
+def _check_resume(saved: dict, now: dict, out_dir: str) -> None:
+    for key in now:
+        if saved.get(key) != now[key]:
+            what = "the model's blocks" if key in ("block_components", "n_var") else key
+            old, new = saved.get(key), now[key]
+            shown = "" if key in ("block_components", "prompts") else f" ({old!r} in the checkpoint, {new!r} now)"
+            raise ValueError(f"search: the checkpoint in {out_dir} was made with a different {what}{shown}; "
+                             f"use the same settings to resume, or a new --out (or resume=False) to start over")
+
+
+def _read_archive(path: str, n_var: int) -> dict[str, dict]:
+    archive = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:           # a line cut short by a crash
+                    continue
+                if row.get("n_var") == n_var:
+                    archive[row["bits"]] = row
+    return archive
+
+
+def _atomic_pickle(obj, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        pickle.dump(obj, f)
+    os.replace(tmp, path)
+
+
+# -- the search ----------------------------------------------------------------------------------
+
+def search(pipe, prompts: Sequence[str] | str | os.PathLike, out_dir: str | os.PathLike,
+           config: SearchConfig | None = None, *, call_kwargs: dict | None = None, resume: bool = True,
+           progress: bool = True, seeds: Sequence[CacheSchedule] | None = None, name: str = "ecad",
+           compare: Sequence[dict] = ()) -> SearchResult:
+    """Search block-cache schedules for ``pipe`` and write the Pareto front to ``out_dir``.
+
+    ``prompts``: calibration prompts (list or text file, one per line); prompt i uses seed
+    ``config.seed + i``. ``call_kwargs``: extra pipeline arguments (guidance_scale, height...).
+    ``seeds``: initial schedules (default: :func:`heuristic_seeds`; resampled to the step count).
+    ``compare``: extra points for the plot, dicts with ``label``, ``macs_ratio``, ``quality_loss``.
+    Rerunning with the same settings resumes; a larger ``generations`` continues a finished search.
+    """
+    from pymoo.algorithms.moo.nsga2 import NSGA2
+    from pymoo.core.evaluator import Evaluator
+    from pymoo.operators.crossover.pntx import PointCrossover
+    from pymoo.operators.mutation.bitflip import BitflipMutation
+    from pymoo.problems.static import StaticProblem
+    from tqdm.auto import tqdm
+
+    from .search_problem import BitProblem
+
+    from ..eval.runner import read_prompts
+    from ..families import family_of, find_denoiser
+
+    config = config or SearchConfig()
+    config.validate()
+    prompts = read_prompts(prompts)
+    found = find_denoiser(pipe)
+    family = family_of(found[1]) if found else None
+    if family is None or not family.block_groups:
+        raise ValueError(f"search: {type(pipe).__name__} has no DiT denoiser with cacheable blocks "
+                         f"(block caching needs a family with block groups in families.py)")
+    layout = ScheduleLayout.of(family, found[1])
+    n_var = (config.steps - 1) * int(layout.present().sum())
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    state_path, archive_path = os.path.join(out_dir, STATE_FILE), os.path.join(out_dir, ARCHIVE_FILE)
+    meta = _meta(layout, config, prompts, n_var)
+
+    extra = dict(call_kwargs or {})
+
+    def make_kwargs(batch_prompts: list[str], indices: list[int]) -> dict:
+        return {**extra, "prompt": batch_prompts, "num_inference_steps": config.steps, "output_type": "pt",
+                "generator": [torch.Generator("cpu").manual_seed(config.seed + i) for i in indices]}
+
+    problem = BitProblem(n_var)
+    seeds = [s.resample(config.steps) for s in (heuristic_seeds(layout, config.steps) if seeds is None else seeds)]
+    for s in seeds:
+        s.check_compatible(layout)
+    origin = {_key(s.to_bits()): s.name for s in seeds}
+
+    started = time.perf_counter()
+    spent = 0.0
+    if resume and os.path.isfile(state_path):
+        with open(state_path, "rb") as f:
+            saved = pickle.load(f)
+        _check_resume(saved["meta"], meta, out_dir)
+        algorithm, spent, done = saved["algorithm"], saved.get("wall_seconds", 0.0), saved["generations_done"]
+        archive = _read_archive(archive_path, n_var)
+    else:
+        for path in (state_path, archive_path):
+            if os.path.exists(path):
+                os.remove(path)
+        algorithm = NSGA2(pop_size=config.population, sampling=_initial(seeds, n_var, config),
+                          crossover=PointCrossover(n_points=config.crossover_points, prob=config.crossover_prob),
+                          mutation=BitflipMutation(prob=1.0, prob_var=config.mutation_prob),
+                          eliminate_duplicates=True)
+        # the loop below counts generations itself (so a finished search can be extended)
+        algorithm.setup(problem, termination=("n_gen", 10**9), seed=config.seed, verbose=False)
+        archive, done = {}, 0
+
+    evaluator = _Evaluator(pipe, prompts, make_kwargs, layout, config)
+    bar = tqdm(total=max(config.generations - done, 0) * config.population, desc="search",
+               unit="cand", disable=not progress)
+    with open(archive_path, "a") as log:
+        while done < config.generations:
+            pop = algorithm.ask()
+            gen = done + 1
+            F = np.zeros((len(pop), 2))
+            for i, bits in enumerate(pop.get("X").astype(bool)):
+                key = _key(bits)
+                if key not in archive:
+                    if bits.all():                             # infeasible: no reuse at all
+                        loss, frac = 0.0, 1.0
+                    else:
+                        sched = CacheSchedule.from_bits(layout, config.steps, bits, name=f"{name}-candidate")
+                        loss, frac = evaluator(sched)
+                    archive[key] = {"bits": key, "n_var": n_var, "generation": gen, "quality_loss": loss,
+                                    "macs_fraction": frac, "origin": origin.get(key, f"gen {gen}")}
+                    log.write(json.dumps(archive[key]) + "\n")
+                    log.flush()
+                F[i] = archive[key]["quality_loss"], archive[key]["macs_fraction"]
+                bar.update(1)
+            G = (1.0 - (~pop.get("X").astype(bool)).sum(axis=1))[:, None]
+            Evaluator().eval(StaticProblem(problem, F=F, G=G), pop)
+            algorithm.tell(infills=pop)
+            done += 1
+            _atomic_pickle({"meta": meta, "algorithm": algorithm, "generations_done": done,
+                            "wall_seconds": spent + time.perf_counter() - started}, state_path)
+            front = _front_rows(archive)
+            bar.set_postfix(gen=done, front=len(front),
+                            best_loss=f"{min(r['quality_loss'] for r in front):.4f}" if front else "-",
+                            fastest=f"{1 / min(r['macs_fraction'] for r in front):.2f}x" if front else "-")
+    bar.close()
+    wall = spent + time.perf_counter() - started
+    _atomic_pickle({"meta": meta, "algorithm": algorithm, "generations_done": done, "wall_seconds": wall},
+                   state_path)
+    return _write_outputs(archive, layout, config, prompts, out_dir, name, evaluator, wall, done, list(compare))
+
+
+def _initial(seeds: list[CacheSchedule], n_var: int, config: SearchConfig) -> np.ndarray:
+    """The heuristic seeds, then random schedules with a recompute rate drawn in [0.4, 0.95]."""
+    rng = np.random.default_rng(config.seed)
+    rows = [s.to_bits() for s in seeds][:config.population]
+    while len(rows) < config.population:
+        bits = rng.random(n_var) < rng.uniform(0.4, 0.95)
+        if not bits.all():
+            rows.append(bits)
+    return np.array(rows, dtype=bool)
+
+
+def _front_rows(archive: dict[str, dict]) -> list[dict]:
+    """Non-dominated evaluated candidates (duplicates in objective space kept once), fastest last."""
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+    rows = [r for r in archive.values() if r["macs_fraction"] < 1.0]
+    if not rows:
+        return []
+    F = np.array([[r["quality_loss"], r["macs_fraction"]] for r in rows])
+    front, seen = [], set()
+    for i in NonDominatedSorting().do(F, only_non_dominated_front=True):
+        point = (round(F[i, 0], 12), round(F[i, 1], 12))
+        if point not in seen:
+            seen.add(point)
+            front.append(rows[i])
+    return sorted(front, key=lambda r: -r["macs_fraction"])
+
+
+def _write_outputs(archive, layout, config, prompts, out_dir, name, evaluator, wall, generations,
+                   compare) -> SearchResult:
+    n_var = next(iter(archive.values()))["n_var"] if archive else 0
+    front_rows = _front_rows(archive)
+    evaluated = [r for r in archive.values() if r["macs_fraction"] < 1.0]     # all-True ones never ran
+    on_front = {r["bits"] for r in front_rows}
+    for old in glob.glob(os.path.join(out_dir, "front-*.json")):
+        os.remove(old)
+    front, files = [], {}
+    for k, row in enumerate(front_rows):
+        sched = CacheSchedule.from_bits(layout, config.steps, _unkey(row["bits"], n_var), name=f"{name}-{k:02d}")
+        sched.metrics = {"quality_metric": config.metric, "quality_loss": row["quality_loss"],
+                         "macs_fraction": row["macs_fraction"], "macs_ratio": 1.0 / row["macs_fraction"],
+                         "macs": "estimate from counted per-component MACs",
+                         "recompute_fraction": sched.recompute_fraction(), "origin": row["origin"],
+                         "calibration_prompts": len(prompts), "search": "NSGA-II (pymoo)",
+                         "population": config.population, "generations": generations}
+        path = os.path.join(out_dir, f"front-{k:02d}.json")
+        sched.save(path)
+        front.append(sched)
+    csv_path = os.path.join(out_dir, "evaluations.csv")
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["generation", "origin", "quality_metric", "quality_loss", "macs_fraction", "macs_ratio",
+                         "on_front", "bits"])
+        for row in sorted(evaluated, key=lambda r: r["generation"]):
+            writer.writerow([row["generation"], row["origin"], config.metric, f"{row['quality_loss']:.10g}",
+                             f"{row['macs_fraction']:.10g}", f"{1 / row['macs_fraction']:.4f}",
+                             int(row["bits"] in on_front), row["bits"]])
+    files["csv"] = csv_path
+    plot_path = os.path.join(out_dir, "front.png")
+    plot_front(archive, front_rows, config.metric, plot_path, compare)
+    files["plot"] = plot_path
+    summary = {"evaluations": len(evaluated), "generations": generations, "wall_seconds": round(wall, 1),
+               "front_size": len(front), "config": dataclasses.asdict(config), "prompts": list(prompts),
+               "model_family": layout.model_family, "num_blocks": layout.num_blocks,
+               "macs": "estimate from counted per-component MACs (schedule.macs_ratio)"}
+    with open(os.path.join(out_dir, "search-summary.txt"), "w") as f:
+        json.dump(summary, f, indent=1)
+    return SearchResult(front, len(evaluated), generations, wall, out_dir, files)
+
+
+def plot_front(archive: dict, front_rows: list[dict], metric: str, path: str, compare: Sequence[dict] = ()) -> None:
+    """Quality loss vs MACs ratio: every candidate, the front, the heuristic seeds, and ``compare``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in archive.values() if r["macs_fraction"] < 1.0]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.scatter([1 / r["macs_fraction"] for r in rows], [r["quality_loss"] for r in rows], s=8, color="0.75",
+               label="evaluated")
+    ax.plot([1 / r["macs_fraction"] for r in front_rows], [r["quality_loss"] for r in front_rows], "o-",
+            color="tab:blue", ms=4, label="Pareto front (searched)")
+    seeds = [r for r in rows if not r["origin"].startswith("gen ")]
+    ax.scatter([1 / r["macs_fraction"] for r in seeds], [r["quality_loss"] for r in seeds], marker="s",
+               color="tab:orange", label="heuristics", zorder=3)
+    for r in seeds:
+        ax.annotate(r["origin"][:26], (1 / r["macs_fraction"], r["quality_loss"]), fontsize=6, alpha=0.8)
+    if compare:
+        ax.scatter([c["macs_ratio"] for c in compare], [c["quality_loss"] for c in compare], marker="^",
+                   color="tab:green", label="other caches", zorder=3)
+        for c in compare:
+            ax.annotate(c["label"][:26], (c["macs_ratio"], c["quality_loss"]), fontsize=6, alpha=0.8)
+    ax.set_xlabel("denoiser MACs ratio vs uncached (x)")
+    ax.set_ylabel({"ssim": "1 - SSIM", "psnr": "1 - PSNR/100", "lpips": "LPIPS", "clip": "1 - CLIP/100"}[metric]
+                  + " vs uncached (lower is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -- using a front -------------------------------------------------------------------------------
+
+def load_front(schedule_dir: str | os.PathLike) -> list[CacheSchedule]:
+    """The schedules in a folder that carry search metrics (``quality_loss`` and ``macs_ratio``)."""
+    folder = os.fspath(schedule_dir)
+    if not os.path.isdir(folder):
+        raise ValueError(f"schedule_dir: folder not found: {folder}")
+    out = []
+    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        try:
+            sched = CacheSchedule.load(path)
+        except (ValueError, KeyError, json.JSONDecodeError):
+            continue
+        if "quality_loss" in sched.metrics and "macs_ratio" in sched.metrics:
+            sched.metrics["path"] = path
+            out.append(sched)
+    if not out:
+        raise ValueError(f"schedule_dir: no schedule with search metrics (quality_loss, macs_ratio) in {folder}")
+    return out
+
+
+def pick(schedule_dir: str | os.PathLike, max_quality_loss: float | None = None,
+         preset: str = "balanced") -> CacheSchedule:
+    """A front point: the fastest with ``quality_loss <= max_quality_loss`` or, with no budget,
+    the most faithful at least as fast as the preset's MACs target (``PRESET_MACS_TARGET``)."""
+    front = load_front(schedule_dir)
+    if max_quality_loss is not None:
+        if not isinstance(max_quality_loss, (int, float)) or max_quality_loss < 0:
+            raise ValueError(f"max_quality_loss: {max_quality_loss!r} must be a number >= 0")
+        ok = [s for s in front if s.metrics["quality_loss"] <= max_quality_loss]
+        if not ok:
+            best = min(front, key=lambda s: s.metrics["quality_loss"])
+            raise ValueError(f"max_quality_loss={max_quality_loss}: no schedule in {schedule_dir} is that close "
+                             f"(smallest {best.metrics.get('quality_metric', '')} loss is "
+                             f"{best.metrics['quality_loss']:.4g})")
+        return max(ok, key=lambda s: s.metrics["macs_ratio"])
+    target = PRESET_MACS_TARGET.get(preset, PRESET_MACS_TARGET["balanced"])
+    fast_enough = [s for s in front if s.metrics["macs_ratio"] >= target]
+    if not fast_enough:
+        return max(front, key=lambda s: s.metrics["macs_ratio"])
+    return min(fast_enough, key=lambda s: (s.metrics["quality_loss"], -s.metrics["macs_ratio"]))
+
+
+def schedule_override(overrides: dict, preset: str, schedule=None, schedule_dir=None,
+                      max_quality_loss: float | None = None) -> dict:
+    """Map ``accelerate(..., schedule=, schedule_dir=, max_quality_loss=)`` onto the block_cache override."""
+    if schedule is not None and schedule_dir is not None:
+        raise ValueError("accelerate(): pass schedule= or schedule_dir=, not both")
+    if max_quality_loss is not None and schedule_dir is None:
+        raise ValueError("accelerate(): max_quality_loss= picks a point of a searched front: pass schedule_dir= too")
+    current = overrides.get("block_cache", True)
+    if current is False or (current is None and "block_cache" in overrides):
+        raise ValueError("accelerate(): schedule/schedule_dir given but block_cache is disabled")
+    if not isinstance(current, dict) and current is not True:
+        raise ValueError("accelerate(): schedule/schedule_dir cannot be combined with a block_cache Config "
+                         "object; set its .schedule instead")
+    chosen = schedule if schedule_dir is None else pick(schedule_dir, max_quality_loss, preset)
+    base = dict(current) if isinstance(current, dict) else {}
+    return {**overrides, "block_cache": {**base, "mode": "schedule", "schedule": chosen}}
+
+
+# -- command line -------------------------------------------------------------------------------
+
+def _run_cli(args) -> int:
+    from .. import testing
+    from ..cli import load_pipeline
+
+    prompts = args.prompts
+    if not os.path.isfile(prompts):
+        raise ValueError(f"--prompts: file not found: {prompts}")
+    config = SearchConfig(steps=args.steps, generations=args.generations, population=args.population,
+                          metric=args.metric, seed=args.seed, batch_size=args.batch_size)
+    config.validate()
+    pipe = load_pipeline(args.model, args.size, args.device, "float32")
+    if args.model in testing.PIPELINES:
+        kw = testing.call_kwargs(args.model, args.size, steps=config.steps)
+        extra = {k: v for k, v in kw.items() if k not in ("prompt", "generator", "output_type",
+                                                          "num_inference_steps")}
+    elif args.model.startswith("demo-"):
+        from .. import demo
+
+        extra = {"guidance_scale": demo.DEFAULT_GUIDANCE}
+    else:
+        extra = {}
+    if args.guidance is not None:
+        extra["guidance_scale"] = args.guidance
+    if args.resolution:
+        extra.update(height=args.resolution, width=args.resolution)
+    result = search(pipe, prompts, args.out, config, call_kwargs=extra, resume=not args.restart,
+                    progress=not args.quiet)
+    print(f"{result.evaluations} schedules evaluated over {result.generations} generations in "
+          f"{result.wall_seconds:.0f} s; Pareto front ({config.metric} loss vs MACs ratio, estimated):")
+    for s in result.front:
+        print(f"  {os.path.basename(s.metrics.get('path', s.name)):12s} {s.metrics['macs_ratio']:5.2f}x  "
+              f"loss {s.metrics['quality_loss']:.4f}  ({s.metrics['origin']})")
+    print(f"files in {args.out}: front-NN.json, evaluations.csv, front.png")
+    return 0
+
+
+def register(sub) -> None:
+    """Add the ``search`` subcommand to the CLI's subparsers."""
+    p = sub.add_parser("search", help="learn block-cache schedules (NSGA-II, ECAD) and write the Pareto front")
+    p.add_argument("--model", required=True, help="tiny pipeline (pixart, sd3, flux, wan), demo-dit, or a "
+                   "diffusers id / local path")
+    p.add_argument("--size", default="small", choices=["micro", "small"], help="tiny pipeline size")
+    p.add_argument("--prompts", required=True, help="calibration prompts, one per line")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--generations", type=int, default=10, help="pymoo generations (the seeded population is the first)")
+    p.add_argument("--population", type=int, default=72)
+    p.add_argument("--metric", default="ssim", choices=list(METRICS))
+    p.add_argument("--seed", type=int, default=0, help="prompt i uses seed+i; also seeds the search")
+    p.add_argument("--batch-size", type=int, default=0, help="prompts per pipeline call (0: all)")
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--resolution", type=int, default=0, help="image side (0: the pipeline's default)")
+    p.add_argument("--out", required=True, help="output folder (rerun with the same settings to resume)")
+    p.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out and start over")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run_cli)
