@@ -53,6 +53,14 @@ def pipelines(names, steps, size="small"):
                             height=64, width=64, output_type="pt",
                             generator=torch.Generator("cpu").manual_seed(0))
             out[name] = (pipe, "demo-dit (trained, 64 px)", make)
+        elif name == "demo-arch":
+            pipe = demo_architecture()
+
+            def make(pipe=pipe):
+                return dict(prompt=PROMPT, num_inference_steps=steps, guidance_scale=5.0,
+                            height=64, width=64, output_type="pt",
+                            generator=torch.Generator("cpu").manual_seed(0))
+            out[name] = (pipe, "demo-dit architecture (random weights, 64 px)", make)
         else:
             pipe = testing.make_pipeline(name, size)
             px = testing.CALL_DEFAULTS[(name, size)]["height"]
@@ -67,39 +75,104 @@ def _images(out):
     return torch.as_tensor(out.images)
 
 
-def measure(pipe, make, ratios, repeats):
-    """Dense and RAS runs: MACs and fidelity (counted runs), then paired wall times."""
-    accelerate(pipe, "off", measure_macs=True)
-    reference = _images(pipe(**make()))
-    dense_macs = pipe.acceleration.state.macs
-    pipe.acceleration.remove()
-    rows = {}
-    for ratio in ratios:
-        accelerate(pipe, "off", measure_macs=True, ras={"sample_ratio": ratio})
-        image = _images(pipe(**make()))
-        handle = pipe.acceleration.handles[0]
-        rows[ratio] = dict(macs=pipe.acceleration.state.macs, psnr=psnr(reference, image),
-                           ssim=ssim(reference, image), stats=handle.statistics(),
-                           maps=handle.runtime.active_maps(0), image=image[0], times=[])
-        pipe.acceleration.remove()
-        print(f"# counted: ratio {ratio}: MACs {format_macs(rows[ratio]['macs'])} vs dense "
-              f"{format_macs(dense_macs)}, PSNR {rows[ratio]['psnr']:.2f}", flush=True)
-    dense_times = []
-    runs = [None] + list(ratios)
-    for r in range(repeats):
-        order = runs[r % len(runs):] + runs[:r % len(runs)]     # rotate who goes first
-        for ratio in order:
+class CallMeter:
+    """Per denoiser call of one run: wall seconds, dense or sparse, and the MACs of the
+    first call of each kind (a call's MACs depend only on its kind and active count)."""
+
+    def __init__(self, pipe):
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from accelerate_diffusion.eval.macs import register_cpu_attention_flops
+        register_cpu_attention_flops()
+        self.pipe, self.calls, self.macs, self._mode_cls = pipe, [], {}, FlopCounterMode
+        t = pipe.transformer
+        self.handles = [t.register_forward_pre_hook(self.pre), t.register_forward_hook(self.post)]
+
+    def _sparse_calls(self):
+        acc = getattr(self.pipe, "acceleration", None)
+        return acc.state.counters["ras_sparse_calls"] if acc is not None else 0
+
+    def pre(self, module, args):
+        self._before = self._sparse_calls()
+        self._mode = None
+        if len(self.calls) in (0, 10):    # a dense call (step 0) and a sparse one (step 10)
+            self._mode = self._mode_cls(display=False)
+            self._mode.__enter__()
+        self._start = time.perf_counter()
+
+    def post(self, module, args, output):
+        seconds = time.perf_counter() - self._start
+        kind = "sparse" if self._sparse_calls() > self._before else "dense"
+        if self._mode is not None:
+            self._mode.__exit__(None, None, None)
+            self.macs.setdefault(kind, self._mode.get_total_flops() // 2)
+        else:
+            self.calls.append((kind, seconds))
+            return
+        self.calls.append((kind, None))     # the counted call's time is not representative
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+    def summary(self):
+        """(dense calls, sparse calls, median dense s, median sparse s)."""
+        dense = [s for k, s in self.calls if k == "dense" and s is not None]
+        sparse = [s for k, s in self.calls if k == "sparse" and s is not None]
+        n_d = sum(1 for k, _ in self.calls if k == "dense")
+        med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
+        return n_d, len(self.calls) - n_d, med(dense), med(sparse)
+
+
+def measure(pipe, make, ratios, repeats, dense=True):
+    """One dense run, then one RAS run per ratio, each with a CallMeter.
+
+    Wall: the generation time of each run (single runs, same process, one after the
+    other) and, steadier on a loaded machine, the per-call ratio: the median time of the
+    dense and of the sparse denoiser calls *inside the same RAS run* (paired by
+    construction), composed over the run's dense/sparse call counts. MACs: dense and
+    sparse call MACs (counted once each) composed over the call counts (exact: a call's
+    MACs depend only on its kind). ``repeats`` > 1 repeats the whole set, rotating order."""
+    results, dense_runs = {r: [] for r in ratios}, []
+    images = {}
+    for rep in range(max(1, repeats)):
+        runs = ([None] if dense else []) + list(ratios)
+        runs = runs[rep % len(runs):] + runs[:rep % len(runs)]
+        for ratio in runs:
             if ratio is not None:
                 accelerate(pipe, "off", ras={"sample_ratio": ratio})
+            meter = CallMeter(pipe)
             start = time.perf_counter()
-            pipe(**make())
+            image = _images(pipe(**make()))
             seconds = time.perf_counter() - start
+            meter.remove()
             if ratio is None:
-                dense_times.append(seconds)
+                dense_runs.append((seconds, meter))
+                images[None] = image
             else:
+                handle = pipe.acceleration.handles[0]
+                results[ratio].append(dict(seconds=seconds, meter=meter, stats=handle.statistics(),
+                                           maps=handle.runtime.active_maps(0)))
+                images[ratio] = image
                 pipe.acceleration.remove()
-                rows[ratio]["times"].append(seconds)
-    return dense_macs, dense_times, rows
+            print(f"# run: ratio {ratio}: {seconds:.1f} s", flush=True)
+    dense_s = statistics.median(s for s, _ in dense_runs) if dense_runs else float("nan")
+    dense_macs_call = (dense_runs[0][1] if dense_runs else results[ratios[0]][0]["meter"]).macs["dense"]
+    rows = {}
+    for ratio in ratios:
+        runs = results[ratio]
+        meter = runs[0]["meter"]
+        n_d, n_s, t_d, t_s = meter.summary()
+        macs = n_d * meter.macs.get("dense", dense_macs_call) + n_s * meter.macs.get("sparse", 0)
+        per_call = (n_d + n_s) * t_d / (n_d * t_d + n_s * t_s) if n_s else 1.0
+        rows[ratio] = dict(
+            seconds=statistics.median(r["seconds"] for r in runs), per_call_ratio=per_call,
+            call_ratio=t_d / t_s if n_s else 1.0,
+            macs=macs, dense_macs=(n_d + n_s) * dense_macs_call,
+            psnr=psnr(images[None], images[ratio]) if dense_runs else float("nan"),
+            ssim=ssim(images[None], images[ratio]) if dense_runs else float("nan"),
+            stats=runs[0]["stats"], maps=runs[0]["maps"], image=images[ratio][0])
+    return dense_s, rows
 
 
 def staleness(history, n):
@@ -114,6 +187,27 @@ def staleness(history, n):
         stale = torch.where(active, 0, stale + 1)
         worst = max(worst, int(stale.max()))
     return worst, 1 - seen.float().mean().item()
+
+
+def demo_architecture():
+    """The demo DiT pipeline's shapes (64 image tokens; 32 CLIP + 256 zero T5 text tokens)
+    with random weights, for MACs and wall when the trained weights are not there."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from accelerate_diffusion.demo import models
+    torch.manual_seed(0)
+    clip = lambda: testing._clip_text(models.TEXT_DIM, 2, projection=True,  # noqa: E731
+                                      proj_dim=models.PROJ_DIM)
+    pipe = StableDiffusion3Pipeline(
+        transformer=models.new_dit(), scheduler=models.flow_scheduler(), vae=models.new_vae(),
+        text_encoder=clip(), tokenizer=testing._clip_tokenizer(32),
+        text_encoder_2=clip(), tokenizer_2=testing._clip_tokenizer(32),
+        text_encoder_3=None, tokenizer_3=None)
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval().requires_grad_(False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def starvation_sign(pipe, make, ratio=0.33, scales=(-0.5, 0.0, 0.5, 1.0, 2.0)):
@@ -165,7 +259,10 @@ def main(argv=None):
     ap.add_argument("--ratios", nargs="+", type=float, default=[0.75, 0.5, 0.33])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--size", default="small", choices=["micro", "small"])
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--no-dense", action="store_true",
+                    help="skip the dense run (no PSNR/SSIM, no run wall ratio; MACs and the "
+                         "per-call wall ratio come from the RAS run alone)")
     ap.add_argument("--plot", default=None, help="PNG path for the per-step active-token map")
     ap.add_argument("--starvation", nargs="*", default=None,
                     help="pipelines for the starvation_scale sign study (default: the first)")
@@ -174,20 +271,19 @@ def main(argv=None):
 
     pipes = pipelines(args.pipelines, args.steps, args.size)
     print(f"## RAS vs dense, {args.steps} steps, FlowMatchEuler; defaults start_step 4, "
-          f"error_reset_steps (0.4, 0.75), starvation_scale 0.5, metric std; wall = median of "
-          f"{args.repeats} paired runs (rotating order) on a shared CPU", flush=True)
-    print("| pipeline | sample_ratio | dense s | RAS s | wall ratio | dense MACs | RAS MACs "
-          "| MACs ratio | PSNR dB | SSIM | sparse steps | mean active fraction |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+          f"error_reset_steps (0.4, 0.75), starvation_scale 0.5, metric std; shared CPU", flush=True)
+    print("| pipeline | sample_ratio | dense s | RAS s | wall ratio (runs) | sparse-call speedup "
+          "| wall ratio (per-call, paired) | dense MACs | RAS MACs | MACs ratio | PSNR dB | SSIM "
+          "| sparse steps | mean active fraction |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     plotted = False
     for name, (pipe, label, make) in pipes.items():
-        dense_macs, dense_times, rows = measure(pipe, make, args.ratios, args.repeats)
-        dense_s = statistics.median(dense_times)
+        dense_s, rows = measure(pipe, make, args.ratios, args.repeats, dense=not args.no_dense)
         for ratio, r in rows.items():
-            ras_s = statistics.median(r["times"])
-            print(f"| {label} | {ratio} | {dense_s:.2f} | {ras_s:.2f} | {dense_s / ras_s:.2f}x | "
-                  f"{format_macs(dense_macs)} | {format_macs(r['macs'])} | "
-                  f"{dense_macs / max(r['macs'], 1):.2f}x | {r['psnr']:.2f} | {r['ssim']:.4f} | "
+            print(f"| {label} | {ratio} | {dense_s:.2f} | {r['seconds']:.2f} | "
+                  f"{dense_s / r['seconds']:.2f}x | {r['call_ratio']:.2f}x | {r['per_call_ratio']:.2f}x | "
+                  f"{format_macs(r['dense_macs'])} | {format_macs(r['macs'])} | "
+                  f"{r['dense_macs'] / max(r['macs'], 1):.2f}x | {r['psnr']:.2f} | {r['ssim']:.4f} | "
                   f"{r['stats']['sparse steps']} | {r['stats']['mean active fraction']} |", flush=True)
         if args.plot and not plotted and 0.5 in rows:
             plot_maps(rows[0.5]["maps"], rows[0.5]["image"], args.plot, 0.5, label)
