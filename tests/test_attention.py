@@ -172,3 +172,15 @@ def test_video_patterns_on_wan(pipelines):
         assert torch.equal(out, reference) != sparse, cfg
         pipe.acceleration.remove()
     assert torch.equal(run(pipe, "wan", steps=2), reference)
+
+
+def test_auto_backend_runs_whole_grid_as_plain_sdpa_bit_exact(pipelines):
+    pipe = pipelines("flux")
+    reference = run(pipe, "flux", steps=2)
+    accelerate(pipe, "off", attention=dict(window=1.0))      # backend="auto"
+    out = run(pipe, "flux", steps=2)
+    stats = _stats(pipe)
+    pipe.acceleration.remove()
+    assert torch.equal(out, reference) and set(stats["backends"]) == {"reference"}
+    rt_line = stats["attention MACs of sparse calls"]           # dense spec: kernel MACs == dense MACs
+    assert rt_line.split(" at")[0] == rt_line.split("(dense: ")[1].rstrip(")")

@@ -22,7 +22,7 @@ instead of silently running dense. Cross-attention (``attn2`` of PixArt/Wan) sta
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,6 +32,7 @@ from torch.overrides import TorchFunctionMode
 
 from .. import kernels
 from ..config import TechniqueConfig, check_choice, check_range
+from ..eval.macs import format_macs
 from . import NotApplicable, PatchContext, PatchHandle
 
 NAME = "attention"
@@ -172,9 +173,12 @@ class _Runtime:
         self.dense_layers: set[int] = set()
         self._specs: dict = {}
         self.backends: dict[str, int] = {}
+        self.macs_dense = 0      # attention-core MACs of the sparse calls if they ran dense
+        self.macs_kernel = 0.0   # the same calls at the mask's density (what a sparse kernel needs)
 
     def reset(self) -> None:
         self.backends = {}
+        self.macs_dense, self.macs_kernel = 0, 0.0
         for layer in self.layers:
             layer.sparse_calls = layer.dense_calls = 0
 
@@ -210,6 +214,9 @@ class _Runtime:
         spec = self.spec(query.shape[-2], layer)
         out, used = kernels.attention(query, key, value, spec, backend=self.config.backend, scale=scale)
         layer.density, layer.backend = spec.density(), used
+        b, h, n, d = query.shape
+        self.macs_dense += 2 * b * h * n * n * d          # QK^T and PV, as FlopCounterMode counts SDPA
+        self.macs_kernel += layer.density * 2 * b * h * n * n * d
         layer.sparse_calls += 1
         self.backends[used] = self.backends.get(used, 0) + 1
         self.ctx.state.count("attention_sparse_calls")
@@ -240,6 +247,8 @@ class _Runtime:
             "backends": dict(self.backends, dense=dense) if dense else dict(self.backends),
             "attention calls sparse/dense": f"{sparse}/{dense}",
             "mean attention density": round(weighted / max(sparse + dense, 1), 4),
+            "attention MACs of sparse calls": f"{format_macs(self.macs_kernel)} at mask density "
+                                              f"(dense: {format_macs(self.macs_dense)})",
         }
 
 
