@@ -204,3 +204,14 @@ def test_seeds_are_resampled_heuristics(pipelines):
     assert np.array_equal(init[0], seeds[0].to_bits())
     comp, call = measure_component_macs(pipe, {**_extra(), "prompt": PROMPTS[:1]})
     assert 0 < comp.sum() < call
+
+
+def test_shipped_front_loads_by_name():
+    front = load_front("ecad-pixart-small-64px-12steps")
+    assert len(front) >= 5 and all(s.model_family == "pixart" and s.num_steps == 12 for s in front)
+    ratios = sorted(s.metrics["macs_ratio"] for s in front)
+    assert ratios[0] > 1 and ratios[-1] > 2
+    assert pick("ecad-pixart-small-64px-12steps", preset="fast").metrics["macs_ratio"] >= 2.0
+    with pytest.raises(ValueError, match="shipped fronts: .*ecad-pixart-small-64px-12steps"):
+        load_front("no-such-front")
+

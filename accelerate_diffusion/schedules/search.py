@@ -244,13 +244,14 @@ def _atomic_pickle(obj, path: str) -> None:
 
 def search(pipe, prompts: Sequence[str] | str | os.PathLike, out_dir: str | os.PathLike,
            config: SearchConfig | None = None, *, call_kwargs: dict | None = None, resume: bool = True,
-           progress: bool = True, seeds: Sequence[CacheSchedule] | None = None, name: str = "ecad",
+           progress: bool = True, seeds: Sequence[CacheSchedule] | None = None, name: str | None = None,
            compare: Sequence[dict] = ()) -> SearchResult:
     """Search block-cache schedules for ``pipe`` and write the Pareto front to ``out_dir``.
 
     ``prompts``: calibration prompts (list or text file, one per line); prompt i uses seed
     ``config.seed + i``. ``call_kwargs``: extra pipeline arguments (guidance_scale, height...).
     ``seeds``: initial schedules (default: :func:`heuristic_seeds`; resampled to the step count).
+    ``name``: prefix of the front schedules' names (default: the output folder's name).
     ``compare``: extra points for the plot, dicts with ``label``, ``macs_ratio``, ``quality_loss``.
     Rerunning with the same settings resumes; a larger ``generations`` continues a finished search.
     """
@@ -277,6 +278,7 @@ def search(pipe, prompts: Sequence[str] | str | os.PathLike, out_dir: str | os.P
     layout = ScheduleLayout.of(family, found[1])
     n_var = (config.steps - 1) * int(layout.present().sum())
     out_dir = os.fspath(out_dir)
+    name = name or os.path.basename(os.path.normpath(out_dir)) or "ecad"
     os.makedirs(out_dir, exist_ok=True)
     state_path, archive_path = os.path.join(out_dir, STATE_FILE), os.path.join(out_dir, ARCHIVE_FILE)
     meta = _meta(layout, config, prompts, n_var)
@@ -458,10 +460,17 @@ def plot_front(archive: dict, front_rows: list[dict], metric: str, path: str, co
 # -- using a front -------------------------------------------------------------------------------
 
 def load_front(schedule_dir: str | os.PathLike) -> list[CacheSchedule]:
-    """The schedules in a folder that carry search metrics (``quality_loss`` and ``macs_ratio``)."""
+    """The schedules in a folder that carry search metrics (``quality_loss`` and ``macs_ratio``).
+    ``schedule_dir`` is a path or the name of a front shipped in ``schedules/data``."""
+    from .cache_schedule import DATA_DIR
+
     folder = os.fspath(schedule_dir)
+    if not os.path.isdir(folder) and os.path.isdir(os.path.join(DATA_DIR, folder)):
+        folder = os.path.join(DATA_DIR, folder)
     if not os.path.isdir(folder):
-        raise ValueError(f"schedule_dir: folder not found: {folder}")
+        shipped = sorted(d for d in os.listdir(DATA_DIR) if os.path.isdir(os.path.join(DATA_DIR, d))) \
+            if os.path.isdir(DATA_DIR) else []
+        raise ValueError(f"schedule_dir: folder not found: {folder}; shipped fronts: {', '.join(shipped) or 'none'}")
     out = []
     for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
         try:
