@@ -46,7 +46,7 @@ PRESETS: dict[str, Preset] = {
             "dit": {"block_cache": dict(mode="schedule", schedule="fora:2,last=1")},  # docs/presets.md#block_cache
             "sd3": {"ras": dict(sample_ratio=0.5)},  # docs/presets.md#ras
             "flux": {"ras": dict(sample_ratio=0.5)},
-            "unet": {"deepcache": dict(cache_interval=2, cache_branch=0)},  # docs/presets.md#deepcache
+            "unet": {"deepcache": dict(cache_interval=3, cache_branch=1)},  # docs/presets.md#deepcache
             "anyflow_far": {"kv_cache": dict(merge_threshold=0.9, budget_frames=8)},
         }),
         Preset("fast", "About 2x or more: visible but small differences from the original.", {
