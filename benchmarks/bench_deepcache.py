@@ -50,7 +50,9 @@ def demo_pipeline():
         from accelerate_diffusion import demo
         pipe = demo.load_pipeline("unet")
         pipe.set_progress_bar_config(disable=True)
-        return pipe, "demo-unet (trained)", dict(height=64, width=64)
+        log = os.path.join(os.path.dirname(demo.__file__), "weights", "unet", "train_log.json")
+        steps = json.load(open(log)).get("steps_done", "?") if os.path.exists(log) else "?"
+        return pipe, f"demo-unet (trained, {steps} training steps)", dict(height=64, width=64)
     except Exception as exc:  # noqa: BLE001
         print(f"# demo.load_pipeline('unet') unavailable ({exc!r:.120}); using the demo UNet "
               f"architecture with random weights")
