@@ -227,3 +227,19 @@ def test_heuristics_and_macs(pipelines):
     assert (macs > 0).all() and total > macs.sum()
     ratio = from_spec("fora:2", layout, 4).macs_ratio(macs, total)
     assert 1 < ratio < 2
+
+
+@pytest.mark.parametrize("preset", ["quality", "balanced", "fast", "max"])
+def test_presets_apply_block_cache_to_dits(pipelines, preset):
+    from accelerate_diffusion.api import build_plan
+    from accelerate_diffusion.presets import get_preset
+
+    for name in DITS:
+        family = family_of(find_denoiser(pipelines(name))[1])
+        assert "block_cache" in build_plan(family, preset, {}), (name, preset)
+        assert "block_cache" not in get_preset("off").for_family(family)
+    pipe = pipelines("sd3")
+    accelerate(pipe, preset, guidance=False, ras=False, attention=False)
+    run(pipe, "sd3", steps=6)
+    assert _stats(pipe)["components reused"] > 0
+    pipe.acceleration.remove()
