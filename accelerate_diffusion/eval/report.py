@@ -269,8 +269,10 @@ class EvalReport:
             if r["skipped_techniques"]:
                 line += "; skipped " + ", ".join(f"{s['technique']} ({s['reason']})"
                                                  for s in r["skipped_techniques"])
+            reasons = [s["reason"] for s in r["skipped_techniques"]]
             for w in r["warnings"]:
-                line += f"; warning: {w.splitlines()[0]}"
+                if not any(reason in w for reason in reasons):      # not said twice
+                    line += f"; warning: {w.splitlines()[0]}"
             notes.append(line)
         out += ["", "## Configurations", ""] + notes
         video = [r for r in self.rows if "per_frame" in r]
