@@ -55,6 +55,7 @@ PRESETS: dict[str, Preset] = {
             "flux": {"ras": dict(sample_ratio=0.33)},
             "unet": {"deepcache": dict(cache_interval=3, cache_branch=0)},  # docs/presets.md#deepcache
             "anyflow_far": {"kv_cache": dict(merge_threshold=0.7, budget_frames=6)},
+            "wan": {"attention": dict(window=(1.0, 0.5, 0.5))},  # docs/presets.md#attention
         }),
         Preset("max", "Largest speedup the techniques allow; quality may degrade noticeably.", {
             "dit": {"block_cache": dict(mode="schedule", schedule="fora:4,last=1")},  # docs/presets.md#block_cache
@@ -62,6 +63,7 @@ PRESETS: dict[str, Preset] = {
             "flux": {"ras": dict(sample_ratio=0.25)},
             "unet": {"deepcache": dict(cache_interval=5, cache_branch=0)},  # docs/presets.md#deepcache
             "anyflow_far": {"kv_cache": dict(merge_threshold=0.5, budget_frames=4, cross_topk=16, self_topk=4)},
+            "wan": {"attention": dict(window=0.5)},  # docs/presets.md#attention
         }),
     )
 }

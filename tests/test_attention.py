@@ -184,3 +184,16 @@ def test_auto_backend_runs_whole_grid_as_plain_sdpa_bit_exact(pipelines):
     assert torch.equal(out, reference) and set(stats["backends"]) == {"reference"}
     rt_line = stats["attention MACs of sparse calls"]           # dense spec: kernel MACs == dense MACs
     assert rt_line.split(" at")[0] == rt_line.split("(dense: ")[1].rstrip(")")
+
+
+def test_presets_use_attention_only_for_wan():
+    from accelerate_diffusion.families import FAMILIES
+    from accelerate_diffusion.presets import PRESETS
+
+    for preset in PRESETS.values():
+        for family in FAMILIES:
+            settings = preset.for_family(family).get("attention")
+            if settings is not None:
+                assert family.name == "wan" and preset.name in ("fast", "max")
+                attention.Config(**settings)          # valid
+    assert PRESETS["fast"].for_family(next(f for f in FAMILIES if f.name == "wan"))["attention"]
