@@ -150,9 +150,13 @@ def bench(name, size, steps, repeats, clip, save_coefficients, variants, demo_we
         else:
             coeff_path = Path(tempfile.mkdtemp()) / f"{name}.json"
         calls = [kwargs(calib, seed=100 + i, steps=steps) for i in range(calib_runs)]
-        data = guidance.fit_pipeline(pipe, calls, coeff_path)
+        if save_coefficients and coeff_path.exists():
+            data = guidance.load_coefficients(str(coeff_path))   # fitted by an earlier run
+        else:
+            data = guidance.fit_pipeline(pipe, calls, coeff_path)
         ratios = " ".join(f"{r:.2f}" for r in data["ratio"][1:])
-        print(f"LinearAG fit: replace steps {data['replace']}; residual / |eps_u - eps_c| per step: "
+        print(f"LinearAG fit ({data['samples']} samples): replace steps {data['replace']}; "
+              f"residual / |eps_u - eps_c| per step: "
               f"{ratios}; saved to {coeff_path}")
 
     def config_of(v):
