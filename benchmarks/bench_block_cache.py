@@ -213,7 +213,8 @@ def bench_pipeline(name: str, steps: int, repeats: int, only: set[str] | None, s
     def record(label, macs, out, seconds_base, seconds_acc, note=""):
         row = {"pipeline": name, "method": label, "macs_ratio": base_macs / max(macs, 1),
                "psnr": psnr(reference, out), "ssim": ssim(reference, out),
-               "wall_ratio": statistics.median(seconds_base) / statistics.median(seconds_acc),
+               "wall_ratio": (statistics.median(seconds_base) / statistics.median(seconds_acc)
+                              if seconds_base else float("nan")),
                "note": note}
         rows.append(row)
         print(f"  {label:48s} MACs {row['macs_ratio']:5.2f}x  wall {row['wall_ratio']:5.2f}x  "
@@ -350,7 +351,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipelines", default="demo,pixart,sd3,flux,wan")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="paired timing repeats (0: MACs and fidelity only)")
     parser.add_argument("--size", default="small", help="tiny pipeline size (micro for a quick check)")
     parser.add_argument("--resolution", type=int, default=128,
                         help="image side for the tiny pipelines (0: their default; Wan keeps its own)")
