@@ -11,12 +11,13 @@ the attention-core MACs the mask skips: sum over sparse calls of (1 - density) x
 "attention MACs of sparse calls"). Tile-level block sparsity is a little denser.
 
     python benchmarks/bench_attention_e2e.py            # demo DiT + wan + flux
-    python benchmarks/bench_attention_e2e.py --only wan --repeats 3
+    python benchmarks/bench_attention_e2e.py --only wan --config "{'window': 0.5}" --repeats 5
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import statistics
 import sys
@@ -167,10 +168,15 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", choices=[*CASES, "dit"], action="append",
                    help="dit: the demo transformer alone, one call (no pipeline)")
+    p.add_argument("--config", action="append", type=ast.literal_eval,
+                   help="attention override dict replacing the built-in configs, e.g. \"{'window': 0.5}\"")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.config:
+        for key, (name, call, _) in list(CASES.items()):
+            CASES[key] = (name, call, args.config)
     rows = []
     for key in args.only or [*CASES, "dit"]:
         rows += bench_demo_dit(args.repeats) if key == "dit" else bench_pipeline(key, args.steps, args.repeats)

@@ -48,11 +48,13 @@ def _tuple(value):
 
 @dataclass
 class Config(TechniqueConfig):
-    """``window``: tokens (int) or a fraction of each grid side (float in (0, 1]); one value
-    or one per grid dimension ((t, h, w) for video). ``stride``: None = the pattern's own
-    (1 neighborhood, window // 2 strided, window blocked). ``dense_steps``: first steps run
-    dense (a count, or a fraction of the steps when < 1). ``dense_layers``: block indices
-    (in ``family.blocks`` order, negatives from the end) kept dense."""
+    """``window``: tokens (int) or a fraction of each grid side (float in (0, 1], rounded to
+    the nearest token count, at least 1; 1.0 = dense); one value or one per grid dimension
+    ((t, h, w) for video); for ``criss_cross`` it is the group size. ``stride``: None = the
+    pattern's own (1 neighborhood, window // 2 strided, window blocked). ``dense_steps``:
+    first steps run dense (an int count, or a float fraction of the steps, rounded up).
+    ``dense_layers``: block indices (``family.blocks`` order, Flux double then single
+    blocks; negatives from the end) kept dense. ``backend``: see ``kernels.dispatch``."""
 
     NAME = NAME
     pattern: str = "neighborhood"
@@ -86,7 +88,8 @@ class Config(TechniqueConfig):
             check_range(NAME, "dense_steps", self.dense_steps, 0, 1)
         else:
             check_range(NAME, "dense_steps", self.dense_steps, 0, integer=True)
-        self.dense_layers = tuple(_tuple(self.dense_layers)) if self.dense_layers else ()
+        dl = self.dense_layers
+        self.dense_layers = (dl,) if isinstance(dl, int) else tuple(dl or ())
         for i in self.dense_layers:
             check_range(NAME, "dense_layers", i, integer=True)
 
