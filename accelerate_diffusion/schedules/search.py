@@ -262,10 +262,9 @@ def search(pipe, prompts: Sequence[str] | str | os.PathLike, out_dir: str | os.P
     from pymoo.problems.static import StaticProblem
     from tqdm.auto import tqdm
 
-    from .search_problem import BitProblem
-
     from ..eval.runner import read_prompts
     from ..families import family_of, find_denoiser
+    from .search_problem import BitProblem
 
     config = config or SearchConfig()
     config.validate()
@@ -338,7 +337,7 @@ def search(pipe, prompts: Sequence[str] | str | os.PathLike, out_dir: str | os.P
                 F[i] = archive[key]["quality_loss"], archive[key]["macs_fraction"]
                 bar.update(1)
             G = (1.0 - (~pop.get("X").astype(bool)).sum(axis=1))[:, None]
-            Evaluator().eval(StaticProblem(problem, F=F, G=G), pop)
+            Evaluator().eval(StaticProblem(algorithm.problem, F=F, G=G), pop)
             algorithm.tell(infills=pop)
             done += 1
             _atomic_pickle({"meta": meta, "algorithm": algorithm, "generations_done": done,
