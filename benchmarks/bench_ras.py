@@ -179,6 +179,26 @@ def measure(pipe, make, ratios, repeats, dense=True):
     return dense_s, rows
 
 
+def alternating_calls(pipe, make, ratio=0.5, pairs=4):
+    """Median wall of dense vs sparse denoiser calls when they alternate in one run
+    (per-step ratios 1.0, r, 1.0, r, ...): each sparse call is paired with its neighbour."""
+    times = []
+    t = pipe.transformer
+    hooks = [t.register_forward_pre_hook(lambda m, a: times.append([time.perf_counter()])),
+             t.register_forward_hook(lambda m, a, o: times[-1].append(time.perf_counter()))]
+    accelerate(pipe, "off", ras={"sample_ratio": (1.0, ratio) * pairs, "start_step": 0,
+                                 "error_reset_steps": ()})
+    try:
+        pipe(**{**make(), "num_inference_steps": 2 * pairs})
+    finally:
+        pipe.acceleration.remove()
+        for h in hooks:
+            h.remove()
+    calls = [b - a for a, b in times]
+    dense, sparse = calls[2::2], calls[3::2]      # the first pair warms up
+    return statistics.median(dense), statistics.median(sparse)
+
+
 def staleness(history, n):
     """Longest run of steps a token stays cached; share never recomputed on sparse steps."""
     stale, worst, seen = torch.zeros(n), 0, torch.zeros(n, dtype=torch.bool)
@@ -267,6 +287,8 @@ def main(argv=None):
     ap.add_argument("--no-dense", action="store_true",
                     help="skip the dense run (no PSNR/SSIM, no run wall ratio; MACs and the "
                          "per-call wall ratio come from the RAS run alone)")
+    ap.add_argument("--alternate", action="store_true",
+                    help="also time adjacent dense/sparse calls of one run (paired per call)")
     ap.add_argument("--plot", default=None, help="PNG path for the per-step active-token map")
     ap.add_argument("--starvation", nargs="*", default=None,
                     help="pipelines for the starvation_scale sign study (default: the first)")
@@ -292,6 +314,15 @@ def main(argv=None):
         if args.plot and not plotted and 0.5 in rows:
             plot_maps(rows[0.5]["maps"], rows[0.5]["image"], args.plot, 0.5, label)
             plotted = True
+
+    if args.alternate:
+        print("\n## adjacent dense/sparse calls (per-step ratios 1.0, r, 1.0, r, ...), median s")
+        print("| pipeline | sample_ratio | dense call | sparse call | speedup |")
+        print("|---|---|---|---|---|", flush=True)
+        for name, (pipe, label, make) in pipes.items():
+            for ratio in args.ratios:
+                d, sp = alternating_calls(pipe, make, ratio)
+                print(f"| {label} | {ratio} | {d:.3f} | {sp:.3f} | {d / sp:.2f}x |", flush=True)
 
     study = args.starvation if args.starvation is not None else list(pipes)[:1]
     if study:
