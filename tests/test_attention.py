@@ -194,6 +194,6 @@ def test_presets_use_attention_only_for_wan():
         for family in FAMILIES:
             settings = preset.for_family(family).get("attention")
             if settings is not None:
-                assert family.name == "wan" and preset.name in ("fast", "max")
+                assert family.name == "wan" and preset.name == "max"
                 attention.Config(**settings)          # valid
-    assert PRESETS["fast"].for_family(next(f for f in FAMILIES if f.name == "wan"))["attention"]
+    assert PRESETS["max"].for_family(next(f for f in FAMILIES if f.name == "wan"))["attention"]
