@@ -58,7 +58,6 @@ PRESETS: dict[str, Preset] = {
             "flux": {"ras": dict(sample_ratio=0.33)},
             "unet": {"deepcache": dict(cache_interval=3, cache_branch=0)},  # docs/presets.md#deepcache
             "anyflow_far": {"kv_cache": dict(merge_threshold=0.7, budget_frames=6)},
-            "wan": {"attention": dict(window=(1.0, 0.5, 0.5))},  # docs/presets.md#attention
         }),
         Preset("max", "Largest speedup the techniques allow; quality may degrade noticeably.", {
             "*": {"guidance": dict(threshold=0.98)},  # docs/presets.md#guidance
