@@ -127,8 +127,8 @@ def real_example(prompt: str, seed: int = 0) -> np.ndarray:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=128, help="held-out prompts per pipeline")
-    p.add_argument("--n-real", type=int, default=1000, help="real test images for the Frechet reference")
+    p.add_argument("--n", type=int, default=64, help="held-out prompts per pipeline")
+    p.add_argument("--n-real", type=int, default=500, help="real test images for the Frechet reference")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     p.add_argument("--kinds", default="unet,dit")
