@@ -38,13 +38,13 @@ PRESETS: dict[str, Preset] = {
         Preset("quality", "Visually lossless: small, safe savings (fidelity first).", {
             "*": {"guidance": dict(threshold=0.995)},  # docs/presets.md#guidance
             "dit": {"block_cache": dict(mode="schedule", schedule="fora:2,first=3,last=1")},  # docs/presets.md#block_cache
-            "unet": {"deepcache": dict(cache_interval=2, cache_branch=1)},  # docs/presets.md#deepcache
+            "unet": {"deepcache": dict(cache_interval=2, cache_branch=2)},  # docs/presets.md#deepcache
             "anyflow_far": {"kv_cache": dict(encode="pipeline", merge_threshold=0.95, budget_frames=12)},
         }),
         Preset("balanced", "Good default: clear speedup with outputs close to the original.", {
             "*": {"guidance": dict(threshold=0.99)},  # docs/presets.md#guidance
             "dit": {"block_cache": dict(mode="schedule", schedule="fora:2,last=1")},  # docs/presets.md#block_cache
-            "unet": {"deepcache": dict(cache_interval=3, cache_branch=1)},  # docs/presets.md#deepcache
+            "unet": {"deepcache": dict(cache_interval=2, cache_branch=0)},  # docs/presets.md#deepcache
             "anyflow_far": {"kv_cache": dict(merge_threshold=0.9, budget_frames=8)},
         }),
         Preset("fast", "About 2x or more: visible but small differences from the original.", {

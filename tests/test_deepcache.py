@@ -219,7 +219,7 @@ def test_composes_with_guidance_truncation(pipelines):
 
 def test_presets_pick_deepcache_for_unets(pipelines):
     pipe = pipelines("sd")
-    for preset, (n, b) in {"quality": (2, 1), "balanced": (3, 1), "fast": (3, 0), "max": (5, 0)}.items():
+    for preset, (n, b) in {"quality": (2, 2), "balanced": (2, 0), "fast": (3, 0), "max": (5, 0)}.items():
         accelerate(pipe, preset)
         config = pipe.acceleration.plan["deepcache"]
         pipe.acceleration.remove()
