@@ -139,7 +139,7 @@ def dominance(rows: list[dict]) -> list[str]:
 
 
 def table(rows: list[dict]) -> list[str]:
-    lines = ["| kind | schedule | steps | MACs ratio (counted) | SSIM | PSNR dB |", "|---|---|---:|---:|---:|---:|"]
+    lines = ["| kind | schedule | steps | MACs ratio | SSIM | PSNR dB |", "|---|---|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["kind"], -r["macs_ratio"])):
         lines.append(f"| {r['kind']} | {r['label']} | {r['steps']} | {r['macs_ratio']:.2f}x | {r['ssim']:.4f} | "
                      f"{r['psnr']:.2f} |")
@@ -163,7 +163,7 @@ def plot(all_rows: list[list[dict]], path: str) -> None:
                 for r in pts:
                     ax.annotate(r["label"][:24], (r["macs_ratio"], 1 - r["ssim"]), fontsize=6, alpha=0.8)
         ax.set_title(f"held-out prompts, {rows[0]['steps']} steps")
-        ax.set_xlabel("denoiser MACs ratio vs uncached (counted)")
+        ax.set_xlabel("denoiser MACs ratio vs uncached")
         ax.set_ylabel("1 - SSIM vs uncached (lower is better)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
