@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import inspect
 import logging
 import warnings
 from typing import Any, Callable
@@ -42,6 +43,8 @@ class AccelerationState:
         self.call_in_step = 0
         self.cfg_layout = "unknown"     # "batched" | "separate" | "none" once step 0 is seen
         self._pending_layout = "none"   # what the pipeline's own CFG flag said at step 0
+        self.cfg_flag = False           # does this generation use CFG (the pipeline's own flag)
+        self.encode_cfg_flag: bool | None = None   # seen in encode_prompt, for pipelines without the property
         self.input_shape: tuple[int, ...] | None = None
         self.counters: collections.Counter = collections.Counter()
         self.macs: int | None = None
@@ -126,6 +129,7 @@ class Clock:
         self.state = state
         self.scheduler = None
         self._undo_scheduler: list[Callable[[], None]] = []
+        self._undo_pipe: list[Callable[[], None]] = []
         self._hooked = False
 
     # -- scheduler -------------------------------------------------------------------
@@ -185,12 +189,45 @@ class Clock:
             self.denoiser._diffusers_hook.remove_hook(CLOCK_HOOK, recurse=False)
             self._hooked = False
 
+    def pipeline_cfg_flag(self) -> bool:
+        """The pipeline's CFG switch: its `do_classifier_free_guidance` property where it has
+        one, else the flag it passed to `encode_prompt` (PixArt has no property)."""
+        if hasattr(type(self.pipe), "do_classifier_free_guidance"):
+            return getattr(self.pipe, "do_classifier_free_guidance", False) is True
+        return bool(self.state.encode_cfg_flag)
+
+    def wrap_encode_prompt(self) -> None:
+        encode = getattr(self.pipe, "encode_prompt", None)
+        try:
+            signature = inspect.signature(encode)
+        except (TypeError, ValueError):
+            return
+        param = signature.parameters.get("do_classifier_free_guidance")
+        if param is None:
+            return
+        state = self.state
+
+        def make_encode(original):
+            def encode_prompt(*args, **kwargs):
+                try:
+                    bound = signature.bind(*args, **kwargs)
+                    state.encode_cfg_flag = bool(bound.arguments.get(param.name, param.default))
+                except TypeError:
+                    state.encode_cfg_flag = None
+                return original(*args, **kwargs)
+            return encode_prompt
+
+        self._undo_pipe.append(_wrap_method(self.pipe, "encode_prompt", make_encode))
+
     def install(self) -> None:
         self.wrap_scheduler()
+        self.wrap_encode_prompt()
 
     def uninstall(self) -> None:
         self.unhook_denoiser()
         self.unwrap_scheduler()
+        while self._undo_pipe:
+            self._undo_pipe.pop()()
 
     def before_call(self, args, kwargs) -> None:
         """Bookkeeping at every denoiser call: scheduler swaps, layout, counters."""
@@ -210,8 +247,8 @@ class Clock:
             planned = getattr(self.pipe, "_num_timesteps", None)
             if isinstance(planned, int) and planned > 0:
                 state.num_steps = planned
-            do_cfg = getattr(self.pipe, "do_classifier_free_guidance", False)
-            state._pending_layout = "batched" if do_cfg is True else "none"
+            state.cfg_flag = self.pipeline_cfg_flag()
+            state._pending_layout = "batched" if state.cfg_flag else "none"
         state.call_in_step += 1
         state.count("denoiser_calls")
 

@@ -25,6 +25,7 @@ def test_off_is_bit_identical_and_remove_restores(pipelines, name):
     pipe.acceleration.remove()
     assert not hasattr(pipe, "acceleration")
     assert "step" not in vars(pipe.scheduler) and "set_timesteps" not in vars(pipe.scheduler)
+    assert "encode_prompt" not in vars(pipe)
     denoiser = find_denoiser(pipe)[1]
     assert "forward" not in vars(denoiser) and not hasattr(denoiser, "_diffusers_hook")
     assert torch.equal(run(pipe, name, steps=3), reference)
@@ -80,6 +81,18 @@ def test_clock_detects_cfg_layout_and_counts(pipelines):
     run(pipe, "sd", steps=2, guidance_scale=1.0)
     assert state.cfg_layout == "none" and state.counters["denoiser_calls"] == 2
     pipe.acceleration.remove()
+
+
+def test_cfg_flag_for_pipelines_without_the_property(pipelines):
+    pipe = pipelines("pixart")            # PixArt has no `do_classifier_free_guidance` property
+    accelerate(pipe, "off")
+    state = pipe.acceleration.state
+    run(pipe, "pixart", steps=2)
+    assert state.cfg_flag is True and state.cfg_layout == "batched"
+    run(pipe, "pixart", steps=2, guidance_scale=1.0)
+    assert state.cfg_flag is False and state.cfg_layout == "none"
+    pipe.acceleration.remove()
+    assert "encode_prompt" not in vars(pipe)
 
 
 def test_clock_img2img_counts_only_the_steps_run(pipelines):
