@@ -346,8 +346,9 @@ def _merge_manifests(out: Path) -> None:
         path.unlink()
 
 
-# Size factors of the built-in tiny pipelines (what their pipelines' input checks require).
+# Size factors of the built-in tiny and demo pipelines (what their input checks require).
 TINY_FACTORS = {"sd": 8, "sdxl": 8, "pixart": 8, "sd3": 16, "flux": 16, "wan": 16}
+DEMO_FACTORS = {"demo-dit": 8, "demo-unet": 8}
 
 
 def run_cli(args) -> int:
@@ -378,7 +379,7 @@ def run_cli(args) -> int:
         opts.height = opts.height or extra.get("height")
         opts.width = opts.width or extra.get("width")
     else:
-        factor = config_factor(model)
+        factor = DEMO_FACTORS.get(model) or config_factor(model)
     if factor:
         check_sizes(items, opts, factor)    # before any model loads
     pipe = load_pipeline(model, args.size, args.device, args.dtype)
