@@ -36,7 +36,6 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset("off", "No acceleration: bit-identical to the unpatched pipeline."),
         Preset("quality", "Visually lossless: small, safe savings (fidelity first).", {
-            "*": {"guidance": dict(mode="truncation", cfg_fraction=0.7)},  # docs/presets.md#guidance
             "dit": {"block_cache": dict(mode="schedule", schedule="fora:2,first=3,last=1")},  # docs/presets.md#block_cache
             "unet": {"deepcache": dict(cache_interval=2, cache_branch=2)},  # docs/presets.md#deepcache
             "anyflow_far": {"kv_cache": dict(encode="pipeline", merge_threshold=0.95, budget_frames=12)},

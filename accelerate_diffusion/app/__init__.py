@@ -75,7 +75,7 @@ class Comparer:
         with self._lock, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             pipe = self.pipeline(model)
-            result = run_bench(pipe, make_kwargs, preset, overrides, repeats=1, warmup=0, label=model)
+            result = run_bench(pipe, make_kwargs, preset, overrides, repeats=1, warmup=1, label=model)
         notes = sorted({str(w.message) for w in caught if "accelerate_diffusion" in str(w.message)})
         baseline = _to_display(result.baseline_output, "baseline")
         accelerated = _to_display(result.accelerated_output, "accelerated")
