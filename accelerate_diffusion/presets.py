@@ -43,7 +43,8 @@ PRESETS: dict[str, Preset] = {
         Preset("balanced", "Good default: clear speedup with outputs close to the original.", {
             "*": {"guidance": dict(mode="truncation", cfg_fraction=0.5)},  # docs/presets.md#guidance
             "dit": {"block_cache": dict(mode="schedule", schedule="fora:2,last=1")},  # docs/presets.md#block_cache
-            "unet": {"deepcache": dict(cache_interval=2, cache_branch=0)},  # docs/presets.md#deepcache
+            # On the demo UNet CFG truncation cost 23 dB PSNR and 1.6 CLIP here: UNet balanced keeps full CFG.
+            "unet": {"deepcache": dict(cache_interval=2, cache_branch=0), "guidance": None},  # docs/presets.md#deepcache
             "anyflow_far": {"kv_cache": dict(merge_threshold=0.9, budget_frames=8)},
         }),
         Preset("fast", "About 2x or more: visible but small differences from the original.", {
