@@ -240,6 +240,6 @@ def test_presets_apply_block_cache_to_dits(pipelines, preset):
         assert "block_cache" not in get_preset("off").for_family(family)
     pipe = pipelines("sd3")
     accelerate(pipe, preset, guidance=False, ras=False, attention=False)
-    run(pipe, "sd3", steps=6)
+    run(pipe, "sd3", steps=10)        # quality keeps the first 5 and last 2 steps full
     assert _stats(pipe)["components reused"] > 0
     pipe.acceleration.remove()
