@@ -65,3 +65,23 @@ class PatchHandle:
 def available() -> dict[str, Any]:
     """The implemented techniques, as name -> module, in application order."""
     return {name: importlib.import_module(_MODULES[name]) for name in TECHNIQUES if name in _MODULES}
+
+
+def register_hook(module: torch.nn.Module, hook, name: str):
+    """Register a diffusers ``hook`` on ``module``; return an undo that removes it and, when
+    the registry was created here and is left empty, the registry and instance ``forward``."""
+    from diffusers.hooks import HookRegistry
+
+    had_registry = hasattr(module, "_diffusers_hook")
+    had_forward = "forward" in vars(module)
+    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+
+    def undo():
+        registry = module._diffusers_hook
+        registry.remove_hook(name, recurse=False)
+        if not registry.hooks and not had_registry:
+            del module._diffusers_hook
+            if "forward" in vars(module) and not had_forward:
+                del module.forward
+
+    return undo

@@ -27,13 +27,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
 from torch.overrides import TorchFunctionMode
 
 from .. import kernels
 from ..config import TechniqueConfig, check_choice, check_range
 from ..eval.macs import format_macs
-from . import NotApplicable, PatchContext, PatchHandle
+from . import NotApplicable, PatchContext, PatchHandle, register_hook
 
 NAME = "attention"
 HOOK = "accel_attention"
@@ -330,17 +330,7 @@ def _self_attentions(ctx: PatchContext) -> list[tuple[int, str, torch.nn.Module,
 
 
 def _register(module: torch.nn.Module, hook: ModelHook, undo: list) -> None:
-    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK)
-
-    def remove():
-        registry = module._diffusers_hook
-        registry.remove_hook(HOOK, recurse=False)
-        if not registry.hooks:
-            del module._diffusers_hook
-            if "forward" in vars(module):
-                del module.forward
-
-    undo.append(remove)
+    undo.append(register_hook(module, hook, HOOK))
 
 
 def apply(ctx: PatchContext, config: Config) -> PatchHandle:

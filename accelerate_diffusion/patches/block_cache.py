@@ -36,7 +36,7 @@ import torch
 
 from ..config import TechniqueConfig, check_choice, check_range
 from ..schedules.cache_schedule import CacheSchedule, ScheduleLayout, is_heuristic, resolve_schedule
-from . import NotApplicable, PatchContext, PatchHandle
+from . import NotApplicable, PatchContext, PatchHandle, register_hook
 
 NAME = "block_cache"
 HOOK = "accelerate_diffusion.block_cache"
@@ -44,9 +44,9 @@ PROBE_HOOK = "accelerate_diffusion.block_cache.probe"
 MODES = ("schedule", "dynamic")
 
 try:
-    from diffusers.hooks import HookRegistry, ModelHook
+    from diffusers.hooks import ModelHook
 except ImportError:  # pragma: no cover - diffusers is a hard dependency
-    HookRegistry, ModelHook = None, object
+    ModelHook = object
 
 
 @dataclass
@@ -275,23 +275,6 @@ class _Runtime:
         return out
 
 
-def _hook(module: torch.nn.Module, hook, name: str):
-    """Register ``hook``; return an undo that leaves no registry or instance forward behind."""
-    had_registry = hasattr(module, "_diffusers_hook")
-    had_forward = "forward" in vars(module)
-    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
-
-    def undo():
-        registry = module._diffusers_hook
-        registry.remove_hook(name, recurse=False)
-        if not registry.hooks and not had_registry:
-            del module._diffusers_hook
-            if "forward" in vars(module) and not had_forward:
-                del module.forward
-
-    return undo
-
-
 def apply(ctx: PatchContext, config: Config) -> PatchHandle:
     family = ctx.family
     if not family.block_groups:
@@ -308,10 +291,10 @@ def apply(ctx: PatchContext, config: Config) -> PatchHandle:
                 module = getattr(block, c, None)
                 if module is None:           # e.g. SD3's last block has no ff_context
                     continue
-                handle.undo.append(_hook(module, _ComponentHook(runtime, b, comps.index(c)), HOOK))
+                handle.undo.append(register_hook(module, _ComponentHook(runtime, b, comps.index(c)), HOOK))
                 handle.targets.append(f"{qualname}.{c}")
             if b == 0 and config.mode == "dynamic":
-                handle.undo.append(_hook(block, _ProbeHook(runtime), PROBE_HOOK))
+                handle.undo.append(register_hook(block, _ProbeHook(runtime), PROBE_HOOK))
     except BaseException:
         handle.remove()
         raise

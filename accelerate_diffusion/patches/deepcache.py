@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..config import TechniqueConfig, check_choice, check_range
-from . import NotApplicable, PatchContext, PatchHandle
+from . import NotApplicable, PatchContext, PatchHandle, register_hook
 
 NAME = "deepcache"
 HOOK = "accelerate_diffusion.deepcache"
@@ -287,9 +287,9 @@ class _Runtime:
 
 
 try:
-    from diffusers.hooks import HookRegistry, ModelHook
+    from diffusers.hooks import ModelHook
 except ImportError:  # pragma: no cover - diffusers is a hard dependency
-    HookRegistry, ModelHook = None, object
+    ModelHook = object
 
 
 class _ControllerHook(ModelHook):
@@ -369,17 +369,6 @@ def _deep_modules(unet, layout: _Layout, branch: int) -> list[tuple[str, torch.n
     return out
 
 
-def _unhook(module: torch.nn.Module) -> None:
-    registry = getattr(module, "_diffusers_hook", None)
-    if registry is None:
-        return
-    registry.remove_hook(HOOK, recurse=False)
-    if not registry.hooks:
-        del module._diffusers_hook
-        if "forward" in vars(module):
-            del module.forward
-
-
 def apply(ctx: PatchContext, config: Config) -> PatchHandle:
     unet = ctx.denoiser
     if not all(hasattr(unet, a) for a in ("conv_in", "down_blocks", "up_blocks", "mid_block")):
@@ -394,19 +383,8 @@ def apply(ctx: PatchContext, config: Config) -> PatchHandle:
     ctx.state.on_reset(runtime.reset)
     deep = _deep_modules(unet, layout, config.cache_branch)
 
-    hooked: list[torch.nn.Module] = []
     handle = PatchHandle(NAME, targets=[name for name, _, _ in deep], stats=runtime.stats)
-
-    def undo():
-        for module in reversed(hooked):
-            _unhook(module)
-        hooked.clear()
-
-    handle.undo.append(undo)
     for name, module, is_cut in deep:
-        HookRegistry.check_if_exists_or_initialize(module).register_hook(
-            _DeepHook(runtime, name, is_cut), HOOK)
-        hooked.append(module)
-    HookRegistry.check_if_exists_or_initialize(unet).register_hook(_ControllerHook(runtime), HOOK)
-    hooked.append(unet)
+        handle.undo.append(register_hook(module, _DeepHook(runtime, name, is_cut), HOOK))
+    handle.undo.append(register_hook(unet, _ControllerHook(runtime), HOOK))
     return handle

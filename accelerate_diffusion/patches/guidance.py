@@ -34,13 +34,12 @@ see the rows that really run.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
 

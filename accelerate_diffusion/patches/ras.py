@@ -27,17 +27,16 @@ or image size runs that call dense and re-seeds the stores.
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
 
 from ..config import TechniqueConfig, check_choice, check_range
-from . import NotApplicable, PatchContext, PatchHandle
+from . import NotApplicable, PatchContext, PatchHandle, register_hook
 
 NAME = "ras"
 HOOK = "accelerate_diffusion.ras"
@@ -415,17 +414,7 @@ def _rope_rows(x, cos, sin, n_text, idx):
 
 
 def _register(module: torch.nn.Module, hook: ModelHook, undo: list) -> None:
-    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK)
-
-    def remove():
-        registry = module._diffusers_hook
-        registry.remove_hook(HOOK, recurse=False)
-        if not registry.hooks:
-            del module._diffusers_hook
-            if "forward" in vars(module):
-                del module.forward
-
-    undo.append(remove)
+    undo.append(register_hook(module, hook, HOOK))
 
 
 def _foreign_block_hooks(denoiser) -> list[str]:
