@@ -273,7 +273,8 @@ def search(pipe, prompts: Sequence[str] | str | os.PathLike, out_dir: str | os.P
     family = family_of(found[1]) if found else None
     if family is None or not family.block_groups:
         raise ValueError(f"search: {type(pipe).__name__} has no DiT denoiser with cacheable blocks "
-                         f"(block caching needs a family with block groups in families.py)")
+                         f"(block caching needs a family with block groups in families.py; "
+                         f"for a UNet, search_deepcache.search_deepcache calibrates DeepCache)")
     layout = ScheduleLayout.of(family, found[1])
     n_var = (config.steps - 1) * int(layout.present().sum())
     out_dir = os.fspath(out_dir)
@@ -513,6 +514,9 @@ def schedule_override(overrides: dict, preset: str, schedule=None, schedule_dir=
         raise ValueError("accelerate(): pass schedule= or schedule_dir=, not both")
     if max_quality_loss is not None and schedule_dir is None:
         raise ValueError("accelerate(): max_quality_loss= picks a point of a searched front: pass schedule_dir= too")
+    from .search_deepcache import deepcache_override, is_deepcache    # a UNet calibration: deepcache, not block_cache
+    if is_deepcache(schedule if schedule_dir is None else schedule_dir):
+        return deepcache_override(overrides, preset, schedule, schedule_dir, max_quality_loss)
     current = overrides.get("block_cache", True)
     if current is False or (current is None and "block_cache" in overrides):
         raise ValueError("accelerate(): schedule/schedule_dir given but block_cache is disabled")
@@ -529,6 +533,7 @@ def schedule_override(overrides: dict, preset: str, schedule=None, schedule_dir=
 def _run_cli(args) -> int:
     from .. import testing
     from ..cli import load_pipeline
+    from ..families import family_of, find_denoiser
 
     prompts = args.prompts
     if not os.path.isfile(prompts):
@@ -551,6 +556,12 @@ def _run_cli(args) -> int:
         extra["guidance_scale"] = args.guidance
     if args.resolution:
         extra.update(height=args.resolution, width=args.resolution)
+    found = find_denoiser(pipe)
+    if found and getattr(family_of(found[1]), "kind", None) == "unet":     # DeepCache grid (search_deepcache.py)
+        from .search_deepcache import run_cli
+        return run_cli(pipe, args, extra)
+    if getattr(args, "grid", None):
+        raise ValueError("--grid: DeepCache grids apply to UNet models only")
     result = search(pipe, prompts, args.out, config, call_kwargs=extra, resume=not args.restart,
                     progress=not args.quiet)
     print(f"{result.evaluations} schedules evaluated over {result.generations} generations in "
@@ -566,7 +577,7 @@ def register(sub) -> None:
     """Add the ``search`` subcommand to the CLI's subparsers."""
     p = sub.add_parser("search", help="learn block-cache schedules (NSGA-II, ECAD) and write the Pareto front")
     p.add_argument("--model", required=True, help="tiny pipeline (pixart, sd3, flux, wan), demo-dit, or a "
-                   "diffusers id / local path")
+                   "diffusers id / local path; a UNet (sd, sdxl, demo-unet) calibrates DeepCache on a grid")
     p.add_argument("--size", default="small", choices=["micro", "small"], help="tiny pipeline size")
     p.add_argument("--prompts", required=True, help="calibration prompts, one per line")
     p.add_argument("--steps", type=int, default=20)
@@ -581,4 +592,6 @@ def register(sub) -> None:
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out and start over")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quiet", action="store_true")
+    from .search_deepcache import add_cli_arguments
+    add_cli_arguments(p)   # --grid, for UNet models
     p.set_defaults(func=_run_cli)
