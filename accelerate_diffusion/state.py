@@ -10,6 +10,7 @@ strength). Nothing is patched on a class, so two pipelines never share state.
 from __future__ import annotations
 
 import collections
+import copy
 import functools
 import inspect
 import logging
@@ -104,12 +105,33 @@ class AccelerationState:
         return self.step / self.num_steps if self.num_steps else 0.0
 
 
+class _InstanceMethod:
+    """An instance-level method replacement. A deep copy of the instance gets the method it had
+    before wrapping, not this wrapper: SkyReels-V2 diffusion forcing deep-copies the scheduler
+    once per frame, and the copies must step themselves, not the wrapped original."""
+
+    def __init__(self, obj, name: str, fn, had_own: bool, own):
+        self.obj, self.name, self.fn, self.had_own, self.own = obj, name, fn, had_own, own
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __deepcopy__(self, memo):
+        clone = memo.get(id(self.obj))
+        if clone is None:
+            return self
+        if self.had_own:
+            return copy.deepcopy(self.own, memo)
+        return getattr(type(clone), self.name).__get__(clone)
+
+
 def _wrap_method(obj, name: str, make_wrapper) -> Callable[[], None]:
     """Replace ``obj.name`` on the instance by ``make_wrapper(original)``; return an undo."""
     had_own = name in vars(obj)
     own = vars(obj).get(name)
     original = getattr(obj, name)
-    setattr(obj, name, functools.wraps(original)(make_wrapper(original)))
+    setattr(obj, name, _InstanceMethod(obj, name, functools.wraps(original)(make_wrapper(original)), had_own, own))
 
     def undo():
         if had_own:
