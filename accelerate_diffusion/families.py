@@ -91,6 +91,14 @@ FAMILIES: tuple[Family, ...] = (
         techniques=("kv_cache",),
         notes="AnyFlow-FAR chunk-wise autoregressive video (causal Wan 2.1 with a KV cache)",
     ),
+    Family(
+        name="skyreels_v2", classes=("SkyReelsV2Transformer3DModel",), kind="dit",
+        denoiser_attr="transformer",
+        block_groups=(BlockGroup("blocks", ("attn1", "attn2", "ffn")),),
+        grid="3d", patch_size=(1, 2, 2), text_tokens="cross", pos_embed="rope",
+        techniques=("kv_cache",),
+        notes="SkyReels-V2 diffusion forcing (block-causal Wan-style video; finished frames re-run each step)",
+    ),
 )
 
 
