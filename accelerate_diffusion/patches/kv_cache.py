@@ -24,6 +24,10 @@ Two ways of filling it (``encode``):
 The processors reproduce the pipeline's attention exactly otherwise, including its
 inference-path zero padding of keys to a multiple of 128 that is not masked (diffusers
 0.42.1 behaviour; the cache-step path masks it, and so does the commit pass here).
+
+SkyReels-V2 diffusion forcing (``SkyReelsV2Transformer3DModel``) re-runs every finished
+frame of its window at each step; ``kv_cache_skyreels.py`` gives that history the same
+TempCache and is dispatched from :func:`apply`.
 """
 
 from __future__ import annotations
@@ -34,12 +38,12 @@ import torch
 
 from ..config import TechniqueConfig, check_choice, check_range
 from ..kernels import ann, kv
-from . import NotApplicable, PatchContext, PatchHandle
+from . import NotApplicable, PatchContext, PatchHandle, kv_cache_skyreels
 
 NAME = "kv_cache"
 HOOK = "accelerate_diffusion.kv_cache"
 ENCODE = ("incremental", "pipeline")
-SUPPORTED = ("AnyFlowFARTransformer3DModel",)
+SUPPORTED = ("AnyFlowFARTransformer3DModel", "SkyReelsV2Transformer3DModel")
 
 
 @dataclass
@@ -326,6 +330,8 @@ def apply(ctx: PatchContext, config: Config) -> PatchHandle:
 
     denoiser = ctx.denoiser
     names = [c.__name__ for c in type(denoiser).__mro__]
+    if any(n in kv_cache_skyreels.CLASSES for n in names):
+        return kv_cache_skyreels.apply(ctx, config)      # diffusion forcing: history re-run each step
     if not any(n in SUPPORTED for n in names):
         raise NotApplicable(f"TempCache needs a chunk-wise KV-cached video transformer "
                             f"({', '.join(SUPPORTED)}); got {type(denoiser).__name__}")
