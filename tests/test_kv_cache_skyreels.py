@@ -70,6 +70,8 @@ def test_incremental_with_cfg_and_long_video_windows_matches_the_pipeline():
             stats = _stats(pipe)
         torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
         assert stats["frames_reused"] > 0 and "calls_unchanged" not in stats
+        with accelerate(pipe, "off", kv_cache=dict(OFF, encode="pipeline")).acceleration:
+            assert torch.equal(run_skyreels(pipe, "micro", **kw), reference)
     assert reference.shape[2] == 20
 
 

@@ -190,8 +190,9 @@ class _Controller:
         window = self.windows.setdefault(branch, _Window())
         if self.config.encode == "incremental" and window.frames and not window.reusable(x, t, n_finished):
             self.count("cache_rebuilds")
-            self.warn("rebuild", "finished frames changed between steps (addnoise_condition > 0 or a callback "
-                      "edited latents): their keys/values are recomputed, which saves nothing.")
+            self.warn("rebuild", "finished frames changed between steps (addnoise_condition > 0 re-noises them "
+                      "every step, or a callback edited latents): the cache is rebuilt from them; with "
+                      "addnoise_condition > 0 that happens every step and nothing is saved.")
             window = self.windows[branch] = _Window()
         return window, window.frames, n_finished, stop
 
