@@ -216,6 +216,21 @@ def _drop_empty_registry(module) -> None:
             del module.forward
 
 
+def _use_learned_schedule(plan: dict, denoiser, preset: str, overrides: dict) -> None:
+    """Swap the preset's heuristic block-cache schedule for the one learned on this model, when
+    one is shipped (schedules/learned.py) and the user did not choose a schedule or mode."""
+    config, user = plan.get("block_cache"), overrides.get("block_cache")
+    if config is None or config.mode != "schedule":
+        return
+    if not (user is None or user is True or (isinstance(user, dict) and not {"schedule", "mode"} & user.keys())):
+        return
+    from .schedules.learned import preset_schedule
+
+    learned = preset_schedule(denoiser, preset)
+    if learned is not None:
+        plan["block_cache"] = config.replace(schedule=learned)
+
+
 def accelerate(pipe, preset: str = "balanced", *, measure_macs: bool = False, schedule=None,
                schedule_dir=None, max_quality_loss: float | None = None, **overrides):
     """Patch ``pipe`` in place and return it, with a handle at ``pipe.acceleration``.
@@ -241,6 +256,7 @@ def accelerate(pipe, preset: str = "balanced", *, measure_macs: bool = False, sc
             f"only {', '.join(GENERIC.techniques)} can apply to it.\n{supported_summary()}",
             stacklevel=2)
     plan = build_plan(family, preset, overrides)
+    _use_learned_schedule(plan, denoiser, preset, overrides)
     existing = getattr(pipe, "acceleration", None)
     if isinstance(existing, Acceleration):
         logger.warning("accelerate_diffusion: pipeline was already accelerated (preset %r); "
