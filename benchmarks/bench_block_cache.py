@@ -43,12 +43,15 @@ def load(name: str, steps: int, size: str = "small", resolution: int = 0):
 
         if not demo.is_available("dit"):
             return None, None
+        from bench_search import held_out
+
         pipe = demo.load_pipeline("dit")
-        prompts = ["a red circle above a blue square", "two green triangles on a yellow background"]
+        prompts = held_out("demo-dit")     # the setting of bench_search.py: same prompts, same seeds
 
         def make():
             return dict(prompt=prompts, num_inference_steps=steps, guidance_scale=demo.DEFAULT_GUIDANCE,
-                        generator=torch.Generator("cpu").manual_seed(0), output_type="pt")
+                        generator=[torch.Generator("cpu").manual_seed(1000 + i) for i in range(len(prompts))],
+                        output_type="pt")
         return pipe, make
     from accelerate_diffusion.testing import call_kwargs, make_pipeline
 
@@ -62,11 +65,33 @@ def images(out) -> torch.Tensor:
 
 
 # -- methods --------------------------------------------------------------------------
-def our_methods(family_name: str, layout: ScheduleLayout) -> list[tuple[str, dict]]:
-    """(label, block_cache override) for the shipped heuristics and the dynamic mode."""
+def our_methods(family_name: str, layout: ScheduleLayout, denoiser=None, front_dir: str = "",
+                max_front: int = 6) -> list[tuple[str, dict]]:
+    """(label, block_cache override) for the presets' schedules (learned ones where shipped for
+    this model), the points of a searched front, the heuristics and the dynamic mode."""
+    from accelerate_diffusion.families import FAMILIES
+    from accelerate_diffusion.presets import PRESETS
+    from accelerate_diffusion.schedules.learned import preset_schedule
+    from accelerate_diffusion.schedules.search import load_front
+
     n = layout.num_blocks
     comps = layout.components
-    out = [(f"ours {s}", {"mode": "schedule", "schedule": s}) for s in (
+    family = next(f for f in FAMILIES if f.name == family_name)
+    out = []
+    for preset in ("quality", "balanced", "fast", "max"):
+        learned = preset_schedule(denoiser, preset) if denoiser is not None else None
+        spec = PRESETS[preset].for_family(family).get("block_cache", {}).get("schedule")
+        if learned is not None:
+            out.append((f"ours {preset}: learned {learned.name.split('/')[-1]}", {"mode": "schedule", "schedule": learned}))
+        elif spec:
+            out.append((f"ours {preset}: {spec}", {"mode": "schedule", "schedule": spec}))
+    if front_dir:
+        front = sorted(load_front(front_dir), key=lambda s: s.metrics["macs_ratio"])
+        if len(front) > max_front:
+            front = [front[round(i * (len(front) - 1) / (max_front - 1))] for i in range(max_front)]
+        out += [(f"ours searched {os.path.basename(s.metrics['path'])[:-5]}", {"mode": "schedule", "schedule": s})
+                for s in front]
+    out += [(f"ours {s}", {"mode": "schedule", "schedule": s}) for s in (
         "fora:2,last=1", "fora:3,last=1", "fora:2,first=3,last=1",
         f"component:all,k={max(n // 2, 1)},window=0.8,every=2,last=1",
         f"component:{'+'.join(c for c in comps if c.startswith(('ff', 'proj')))},k={n},window=0.8,every=2,last=1",
@@ -194,7 +219,7 @@ def timed(pipe, make, before=None) -> float:
 
 
 def bench_pipeline(name: str, steps: int, repeats: int, only: set[str] | None, size: str = "small",
-                   resolution: int = 0) -> list[dict]:
+                   resolution: int = 0, front_dir: str = "") -> list[dict]:
     pipe, make = load(name, steps, size, resolution)
     if pipe is None:
         print(f"\n== {name}: skipped (demo DiT weights not present: accelerate_diffusion/demo/weights/dit)")
@@ -230,7 +255,7 @@ def bench_pipeline(name: str, steps: int, repeats: int, only: set[str] | None, s
                     acc.append(run_acc())
         return base, acc
 
-    for label, override in our_methods(family.name, layout):
+    for label, override in our_methods(family.name, layout, denoiser, front_dir):
         if only and not any(o in label for o in only):
             continue
         macs, out, stats = counted(pipe, make, {"block_cache": override})
@@ -356,6 +381,7 @@ def main(argv=None):
     parser.add_argument("--resolution", type=int, default=128,
                         help="image side for the tiny pipelines (0: their default; Wan keeps its own)")
     parser.add_argument("--only", default="", help="|-separated substrings of method labels to run")
+    parser.add_argument("--front", default="", help="also run the points of this searched front (demo pipeline)")
     parser.add_argument("--json", default="")
     parser.add_argument("--markdown", default="")
     parser.add_argument("--plot", default="")
@@ -364,7 +390,8 @@ def main(argv=None):
     only = set(filter(None, args.only.split("|"))) or None
     rows = []
     for name in args.pipelines.split(","):
-        rows += bench_pipeline(name.strip(), args.steps, args.repeats, only, args.size, args.resolution)
+        front = args.front if name.strip() == "demo" else ""
+        rows += bench_pipeline(name.strip(), args.steps, args.repeats, only, args.size, args.resolution, front)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=1, default=str)
