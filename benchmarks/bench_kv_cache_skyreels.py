@@ -8,7 +8,9 @@ started included. Arms, timed alternately in one process (paired), medians over 
   budget       + budget_frames (eviction only)
   tempcache    + merging (merge_threshold) and the budget: the accelerated setting
 A "chunk" is one causal block: its latency is the time of the steps during which that block
-is the last one finished (frame index = finished frames then). "K/V bytes" per chunk are the
+is the last one finished (frame index = finished frames then). Flatness: median of the 3
+chunks ending at the last one with every block of the schedule active / median of the 3
+chunks from frame 8. "K/V bytes" per chunk are the
 keys/values the denoised frames attend to, all layers: the whole window for the baseline,
 cache slots plus the frames run for the others (the part of memory that grows with history).
 Fidelity: PSNR/SSIM per latent frame of the decoded videos vs the baseline.
@@ -99,6 +101,39 @@ def rollout(pipe, args, settings):
     return out, per_chunk, kv_bytes
 
 
+def count_macs(pipe, args, settings) -> dict[int, int]:
+    """Counted MACs of the transformer calls per chunk (machine independent; an untimed rollout)."""
+    from accelerate_diffusion.eval.macs import MacCounter
+
+    if settings is not None:
+        accelerate(pipe, "off", kv_cache=settings)
+    counter, per_chunk, seen = MacCounter(), {}, [0]
+
+    def callback(p, i, t, kw):
+        finished = int((t == 0).int().cumprod(0).sum())
+        key = finished - finished % args.block
+        per_chunk[key] = per_chunk.get(key, 0) + counter.macs - seen[0]
+        seen[0] = counter.macs
+        return kw
+
+    def enter(*_):
+        counter.__enter__()
+
+    def leave(*_):
+        counter.__exit__(None, None, None)
+
+    hooks = [pipe.transformer.register_forward_pre_hook(enter), pipe.transformer.register_forward_hook(leave)]
+    try:
+        run_skyreels(pipe, args.size, latent_frames=args.frames, block=args.block, ar_step=args.ar_step,
+                     steps=args.steps, callback_on_step_end=callback)
+    finally:
+        for h in hooks:
+            h.remove()
+        if settings is not None:
+            pipe.acceleration.remove()
+    return per_chunk
+
+
 def decode(pipe, latents):
     vae = pipe.vae
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
@@ -130,11 +165,13 @@ def arms(args) -> dict[str, dict | None]:
     }
 
 
-def flatness(series: dict[int, float], start: int, tail: int) -> float:
-    """Value at the last chunk that still has every block of the schedule active / value at ``start``."""
+def flatness(series: dict[int, float], start: int, tail: int, width: int = 3) -> float:
+    """Median of the ``width`` chunks ending at the last one that still has every block of the
+    schedule active / median of the ``width`` chunks from ``start`` (single chunks are noisy)."""
     keys = sorted(k for k in series if k >= start)
     keys = keys[: len(keys) - tail] or keys
-    return series[keys[-1]] / series[keys[0]] if keys and series[keys[0]] else float("nan")
+    first = statistics.median(series[k] for k in keys[:width])
+    return statistics.median(series[k] for k in keys[-width:]) / first if first else float("nan")
 
 
 def bench(args) -> None:
@@ -153,6 +190,7 @@ def bench(args) -> None:
             chunks[name].append(per_chunk)
             kv_bytes[name], latents[name] = kvb, out
     med = {name: {k: statistics.median(c[k] for c in chunks[name]) for k in chunks[name][0]} for name in names}
+    macs = {name: count_macs(pipe, args, settings[name]) for name in names}
     keys = sorted(med["baseline"])
     ref = decode(pipe, latents["baseline"])
     fidelity = {name: per_latent_frame(ref, decode(pipe, latents[name]), args.frames) for name in names}
@@ -161,45 +199,52 @@ def bench(args) -> None:
     tail = args.steps // max(args.ar_step, 1)        # the last chunks drain the schedule: fewer active blocks
     print(f"SkyReels-V2 DF {args.size}: {args.frames} latent frames, causal blocks of {args.block}, "
           f"ar_step {args.ar_step}, {args.steps} steps, {args.repeats} paired repeats (median)")
-    print("\n| arm | settings | rollout s | speedup | latency flatness | K/V flatness | PSNR mean / min (dB) | SSIM mean |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| arm | settings | rollout s | speedup | MACs ratio | latency flatness | MACs flatness | K/V flatness "
+          "| PSNR mean / min (dB) | SSIM mean |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     base_time = statistics.median(times["baseline"])
+    base_macs = sum(macs["baseline"].values())
     for name in names:
         p, s = fidelity[name]
         rest = [v for v in p[1:]]
         print(f"| {name} | {settings[name] or 'unpatched'} | {statistics.median(times[name]):.2f} | "
-              f"{base_time / statistics.median(times[name]):.2f}x | x{flatness(med[name], start, tail):.2f} | "
+              f"{base_time / statistics.median(times[name]):.2f}x | {base_macs / sum(macs[name].values()):.2f}x | "
+              f"x{flatness(med[name], start, tail):.2f} | x{flatness(macs[name], start, tail):.2f} | "
               f"x{flatness(kv_bytes[name], start, tail):.2f} | {statistics.mean(p):.1f} / {min(rest or p):.1f} | "
               f"{statistics.mean(s):.4f} |")
-    print("\nper chunk (frame index = finished frames): latency ms / attended K/V KiB")
+    print("\nper chunk (frame index = finished frames): latency ms / GMACs / attended K/V KiB")
     print("| frame | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
     for k in keys:
-        cells = [f"{1000 * med[n].get(k, float('nan')):.0f} / {kv_bytes[n].get(k, 0) / 1024:.0f}" for n in names]
+        cells = [f"{1000 * med[n].get(k, float('nan')):.0f} / {macs[n].get(k, 0) / 1e9:.2f} / "
+                 f"{kv_bytes[n].get(k, 0) / 1024:.0f}" for n in names]
         print(f"| {k} | " + " | ".join(cells) + " |")
     print("\nper latent frame PSNR (dB) vs baseline:")
     for name in names[1:]:
         print(f"  {name}: " + " ".join(f"{v:.1f}" for v in fidelity[name][0]))
     if args.plot:
-        plot(args, names, keys, med, kv_bytes, fidelity)
+        plot(args, names, keys, med, macs, kv_bytes, fidelity)
 
 
-def plot(args, names, keys, med, kv_bytes, fidelity) -> None:
+def plot(args, names, keys, med, macs, kv_bytes, fidelity) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     for i, name in enumerate(names):
         style = dict(color=f"C{i}", label=name)
         axes[0].plot(keys, [1000 * med[name].get(k, float("nan")) for k in keys], marker="o", **style)
-        axes[1].plot(keys, [kv_bytes[name].get(k, 0) / 2 ** 20 for k in keys], marker="o", **style)
+        axes[1].plot(keys, [macs[name].get(k, 0) / 1e9 for k in keys], marker="o", **style)
+        axes[2].plot(keys, [kv_bytes[name].get(k, 0) / 2 ** 20 for k in keys], marker="o", **style)
         if name != "baseline":
-            axes[2].plot(range(args.frames), [min(v, 60) for v in fidelity[name][0]], marker=".", **style)
+            axes[3].plot(range(args.frames), [min(v, 60) for v in fidelity[name][0]], marker=".", **style)
     axes[0].set(xlabel="frame index (finished frames)", ylabel="latency per chunk (ms, log)", title="per-chunk latency",
                 yscale="log")
-    axes[1].set(xlabel="frame index (finished frames)", ylabel="attended K/V (MiB)", title="K/V attended per step")
-    axes[2].set(xlabel="latent frame", ylabel="PSNR vs baseline (dB, capped 60)", title="fidelity")
+    axes[1].set(xlabel="frame index (finished frames)", ylabel="GMACs per chunk (log)", title="per-chunk MACs (counted)",
+                yscale="log")
+    axes[2].set(xlabel="frame index (finished frames)", ylabel="attended K/V (MiB)", title="K/V attended per step")
+    axes[3].set(xlabel="latent frame", ylabel="PSNR vs baseline (dB, capped 60)", title="fidelity")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
