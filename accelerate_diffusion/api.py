@@ -227,8 +227,9 @@ def _use_learned_schedule(plan: dict, denoiser, preset: str, overrides: dict) ->
     from .schedules.learned import preset_schedule
 
     learned = preset_schedule(denoiser, preset)
-    if learned is not None:
-        plan["block_cache"] = config.replace(schedule=learned)
+    if learned is not None:     # at other step counts the preset's heuristic runs (no resampling)
+        fallback = config.schedule if isinstance(config.schedule, str) else ""
+        plan["block_cache"] = config.replace(schedule=learned, fallback=fallback)
 
 
 def accelerate(pipe, preset: str = "balanced", *, measure_macs: bool = False, schedule=None,

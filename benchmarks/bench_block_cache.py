@@ -83,7 +83,7 @@ def our_methods(family_name: str, layout: ScheduleLayout, denoiser=None, front_d
         spec = PRESETS[preset].for_family(family).get("block_cache", {}).get("schedule")
         if learned is not None:
             out.append((f"ours {preset}: learned {learned.name.split('/')[-1]}", {"mode": "schedule", "schedule": learned}))
-        elif spec:
+        if spec:   # the heuristic (what the preset runs on models without a learned front)
             out.append((f"ours {preset}: {spec}", {"mode": "schedule", "schedule": spec}))
     if front_dir:
         front = sorted(load_front(front_dir), key=lambda s: s.metrics["macs_ratio"])

@@ -56,13 +56,27 @@ def test_presets_use_the_learned_schedule_on_the_demo_dit(dit):
         used = _schedule_in_use(dit)
         assert isinstance(used, CacheSchedule) and used == learned
         assert "ecad-demo-dit" in str(dit.acceleration.report())
-        out = dit("a red circle", num_inference_steps=6, output_type="latent",
-                  generator=torch.Generator().manual_seed(0)).images
-        stats = dit.acceleration.report().applied
-        assert torch.isfinite(out).all()
-        assert any(item["technique"] == "block_cache" for item in stats)
+        for steps in (learned.num_steps, 6):
+            out = dit("a red circle", num_inference_steps=steps, output_type="latent",
+                      generator=torch.Generator().manual_seed(0)).images
+            stats = next(i for i in dit.acceleration.report().applied if i["technique"] == "block_cache")["stats"]
+            assert torch.isfinite(out).all()
+            if steps == learned.num_steps:
+                assert stats["resampled"] == "no"
+            else:   # another step count: the preset's heuristic, built for it, not a resampled schedule
+                assert "fallback" in stats["resampled"]
+                assert PRESETS[preset].settings["dit"]["block_cache"]["schedule"] in stats["resampled"]
     finally:
         dit.acceleration.remove()
+
+
+def test_fallback_is_checked(pipelines):
+    pipe = pipelines("sd3")
+    with pytest.raises(ValueError, match="fallback"):
+        accelerate(pipe, "off", block_cache={"schedule": "fora:2", "fallback": "fora:3"})
+    with pytest.raises(ValueError, match="fallback"):
+        accelerate(pipe, "off", block_cache={"schedule": "fora:2", "fallback": 3})
+    assert getattr(pipe, "acceleration", None) is None or not pipe.acceleration.handles
 
 
 def test_user_choices_win_over_the_learned_schedule(dit):
