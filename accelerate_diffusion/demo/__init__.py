@@ -5,6 +5,10 @@ Trained here on a procedural dataset of coloured shapes (`dataset.py`), 64x64 RG
 - ``load_pipeline("unet")``: `StableDiffusionPipeline` (UNet2DConditionModel, DDIM, epsilon)
 - ``load_pipeline("dit")``: `StableDiffusion3Pipeline` (SD3Transformer2DModel, flow matching,
   FlowMatchEulerDiscreteScheduler; both CLIP slots hold the demo text encoder, no T5)
+- ``load_pipeline("ar_video")``: `AnyFlowFARPipeline` (AnyFlowFARTransformer3DModel), an
+  autoregressive text-to-video model trained on moving-shape clips (`video.py`); call it
+  with ``video.call_kwargs(prompt, latent_frames=16)`` (64x64 frames, chunks of 1 latent
+  frame, 8 steps, guidance 3, ``max_sequence_length=32``)
 - ``load_clip()``: the demo `CLIPModel` and its tokenizer, for CLIP score and for Frechet
   distance features (`clip_score`, `image_features`).
 
@@ -22,13 +26,15 @@ import numpy as np
 import torch
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-KINDS = ("unet", "dit")
+KINDS = ("unet", "dit")           # text-to-image
+VIDEO_KINDS = ("ar_video",)       # text-to-video (`video.py`)
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 5.0
 IMAGE_SIZE = 64
 
 __all__ = [
     "KINDS",
+    "VIDEO_KINDS",
     "WEIGHTS_DIR",
     "DEFAULT_STEPS",
     "DEFAULT_GUIDANCE",
@@ -57,7 +63,8 @@ def _dir(name: str, weights_dir: str | Path | None) -> Path:
 def is_available(kind: str = "dit", weights_dir: str | Path | None = None) -> bool:
     """Whether the embedded weights for pipeline `kind` (or ``"clip"``/``"vae"``) are present."""
     d = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
-    need = {"unet": ("clip", "vae", "unet"), "dit": ("clip", "vae", "dit")}.get(kind, (kind,))
+    need = {"unet": ("clip", "vae", "unet"), "dit": ("clip", "vae", "dit"),
+            "ar_video": ("clip", "vae", "ar_video")}.get(kind, (kind,))
     return all((d / n / "config.json").exists() for n in need)
 
 
@@ -95,8 +102,9 @@ def load_pipeline(
 ):
     """A ready text-to-image pipeline built from the embedded weights (no network).
 
-    kind: ``"unet"`` -> `StableDiffusionPipeline`, ``"dit"`` -> `StableDiffusion3Pipeline`.
-    Weights are stored in fp16 and cast to `dtype` (float32 by default, best on CPU).
+    kind: ``"unet"`` -> `StableDiffusionPipeline`, ``"dit"`` -> `StableDiffusion3Pipeline`,
+    ``"ar_video"`` -> `AnyFlowFARPipeline` (text-to-video; see `video.call_kwargs` for its
+    arguments). Weights are stored in fp16 and cast to `dtype` (float32 by default, best on CPU).
     """
     from diffusers import (
         DDIMScheduler,
@@ -109,8 +117,14 @@ def load_pipeline(
 
     from .models import text_encoder_from_clip
 
-    if kind not in KINDS:
-        raise ValueError(f"unknown demo pipeline {kind!r}; choose one of {KINDS}")
+    if kind not in KINDS + VIDEO_KINDS:
+        raise ValueError(f"unknown demo pipeline {kind!r}; choose one of {KINDS + VIDEO_KINDS}")
+    if kind == "ar_video":
+        from .video import load_video_pipeline
+
+        pipe = load_video_pipeline(_dir("ar_video", weights_dir), dtype=dtype, weights_dir=weights_dir).to(device)
+        pipe.set_progress_bar_config(disable=not progress_bar)
+        return pipe
     clip, tok = load_clip(dtype=dtype, weights_dir=weights_dir)
     vae = load_vae(dtype=dtype, weights_dir=weights_dir)
     if kind == "unet":
