@@ -11,6 +11,13 @@ PSNR vs the "incremental" arm (isolates what merging/eviction/retrieval change).
 MACs are not reported: torch's flop counter fails on the pipeline's flex_attention.
 
     python benchmarks/bench_kv_cache.py --size micro --frames 64 --chunk 2 --repeats 3
+
+``--pipeline demo``: the trained demo AR video model (``demo.load_pipeline("ar_video")``),
+baseline vs the presets (quality/balanced/fast/max), per-chunk latency (paired, median),
+measured peak heap per chunk and the KV bytes attended, PSNR/SSIM per key frame vs the
+baseline rollout and the demo-CLIP score per key frame (see `demo_main`):
+
+    python benchmarks/bench_kv_cache.py --pipeline demo --frames 48 --chunk 1 --repeats 2
 """
 
 from __future__ import annotations
@@ -167,6 +174,191 @@ def ann_bench(repeats: int = 20) -> None:
             print(f"| {n} | {width} | {name} | {statistics.median(times) * 1e3:.2f} | {recall:.2f} |")
 
 
+# ---------------------------------------------------------------- the trained demo AR model
+
+
+class HeapPeak:
+    """Peak in-use heap bytes (glibc ``mallinfo2``: small blocks + mmapped blocks), sampled
+    before and after every transformer block and per chunk of the rollout: CPU tensors live there."""
+
+    def __init__(self, transformer):
+        import ctypes
+
+        class _Info(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in
+                        "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+        self._mallinfo = ctypes.CDLL("libc.so.6").mallinfo2
+        self._mallinfo.restype = _Info
+        self.samples: list[tuple[float, int]] = []
+        self.handles = []
+        for block in transformer.blocks:
+            self.handles.append(block.register_forward_pre_hook(lambda *a: self.sample()))
+            self.handles.append(block.register_forward_hook(lambda *a: self.sample()))
+
+    def sample(self):
+        info = self._mallinfo()
+        self.samples.append((time.perf_counter(), info.uordblks + info.hblkhd))
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+    def per_chunk(self, starts: list[float]) -> list[int]:
+        """Peak bytes per chunk above the heap in use at the rollout's first block call."""
+        base = self.samples[0][1]
+        bounds = starts[1:] + [float("inf")]
+        return [max((b for t, b in self.samples if lo <= t < hi), default=base) - base
+                for lo, hi in zip(starts, bounds)]
+
+
+def chunk_starts(timer: ChunkTimer) -> list[float]:
+    starts, seen = [], -1
+    for t, n in timer.calls:
+        if n > seen:
+            starts.append(t)
+            seen = n
+    return starts
+
+
+# extra arms for --presets besides the preset names: kv_cache settings on the "off" preset
+DEMO_ARMS = {
+    "incremental": dict(merge_threshold=1.5, budget_frames=0, encode="incremental"),  # nothing merged/evicted
+}
+
+
+def demo_main(args) -> None:
+    """Long rollouts on the trained demo AR model: baseline vs the kv_cache presets."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    from accelerate_diffusion import demo
+    from accelerate_diffusion.demo import video
+
+    torch.set_num_threads(args.threads)
+    pipe = demo.load_pipeline("ar_video")
+    clip = demo.load_clip()
+    prompt = args.prompt or video.make_clip(0, split="test")[1]
+    static = video.static_caption(prompt)
+    steps = args.steps if args.steps else video.DEFAULT_STEPS
+    kw = lambda: video.call_kwargs(prompt, latent_frames=args.frames, chunk=args.chunk, steps=steps,
+                                   guidance=args.guidance, seed=args.seed, output_type="latent")
+    partition = kw()["chunk_partition"]
+    n = len(partition)
+    frame_of = [sum(partition[:k]) for k in range(n)]
+    batch = 2 if args.guidance > 1 else 1
+    arms = ["baseline"] + list(args.presets.split(","))
+    lat = {a: [] for a in arms}
+    heap = {a: [] for a in arms}
+    cache, outputs, stats = {}, {}, {}
+    for rep in range(args.repeats + 1):                  # repeat 0 is the warm-up
+        order = arms if rep % 2 else arms[::-1]          # alternate the order: paired, no position bias
+        for a in order:
+            if a in DEMO_ARMS:
+                accelerate(pipe, "off", kv_cache=DEMO_ARMS[a])
+            elif a != "baseline":
+                accelerate(pipe, a)
+            timer, peak = ChunkTimer(pipe.transformer), HeapPeak(pipe.transformer)
+            out = pipe(**kw()).frames
+            end = time.perf_counter()
+            timer.handle.remove()
+            peak.remove()
+            if rep:
+                lat[a].append(timer.chunk_latencies(end))
+                heap[a].append(peak.per_chunk(chunk_starts(timer)))
+            outputs[a] = out
+            if a != "baseline":
+                cache[a] = tempcache_bytes(pipe._kv_cache_controller, n, batch, pipe.transformer.config)
+                stats[a] = pipe.acceleration.report().applied[0]["stats"]
+                pipe.acceleration.remove()
+            else:
+                cache[a] = baseline_cache_bytes(pipe, partition, video.ds.IMAGE_SIZE // 4, batch)
+            print(f"repeat {rep} {a}: {end - timer.calls[0][0]:.2f}s", flush=True)
+
+    med = {a: [statistics.median(r[k] for r in lat[a]) for k in range(n)] for a in arms}
+    peak_mb = {a: [statistics.median(r[k] for r in heap[a]) / 2**20 for k in range(n)] for a in arms}
+    frames = {a: video.decode_keyframes(pipe, o)[0] for a, o in outputs.items()}      # (T, 3, 64, 64)
+    clip_s = {a: demo.clip_score(f, [static] * len(f), clip).tolist() for a, f in frames.items()}
+    psnr = {a: [peak_signal_noise_ratio(frames[a][i:i + 1], frames["baseline"][i:i + 1], data_range=1.0).item()
+                for i in range(args.frames)] for a in arms[1:]}
+    ssim = {a: [structural_similarity_index_measure(frames[a][i:i + 1], frames["baseline"][i:i + 1],
+                                                    data_range=1.0).item() for i in range(args.frames)]
+            for a in arms[1:]}
+
+    k8 = next(k for k in range(n) if frame_of[k] >= 8)
+    w = max(1, args.flat_window)
+
+    def flat(series):
+        """median over the chunks from frame 8 vs over the last chunks that still encode a cache."""
+        last = n - 2
+        return statistics.median(series[max(k8, last - w + 1):last + 1]) / statistics.median(series[k8:k8 + w])
+
+    print(f"\ndemo AR model: {args.frames} latent frames (64x64), chunks of {args.chunk}, {steps} steps, "
+          f"guidance {args.guidance}, {args.repeats} paired repeats (median), prompt {prompt!r}, "
+          f"CLIP caption {static!r}")
+    print("| chunk | frame | " + " | ".join(f"{a} ms" for a in arms) + " | " + " | ".join(f"{a} peak +MiB" for a in arms)
+          + " | " + " | ".join(f"{a} KV KiB" for a in arms) + " | " + " | ".join(f"{a} PSNR/SSIM" for a in arms[1:])
+          + " | " + " | ".join(f"{a} CLIP" for a in arms) + " |")
+    print("|" + "---|" * (2 + 5 * len(arms) - 1))
+    for k in range(n):
+        f = frame_of[k]
+        print(f"| {k} | {f} | " + " | ".join(f"{med[a][k] * 1e3:.0f}" for a in arms) + " | "
+              + " | ".join(f"{peak_mb[a][k]:.2f}" for a in arms) + " | "
+              + " | ".join(f"{cache[a][k] / 1024:.0f}" for a in arms) + " | "
+              + " | ".join(f"{min(psnr[a][f], 99):.1f}/{ssim[a][f]:.3f}" for a in arms[1:]) + " | "
+              + " | ".join(f"{clip_s[a][f]:.1f}" for a in arms) + " |")
+    print(f"\nflatness (median of {w} chunks from frame 8 -> median of the last {w} encoding chunks):")
+    print("| arm | latency ratio | peak heap ratio | KV bytes ratio | rollout s | speedup | PSNR mean dB | SSIM mean |"
+          " PSNR last 8 frames | CLIP mean | CLIP last 8 frames |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for a in arms:
+        kvr = flat(cache[a]) if cache[a][k8] else float("nan")
+        p = f"{statistics.mean(min(x, 100) for x in psnr[a]):.1f}" if a in psnr else "-"
+        s = f"{statistics.mean(ssim[a]):.3f}" if a in ssim else "-"
+        pl = f"{statistics.mean(min(x, 100) for x in psnr[a][-8:]):.1f}" if a in psnr else "-"
+        print(f"| {a} | {flat(med[a]):.2f} | {flat(peak_mb[a]):.2f} | {kvr:.2f} | {sum(med[a]):.1f} | "
+              f"{sum(med['baseline']) / sum(med[a]):.2f}x | {p} | {s} | {pl} | {statistics.mean(clip_s[a]):.1f} | "
+              f"{statistics.mean(clip_s[a][-8:]):.1f} |")
+    for a, st in stats.items():
+        print(f"{a} stats:", json.dumps(st))
+
+    if args.plot:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 4, figsize=(19, 4))
+        for a in arms:
+            axes[0].plot(frame_of[:-1], [x * 1e3 for x in med[a][:-1]], marker=".", label=a)
+            axes[1].plot(frame_of[:-1], peak_mb[a][:-1], marker=".", label=a)
+            axes[3].plot(range(args.frames), clip_s[a], label=a)
+        for a in psnr:
+            axes[2].plot(range(args.frames), [min(x, 60) for x in psnr[a]], label=a)
+        axes[0].set(xlabel="first frame of chunk", ylabel="chunk latency (ms, median)", title="latency per chunk")
+        axes[1].set(xlabel="first frame of chunk", ylabel="peak heap above rollout start (MiB)", title="peak memory per chunk")
+        axes[2].set(xlabel="key frame", ylabel="PSNR vs baseline (dB, capped 60)", title="fidelity per frame")
+        axes[3].set(xlabel="key frame", ylabel="demo-CLIP score", title=f"CLIP score ({static!r})")
+        for ax in axes:
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+        fig.suptitle(f"kv_cache presets on the demo AR video model ({args.frames} key frames, chunk {args.chunk}, "
+                     f"{steps} steps, CPU 1 thread)")
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=100)
+        print("plot:", args.plot)
+    if args.save_frames:
+        from PIL import Image
+
+        rows = [torch.cat(list(frames[a][:: max(1, args.frames // 12)]), dim=2) for a in arms]
+        grid = (torch.cat(rows, dim=1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+        Image.fromarray(grid).save(args.save_frames)
+        print("frames:", args.save_frames, "rows:", arms)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"args": vars(args), "prompt": prompt, "frame_of": frame_of, "latency_s": med,
+                       "peak_heap_mib": peak_mb, "kv_bytes": cache, "psnr": psnr, "ssim": ssim, "clip": clip_s,
+                       "stats": stats}, fh, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ann-bench", action="store_true", help="ANN retrieval timing: torch vs faiss")
@@ -174,7 +366,7 @@ def main():
     ap.add_argument("--size", default="micro", choices=("micro", "small"))
     ap.add_argument("--frames", type=int, default=64)
     ap.add_argument("--chunk", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=None, help="default: 2 (tiny), the demo default (demo)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--text-tokens", type=int, default=512, help="max_sequence_length (pipeline default 512)")
@@ -183,9 +375,24 @@ def main():
     ap.add_argument("--budget", type=float, default=6.0, help="budget_frames")
     ap.add_argument("--evict", default="attention")
     ap.add_argument("--ann", default="exact")
-    ap.add_argument("--plot", default="docs/kv_cache_rollout.png")
+    ap.add_argument("--plot", default=None, help="default: docs/kv_cache_rollout[_demo].png")
     ap.add_argument("--json", default="")
+    ap.add_argument("--pipeline", default="tiny", choices=("tiny", "demo"),
+                    help="tiny: random-weight AnyFlow-FAR (--size); demo: the trained demo AR video model")
+    ap.add_argument("--presets", default="incremental,quality,balanced,fast,max",
+                    help="demo: presets (or DEMO_ARMS names) compared to the baseline")
+    ap.add_argument("--guidance", type=float, default=3.0, help="demo: guidance scale")
+    ap.add_argument("--prompt", default="", help="demo: prompt (default: test clip 0's caption)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--flat-window", type=int, default=4, help="demo: chunks per end of the flatness ratio")
+    ap.add_argument("--save-frames", default="", help="demo: PNG of every few key frames per arm")
     args = ap.parse_args()
+    if args.pipeline == "demo":
+        args.plot = "docs/kv_cache_rollout_demo.png" if args.plot is None else args.plot
+        return demo_main(args)
+    args.plot = "docs/kv_cache_rollout.png" if args.plot is None else args.plot
+    args.steps = 2 if args.steps is None else args.steps
     torch._dynamo.config.cache_size_limit = 256      # the baseline's flex attention recompiles per shape
     if args.sweep:
         return sweep(args)

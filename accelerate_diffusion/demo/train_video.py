@@ -150,8 +150,11 @@ def train(args):
     masks: dict[tuple, object] = {}
 
     def loss_fn(step, gen):
-        # window length: long windows (compressed context) as often as short ones
-        frames = int(torch.randint(1, min(args.max_frames, t_max) + 1, (1,), generator=gen))
+        # window length: uniform, or (with probability short_frac) short enough that the first
+        # chunks have no past frames to copy from: the text-only start of a rollout
+        short = args.short_frac > 0 and torch.rand(1, generator=gen).item() < args.short_frac
+        top = limit if short else min(args.max_frames, t_max)
+        frames = int(torch.randint(1, top + 1, (1,), generator=gen))
         part = random_partition(frames, gen)
         n_comp_chunks = max(0, len(part) - limit)
         n_comp = sum(part[:n_comp_chunks])
@@ -202,6 +205,7 @@ def main(argv=None):
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--n-clips", type=int, default=2000)
     p.add_argument("--max-frames", type=int, default=video.CLIP_FRAMES)
+    p.add_argument("--short-frac", type=float, default=0.0, help="share of windows of <= full_chunk_limit frames")
     p.add_argument("--sigma-mean", type=float, default=0.0)
     p.add_argument("--sigma-std", type=float, default=1.0)
     p.add_argument("--context-noise", type=float, default=0.1)
