@@ -36,14 +36,14 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset("off", "No acceleration: bit-identical to the unpatched pipeline."),
         Preset("quality", "Visually lossless: small, safe savings (fidelity first).", {
-            "dit": {"block_cache": dict(mode="schedule", schedule="fora:2,first=5,last=2")},  # docs/presets.md#block_cache
+            "dit": {"block_cache": dict(mode="schedule", schedule="fora:2,first=7,last=1")},  # docs/presets.md#block_cache
             "unet": {"deepcache": dict(cache_interval=2, cache_branch=2)},  # docs/presets.md#deepcache
             "anyflow_far": {"kv_cache": dict(encode="pipeline", merge_threshold=0.95, budget_frames=12)},
             "skyreels_v2": {"kv_cache": dict(merge_threshold=1.5, budget_frames=0)},  # docs/presets.md#kv_cache
         }),
         Preset("balanced", "Good default: clear speedup with outputs close to the original.", {
             "*": {"guidance": dict(mode="truncation", cfg_fraction=0.5)},  # docs/presets.md#guidance
-            "dit": {"block_cache": dict(mode="schedule", schedule="fora:2,first=3,last=1")},  # docs/presets.md#block_cache
+            "dit": {"block_cache": dict(mode="schedule", schedule="fora:3,first=7,last=1")},  # docs/presets.md#block_cache
             # On the demo UNet CFG truncation cost 23 dB PSNR and 1.6 CLIP here: UNet balanced keeps full CFG.
             "unet": {"deepcache": dict(cache_interval=2, cache_branch=0), "guidance": None},  # docs/presets.md#deepcache
             "anyflow_far": {"kv_cache": dict(merge_threshold=0.9, budget_frames=8)},

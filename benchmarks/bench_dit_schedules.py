@@ -2,22 +2,37 @@
 
     python benchmarks/bench_dit_schedules.py "fora:2,first=3,last=1" "fora:3,first=3,last=1"
 
-Used to pick the DiT preset schedules (docs/presets.md). 2 prompts x 25 steps, guidance 5.
+Same setting as ``bench_block_cache.py --pipelines demo`` and ``bench_search.py --model
+demo-dit``: the 8 held-out test-split captions, one seed per prompt (1000 + i), 25 steps,
+guidance 5. Used to pick the DiT preset schedules (docs/presets.md).
 """
-import torch, sys
-from accelerate_diffusion import accelerate, demo
-from accelerate_diffusion.eval.fidelity import psnr, ssim
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_search import held_out  # noqa: E402
+
+from accelerate_diffusion import accelerate, demo  # noqa: E402
+from accelerate_diffusion.eval.fidelity import psnr, ssim  # noqa: E402
+
 pipe = demo.load_pipeline("dit")
-prompts = ["a small red circle above a large blue square", "a large green triangle to the left of a small yellow star"]
-def run(**ov):
-    accelerate(pipe, "off", measure_macs=True, **ov)
-    outs=[]; macs=0
-    for i,p in enumerate(prompts):
-        outs.append(pipe(p, num_inference_steps=25, guidance_scale=5.0, output_type="pt", generator=torch.Generator().manual_seed(i)).images)
-        macs += pipe.acceleration.state.macs
-    pipe.acceleration.remove()
-    return torch.cat(outs), macs
-ref, m0 = run()
-for sched in sys.argv[1:]:
-    out, m = run(block_cache={"mode": "schedule", "schedule": sched})
-    print(f"{sched:28s} MACs {m0/m:.2f}x  PSNR {psnr(ref,out):.2f}  SSIM {ssim(ref,out):.4f}", flush=True)
+prompts = held_out("demo-dit")
+
+
+def run(**overrides):
+    accelerate(pipe, "off", measure_macs=True, **overrides)
+    try:
+        out = pipe(prompts, num_inference_steps=demo.DEFAULT_STEPS, guidance_scale=demo.DEFAULT_GUIDANCE,
+                   output_type="pt", generator=[torch.Generator().manual_seed(1000 + i) for i in range(len(prompts))])
+        return out.images, pipe.acceleration.state.macs
+    finally:
+        pipe.acceleration.remove()
+
+
+reference, base = run()
+for spec in sys.argv[1:]:
+    out, macs = run(block_cache={"mode": "schedule", "schedule": spec})
+    print(f"{spec:28s} MACs {base / macs:.2f}x  PSNR {psnr(reference, out):.2f}  SSIM {ssim(reference, out):.4f}",
+          flush=True)

@@ -1,8 +1,9 @@
 """Ship a searched front for one model and pick the point each preset uses on it.
 
 For every preset whose plan caches blocks on this model, the preset's heuristic schedule is
-scored with the search's own evaluator (same calibration prompts, seeds and metric), and a
-front point at least as fast and as faithful replaces it: the most faithful such point for
+scored with the search's own evaluator (same seeds and metric; on the calibration prompts, or
+with ``--pick-prompts`` on validation prompts the search never saw, against which the front
+is re-scored), and a front point at least as fast and as faithful replaces it: the most faithful such point for
 ``quality`` (fidelity first), the fastest for the other presets. The front, its CSV/plot/summary and a
 ``model.json`` (the denoiser's fingerprint and the picks) go to ``schedules/data/<name>/``;
 ``accelerate()`` then uses the picks on any denoiser with the same fingerprint
@@ -30,12 +31,17 @@ from accelerate_diffusion.schedules.learned import MODEL_FILE, fingerprint
 from accelerate_diffusion.schedules.search import SearchConfig, _Evaluator, load_front
 
 
+MAX_STEP_UP = 1.25     # a pick is at most 25 % faster (MACs) than the heuristic it replaces
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo-dit", help="demo-dit or a tiny pipeline name")
     parser.add_argument("--size", default="small")
     parser.add_argument("--front", required=True, help="folder written by `accelerate-diffusion search`")
     parser.add_argument("--name", required=True, help="folder name under schedules/data")
+    parser.add_argument("--pick-prompts", default="", help="validation prompts to pick on (default: the "
+                        "calibration prompts; the search overfits them a little)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
@@ -53,8 +59,13 @@ def main(argv=None) -> int:
         return {**extra, "prompt": batch, "num_inference_steps": config.steps, "output_type": "pt",
                 "generator": [torch.Generator("cpu").manual_seed(config.seed + i) for i in indices]}
 
-    evaluator = _Evaluator(pipe, prompts, make_kwargs, layout, config)
     front = load_front(args.front)
+    if args.pick_prompts:          # re-score the front on validation prompts the search never saw
+        prompts = [p for p in (line.strip() for line in open(args.pick_prompts)) if p and not p.startswith("#")]
+    evaluator = _Evaluator(pipe, prompts, make_kwargs, layout, config)
+    if args.pick_prompts:
+        for sched in front:
+            sched.metrics["quality_loss"], _ = evaluator(sched)
     picks = {}
     for preset in PRESETS:
         params = PRESETS[preset].for_family(family).get("block_cache")
@@ -65,7 +76,9 @@ def main(argv=None) -> int:
         loss, frac = evaluator(heuristic)
         # Only points that dominate the heuristic (as fast and as faithful) qualify; "quality"
         # takes the most faithful of them (fidelity first), the others the fastest.
-        ok = [s for s in front if s.metrics["quality_loss"] <= loss and s.metrics["macs_ratio"] >= 1 / frac]
+        # ... and no more than MAX_STEP_UP faster, so the preset keeps its speed tier
+        ok = [s for s in front if s.metrics["quality_loss"] <= loss
+              and 1 / frac <= s.metrics["macs_ratio"] <= MAX_STEP_UP / frac]
         line = f"{preset:9s} {spec:24s} {1 / frac:5.2f}x loss {loss:.4f}"
         if not ok:
             print(f"{line} -> kept (no front point as fast and as faithful)")
@@ -87,8 +100,9 @@ def main(argv=None) -> int:
         if f.endswith((".json", ".csv", ".png", ".txt")):
             shutil.copy(os.path.join(args.front, f), out)
     info = {"fingerprint": fingerprint(denoiser), "model": args.model, "steps": config.steps,
-            "metric": config.metric, "calibration_prompts": len(prompts),
-            "rule": "per preset, among front points as fast as and as faithful as the heuristic (calibration): "
+            "metric": config.metric, "picked_on": (f"{len(prompts)} validation prompts ({args.pick_prompts})"
+                                                   if args.pick_prompts else f"{len(prompts)} calibration prompts"),
+            "rule": "per preset, among front points as faithful as the heuristic and 1-1.25x its MACs ratio: "
                     "quality takes the most faithful, the others the fastest",
             "presets": picks}
     with open(os.path.join(out, MODEL_FILE), "w") as f:

@@ -1,28 +1,45 @@
-"""Learned schedules shipped per model: the fingerprint, the presets' use of them on the demo
-DiT, user choices winning over them, other models keeping the heuristics."""
+"""Learned schedules shipped per model (schedules/learned.py): the fingerprint, presets using a
+model's picks, the heuristic fallback at other step counts, user choices winning, other
+models keeping the heuristics. The shipped folder is built in a temporary directory from a
+tiny SD3, so the test does not depend on which fronts ship with the package."""
 
 import json
-import os
 
+import numpy as np
 import pytest
 import torch
 
-from accelerate_diffusion import accelerate, demo
+from accelerate_diffusion import accelerate
+from accelerate_diffusion.families import family_of
 from accelerate_diffusion.presets import PRESETS
-from accelerate_diffusion.schedules import CacheSchedule
-from accelerate_diffusion.schedules.cache_schedule import DATA_DIR
+from accelerate_diffusion.schedules import CacheSchedule, ScheduleLayout, learned
 from accelerate_diffusion.schedules.learned import MODEL_FILE, fingerprint, folder_for, preset_schedule
 
-pytestmark = pytest.mark.skipif(not demo.is_available("dit"), reason="demo DiT weights not present")
+STEPS = 4
+PRESET = "fast"
 
 
-@pytest.fixture(scope="module")
-def dit():
-    return demo.load_pipeline("dit")
+@pytest.fixture
+def shipped(pipelines, tmp_path, monkeypatch):
+    """A front folder for the micro SD3 whose model.json gives ``PRESET`` a 4-step schedule."""
+    pipe = pipelines("sd3")
+    layout = ScheduleLayout.of(family_of(pipe.transformer), pipe.transformer)
+    recompute = np.ones((STEPS, layout.num_blocks, len(layout.components)), bool)
+    recompute[2] = False                                   # reuse everything at step 2
+    CacheSchedule("front-00", layout, recompute).save(tmp_path / "front-00.json")
+    (tmp_path / MODEL_FILE).write_text(json.dumps({
+        "fingerprint": fingerprint(pipe.transformer),
+        "presets": {PRESET: {"file": "front-00.json"}}}))
+    monkeypatch.setattr(learned, "_index", lambda: {fingerprint(pipe.transformer): str(tmp_path)})
+    return pipe
 
 
-def _schedule_in_use(pipe):
-    return pipe.acceleration.plan["block_cache"].schedule
+def _block_cache(pipe):
+    return pipe.acceleration.plan["block_cache"]
+
+
+def _stats(pipe):
+    return next(i for i in pipe.acceleration.report().applied if i["technique"] == "block_cache")["stats"]
 
 
 def test_fingerprint_survives_save_and_load(pipelines, tmp_path):
@@ -33,75 +50,60 @@ def test_fingerprint_survives_save_and_load(pipelines, tmp_path):
     assert fingerprint(transformer) != fingerprint(pipelines("pixart").transformer)
 
 
-def test_demo_dit_has_a_shipped_front_whose_picks_beat_the_heuristics(dit):
-    folder = folder_for(dit.transformer)
-    assert folder is not None and folder.startswith(DATA_DIR)
-    info = json.load(open(os.path.join(folder, MODEL_FILE)))
-    assert info["presets"], "no preset uses a learned schedule"
-    for preset, pick in info["presets"].items():
-        sched = CacheSchedule.load(os.path.join(folder, pick["file"]))
-        assert sched.num_blocks == dit.transformer.config.num_layers
-        # the pick rule: at least as faithful on the calibration prompts, and faster
-        assert pick["quality_loss"] <= pick["replaced_quality_loss"]
-        assert pick["macs_ratio"] > pick["replaced_macs_ratio"]
-        assert pick["replaces"] == PRESETS[preset].settings["dit"]["block_cache"]["schedule"]
-
-
-def test_presets_use_the_learned_schedule_on_the_demo_dit(dit):
-    info = json.load(open(os.path.join(folder_for(dit.transformer), MODEL_FILE)))
-    preset = next(iter(info["presets"]))
-    learned = preset_schedule(dit.transformer, preset)
-    accelerate(dit, preset)
+def test_preset_uses_the_models_pick_and_falls_back_at_other_step_counts(shipped):
+    pipe = shipped
+    heuristic = PRESETS[PRESET].settings["dit"]["block_cache"]["schedule"]
+    accelerate(pipe, PRESET, guidance=False)
     try:
-        used = _schedule_in_use(dit)
-        assert isinstance(used, CacheSchedule) and used == learned
-        assert "ecad-demo-dit" in str(dit.acceleration.report())
-        for steps in (learned.num_steps, 6):
-            out = dit("a red circle", num_inference_steps=steps, output_type="latent",
-                      generator=torch.Generator().manual_seed(0)).images
-            stats = next(i for i in dit.acceleration.report().applied if i["technique"] == "block_cache")["stats"]
-            assert torch.isfinite(out).all()
-            if steps == learned.num_steps:
-                assert stats["resampled"] == "no"
-            else:   # another step count: the preset's heuristic, built for it, not a resampled schedule
-                assert "fallback" in stats["resampled"]
-                assert PRESETS[preset].settings["dit"]["block_cache"]["schedule"] in stats["resampled"]
+        config = _block_cache(pipe)
+        assert isinstance(config.schedule, CacheSchedule) and config.fallback == heuristic
+        assert config.schedule == preset_schedule(pipe.transformer, PRESET)
+        pipe("a red circle", num_inference_steps=STEPS, output_type="latent", generator=torch.Generator().manual_seed(0))
+        stats = _stats(pipe)
+        assert stats["resampled"] == "no"
+        assert pipe.acceleration.state.counters["components_reused"] > 0
+        pipe("a red circle", num_inference_steps=6, output_type="latent", generator=torch.Generator().manual_seed(0))
+        assert "fallback" in _stats(pipe)["resampled"] and heuristic in _stats(pipe)["resampled"]
     finally:
-        dit.acceleration.remove()
+        pipe.acceleration.remove()
+    accelerate(pipe, "balanced")                      # a preset with no pick keeps its heuristic
+    try:
+        assert _block_cache(pipe).schedule == PRESETS["balanced"].settings["dit"]["block_cache"]["schedule"]
+    finally:
+        pipe.acceleration.remove()
+
+
+def test_user_choices_win_over_the_pick(shipped):
+    pipe = shipped
+    for overrides in ({"block_cache": {"schedule": "fora:2"}}, {"block_cache": {"mode": "dynamic"}}):
+        accelerate(pipe, PRESET, **overrides)
+        try:
+            config = _block_cache(pipe)
+            assert not isinstance(config.schedule, CacheSchedule)
+            assert config.mode == "dynamic" or config.schedule == "fora:2"
+        finally:
+            pipe.acceleration.remove()
+    accelerate(pipe, PRESET, block_cache={"max_reuse": 0})        # a field other than schedule/mode
+    try:
+        assert isinstance(_block_cache(pipe).schedule, CacheSchedule)
+    finally:
+        pipe.acceleration.remove()
+
+
+def test_models_without_a_shipped_front_keep_the_heuristic(pipelines):
+    pipe = pipelines("sd3")
+    assert folder_for(pipe.transformer) is None
+    accelerate(pipe, PRESET)
+    try:
+        assert _block_cache(pipe).schedule == PRESETS[PRESET].settings["dit"]["block_cache"]["schedule"]
+    finally:
+        pipe.acceleration.remove()
 
 
 def test_fallback_is_checked(pipelines):
     pipe = pipelines("sd3")
-    with pytest.raises(ValueError, match="fallback"):
-        accelerate(pipe, "off", block_cache={"schedule": "fora:2", "fallback": "fora:3"})
-    with pytest.raises(ValueError, match="fallback"):
-        accelerate(pipe, "off", block_cache={"schedule": "fora:2", "fallback": 3})
-    assert getattr(pipe, "acceleration", None) is None or not pipe.acceleration.handles
-
-
-def test_user_choices_win_over_the_learned_schedule(dit):
-    preset = next(iter(json.load(open(os.path.join(folder_for(dit.transformer), MODEL_FILE)))["presets"]))
-    for overrides in ({"block_cache": {"schedule": "fora:2"}}, {"block_cache": {"mode": "dynamic"}}):
-        accelerate(dit, preset, **overrides)
-        try:
-            config = dit.acceleration.plan["block_cache"]
-            assert not isinstance(config.schedule, CacheSchedule) or config.mode == "dynamic"
-            if config.mode == "schedule":
-                assert config.schedule == "fora:2"
-        finally:
-            dit.acceleration.remove()
-    accelerate(dit, preset, block_cache={"max_reuse": 0})        # a field other than schedule/mode
-    try:
-        assert _schedule_in_use(dit) == preset_schedule(dit.transformer, preset)
-    finally:
-        dit.acceleration.remove()
-
-
-def test_other_models_keep_the_heuristic(pipelines):
-    pipe = pipelines("sd3")
-    assert folder_for(pipe.transformer) is None
-    accelerate(pipe, "balanced")
-    try:
-        assert _schedule_in_use(pipe) == PRESETS["balanced"].settings["dit"]["block_cache"]["schedule"]
-    finally:
-        pipe.acceleration.remove()
+    for bad in ({"schedule": "fora:2", "fallback": "fora:3"}, {"schedule": "fora:2", "fallback": 3}):
+        with pytest.raises(ValueError, match="fallback"):
+            accelerate(pipe, "off", block_cache=bad)
+        if getattr(pipe, "acceleration", None) is not None:
+            pipe.acceleration.remove()

@@ -12,7 +12,7 @@ Modes:
   file, shipped name, or heuristic such as ``"fora:2"``). Fixed schedules made for another
   step count are resampled to the nearest step, with a warning and a note in the report,
   unless ``fallback`` names a heuristic to build for that step count instead (the presets
-  do this with learned schedules: resampling one cost 4-7 dB on the demo DiT).
+  do this with learned schedules: resampling one cost 2-12 dB on the demo DiT).
 - ``dynamic``: First-Block-Cache-like. The first block always runs; when its residual
   (output - input) changed less than ``threshold`` (mean abs difference relative to the
   residual at the last full step), every component of the remaining blocks is reused.
