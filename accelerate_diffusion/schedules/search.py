@@ -491,22 +491,28 @@ def pick(schedule_dir: str | os.PathLike, max_quality_loss: float | None = None,
          preset: str = "balanced") -> CacheSchedule:
     """A front point: the fastest with ``quality_loss <= max_quality_loss`` or, with no budget,
     the most faithful at least as fast as the preset's MACs target (``PRESET_MACS_TARGET``)."""
-    front = load_front(schedule_dir)
+    return pick_point(load_front(schedule_dir), schedule_dir, max_quality_loss, preset)
+
+
+def pick_point(front: list, source, max_quality_loss: float | None = None, preset: str = "balanced",
+               what: str = "schedule"):
+    """The rule of :func:`pick` over any front whose points carry ``metrics`` (block-cache
+    schedules, DeepCache points); ``source`` and ``what`` name them in errors."""
     if max_quality_loss is not None:
-        if not isinstance(max_quality_loss, (int, float)) or max_quality_loss < 0:
+        if isinstance(max_quality_loss, bool) or not isinstance(max_quality_loss, (int, float)) or max_quality_loss < 0:
             raise ValueError(f"max_quality_loss: {max_quality_loss!r} must be a number >= 0")
-        ok = [s for s in front if s.metrics["quality_loss"] <= max_quality_loss]
+        ok = [p for p in front if p.metrics["quality_loss"] <= max_quality_loss]
         if not ok:
-            best = min(front, key=lambda s: s.metrics["quality_loss"])
-            raise ValueError(f"max_quality_loss={max_quality_loss}: no schedule in {schedule_dir} is that close "
+            best = min(front, key=lambda p: p.metrics["quality_loss"])
+            raise ValueError(f"max_quality_loss={max_quality_loss}: no {what} in {source} is that close "
                              f"(smallest {best.metrics.get('quality_metric', '')} loss is "
                              f"{best.metrics['quality_loss']:.4g})")
-        return max(ok, key=lambda s: s.metrics["macs_ratio"])
+        return max(ok, key=lambda p: p.metrics["macs_ratio"])
     target = PRESET_MACS_TARGET.get(preset, PRESET_MACS_TARGET["balanced"])
-    fast_enough = [s for s in front if s.metrics["macs_ratio"] >= target]
+    fast_enough = [p for p in front if p.metrics["macs_ratio"] >= target]
     if not fast_enough:
-        return max(front, key=lambda s: s.metrics["macs_ratio"])
-    return min(fast_enough, key=lambda s: (s.metrics["quality_loss"], -s.metrics["macs_ratio"]))
+        return max(front, key=lambda p: p.metrics["macs_ratio"])
+    return min(fast_enough, key=lambda p: (p.metrics["quality_loss"], -p.metrics["macs_ratio"]))
 
 
 def schedule_override(overrides: dict, preset: str, schedule=None, schedule_dir=None,

@@ -37,7 +37,7 @@ import torch
 
 from ..patches import NotApplicable
 from ..patches.deepcache import Config, _layout, full_step_indices
-from .search import METRICS, PRESET_MACS_TARGET, _Evaluator, _front_rows, _images
+from .search import METRICS, _Evaluator, _front_rows, _images, pick_point
 
 TECHNIQUE = "deepcache"
 META_FILE = "search-meta.json"
@@ -477,22 +477,7 @@ def pick_deepcache(schedule_dir: str | os.PathLike, max_quality_loss: float | No
     """A front point, by the DiT search's rule (``search.pick``): the fastest with
     ``quality_loss <= max_quality_loss`` or, with no budget, the most faithful at least as fast
     as the preset's MACs target."""
-    front = load_deepcache_front(schedule_dir)
-    if max_quality_loss is not None:
-        if isinstance(max_quality_loss, bool) or not isinstance(max_quality_loss, (int, float)) or max_quality_loss < 0:
-            raise ValueError(f"max_quality_loss: {max_quality_loss!r} must be a number >= 0")
-        ok = [p for p in front if p.metrics["quality_loss"] <= max_quality_loss]
-        if not ok:
-            best = min(front, key=lambda p: p.metrics["quality_loss"])
-            raise ValueError(f"max_quality_loss={max_quality_loss}: no DeepCache point in {schedule_dir} is that "
-                             f"close (smallest {best.metrics.get('quality_metric', '')} loss is "
-                             f"{best.metrics['quality_loss']:.4g})")
-        return max(ok, key=lambda p: p.metrics["macs_ratio"])
-    target = PRESET_MACS_TARGET.get(preset, PRESET_MACS_TARGET["balanced"])
-    fast_enough = [p for p in front if p.metrics["macs_ratio"] >= target]
-    if not fast_enough:
-        return max(front, key=lambda p: p.metrics["macs_ratio"])
-    return min(fast_enough, key=lambda p: (p.metrics["quality_loss"], -p.metrics["macs_ratio"]))
+    return pick_point(load_deepcache_front(schedule_dir), schedule_dir, max_quality_loss, preset, "DeepCache point")
 
 
 def deepcache_override(overrides: dict, preset: str, schedule=None, schedule_dir=None,
