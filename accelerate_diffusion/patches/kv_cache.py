@@ -38,7 +38,7 @@ import torch
 
 from ..config import TechniqueConfig, check_choice, check_range
 from ..kernels import ann, kv
-from . import NotApplicable, PatchContext, PatchHandle, kv_cache_skyreels
+from . import NotApplicable, PatchContext, PatchHandle, kv_cache_skyreels, set_on_instance
 
 NAME = "kv_cache"
 HOOK = "accelerate_diffusion.kv_cache"
@@ -368,17 +368,7 @@ def apply(ctx: PatchContext, config: Config) -> PatchHandle:
             handle.targets.append(f"blocks.{i}.attn2")
 
     if config.encode == "incremental":
-        pipe = ctx.pipe
-        had_own = "encode_kv_cache" in vars(pipe)
-        own = vars(pipe).get("encode_kv_cache")
-        pipe.encode_kv_cache = _encode_incremental(pipe, ctrl)
-
-        def restore():
-            if had_own:
-                pipe.encode_kv_cache = own
-            else:
-                vars(pipe).pop("encode_kv_cache", None)
-        handle.undo.append(restore)
+        handle.undo.append(set_on_instance(ctx.pipe, "encode_kv_cache", _encode_incremental(ctx.pipe, ctrl)))
         handle.targets.append("pipeline.encode_kv_cache")
     handle.undo.append(ctrl.reset)
     ctx.pipe._kv_cache_controller = ctrl       # for benchmarks: per-chunk cache statistics

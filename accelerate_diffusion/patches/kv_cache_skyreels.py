@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import kv
-from . import NotApplicable, PatchContext, PatchHandle, register_hook
+from . import NotApplicable, PatchContext, PatchHandle, register_hook, set_on_instance
 
 CLASSES = ("SkyReelsV2Transformer3DModel",)
 HOOK = "accelerate_diffusion.kv_cache.skyreels"
@@ -399,16 +399,7 @@ def apply(ctx: PatchContext, config) -> PatchHandle:
         handle.undo.append(lambda attn=attn, original=original: attn.set_processor(original))
         handle.targets.append(f"blocks.{i}.attn1")
 
-    had_own = "generate_timestep_matrix" in vars(pipe)
-    own = vars(pipe).get("generate_timestep_matrix")
-    pipe.generate_timestep_matrix = _wrap_plan(pipe, ctrl)
-
-    def restore():
-        if had_own:
-            pipe.generate_timestep_matrix = own
-        else:
-            vars(pipe).pop("generate_timestep_matrix", None)
-    handle.undo.append(restore)
+    handle.undo.append(set_on_instance(pipe, "generate_timestep_matrix", _wrap_plan(pipe, ctrl)))
     handle.targets.append("pipeline.generate_timestep_matrix")
     ctx.state.on_reset(ctrl.reset)
     handle.undo.append(lambda: ctrl.reset in ctx.state._on_reset and ctx.state._on_reset.remove(ctrl.reset))
