@@ -461,30 +461,48 @@ def plot_front(archive: dict, front_rows: list[dict], metric: str, path: str, co
 
 # -- using a front -------------------------------------------------------------------------------
 
-def load_front(schedule_dir: str | os.PathLike) -> list[CacheSchedule]:
-    """The schedules in a folder that carry search metrics (``quality_loss`` and ``macs_ratio``).
-    ``schedule_dir`` is a path or the name of a front shipped in ``schedules/data``."""
+def resolve_front_dir(schedule_dir: str | os.PathLike) -> str:
+    """A front folder: the path itself, or the name of a front shipped in ``schedules/data``."""
     from .cache_schedule import DATA_DIR
 
     folder = os.fspath(schedule_dir)
     if not os.path.isdir(folder) and os.path.isdir(os.path.join(DATA_DIR, folder)):
         folder = os.path.join(DATA_DIR, folder)
+    return folder
+
+
+def front_points(schedule_dir: str | os.PathLike, load: Callable[[str], object | None], what: str) -> list:
+    """The points of a front folder that carry search metrics (``quality_loss``, ``macs_ratio``),
+    each with ``metrics["path"]``; ``load(path)`` returns a point or None for other files."""
+    from .cache_schedule import DATA_DIR
+
+    folder = resolve_front_dir(schedule_dir)
     if not os.path.isdir(folder):
         shipped = sorted(d for d in os.listdir(DATA_DIR) if os.path.isdir(os.path.join(DATA_DIR, d))) \
             if os.path.isdir(DATA_DIR) else []
         raise ValueError(f"schedule_dir: folder not found: {folder}; shipped fronts: {', '.join(shipped) or 'none'}")
     out = []
     for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
-        try:
-            sched = CacheSchedule.load(path)
-        except (ValueError, KeyError, json.JSONDecodeError):
-            continue
-        if "quality_loss" in sched.metrics and "macs_ratio" in sched.metrics:
-            sched.metrics["path"] = path
-            out.append(sched)
+        point = load(path)
+        if point is not None and "quality_loss" in point.metrics and "macs_ratio" in point.metrics:
+            point.metrics["path"] = path
+            out.append(point)
     if not out:
-        raise ValueError(f"schedule_dir: no schedule with search metrics (quality_loss, macs_ratio) in {folder}")
+        raise ValueError(f"schedule_dir: no {what} with search metrics (quality_loss, macs_ratio) in {folder}")
     return out
+
+
+def load_front(schedule_dir: str | os.PathLike) -> list[CacheSchedule]:
+    """The schedules in a folder that carry search metrics (``quality_loss`` and ``macs_ratio``).
+    ``schedule_dir`` is a path or the name of a front shipped in ``schedules/data``."""
+
+    def load(path):
+        try:
+            return CacheSchedule.load(path)
+        except (ValueError, KeyError, json.JSONDecodeError):
+            return None
+
+    return front_points(schedule_dir, load, "schedule")
 
 
 def pick(schedule_dir: str | os.PathLike, max_quality_loss: float | None = None,

@@ -37,7 +37,7 @@ import torch
 
 from ..patches import NotApplicable
 from ..patches.deepcache import Config, _layout, full_step_indices
-from .search import METRICS, _Evaluator, _front_rows, _images, pick_point
+from .search import METRICS, _Evaluator, _front_rows, _images, front_points, pick_point, resolve_front_dir
 
 TECHNIQUE = "deepcache"
 META_FILE = "search-meta.json"
@@ -423,15 +423,6 @@ def plot_front(rows: list[dict], front_rows: list[dict], metric: str, path: str,
 
 # -- using a front -------------------------------------------------------------------------------
 
-def _resolve_dir(schedule_dir) -> str:
-    from .cache_schedule import DATA_DIR
-
-    folder = os.fspath(schedule_dir)
-    if not os.path.isdir(folder) and os.path.isdir(os.path.join(DATA_DIR, folder)):
-        folder = os.path.join(DATA_DIR, folder)
-    return folder
-
-
 def _is_point_file(path: str) -> bool:
     try:
         with open(path) as f:
@@ -450,26 +441,14 @@ def is_deepcache(target) -> bool:
     path = os.fspath(target)
     if path.endswith(".json") and os.path.isfile(path):
         return _is_point_file(path)
-    folder = _resolve_dir(path)
+    folder = resolve_front_dir(path)
     return os.path.isdir(folder) and any(_is_point_file(p) for p in glob.glob(os.path.join(folder, "front-*.json")))
 
 
 def load_deepcache_front(schedule_dir: str | os.PathLike) -> list[DeepCachePoint]:
     """The DeepCache points (with ``quality_loss`` and ``macs_ratio``) in a calibration folder."""
-    folder = _resolve_dir(schedule_dir)
-    if not os.path.isdir(folder):
-        raise ValueError(f"schedule_dir: folder not found: {folder}")
-    out = []
-    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
-        if not _is_point_file(path):
-            continue
-        point = DeepCachePoint.load(path)
-        if "quality_loss" in point.metrics and "macs_ratio" in point.metrics:
-            point.metrics["path"] = path
-            out.append(point)
-    if not out:
-        raise ValueError(f"schedule_dir: no DeepCache point with metrics (quality_loss, macs_ratio) in {folder}")
-    return out
+    return front_points(schedule_dir, lambda path: DeepCachePoint.load(path) if _is_point_file(path) else None,
+                        "DeepCache point")
 
 
 def pick_deepcache(schedule_dir: str | os.PathLike, max_quality_loss: float | None = None,
