@@ -126,12 +126,12 @@ class _InstanceMethod:
         return getattr(type(clone), self.name).__get__(clone)
 
 
-def _wrap_method(obj, name: str, make_wrapper) -> Callable[[], None]:
-    """Replace ``obj.name`` on the instance by ``make_wrapper(original)``; return an undo."""
+def set_on_instance(obj, name: str, value) -> Callable[[], None]:
+    """Set ``obj.name = value`` on the instance (never the class); return an undo that puts back
+    the instance's own attribute, or removes it when the class's was in use."""
     had_own = name in vars(obj)
     own = vars(obj).get(name)
-    original = getattr(obj, name)
-    setattr(obj, name, _InstanceMethod(obj, name, functools.wraps(original)(make_wrapper(original)), had_own, own))
+    setattr(obj, name, value)
 
     def undo():
         if had_own:
@@ -140,6 +140,13 @@ def _wrap_method(obj, name: str, make_wrapper) -> Callable[[], None]:
             vars(obj).pop(name, None)
 
     return undo
+
+
+def _wrap_method(obj, name: str, make_wrapper) -> Callable[[], None]:
+    """Replace ``obj.name`` on the instance by ``make_wrapper(original)``; return an undo."""
+    original = getattr(obj, name)
+    wrapper = functools.wraps(original)(make_wrapper(original))
+    return set_on_instance(obj, name, _InstanceMethod(obj, name, wrapper, name in vars(obj), vars(obj).get(name)))
 
 
 class Clock:

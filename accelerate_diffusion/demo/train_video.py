@@ -22,11 +22,9 @@ function, tested against the flex path). Inference uses diffusers' processor unc
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm

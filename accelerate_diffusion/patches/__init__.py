@@ -85,19 +85,3 @@ def register_hook(module: torch.nn.Module, hook, name: str):
                 del module.forward
 
     return undo
-
-
-def set_on_instance(obj, name: str, value):
-    """Set ``obj.name = value`` on the instance (never the class); return an undo that puts back
-    the instance's own attribute, or removes it when the class's was in use."""
-    had_own = name in vars(obj)
-    own = vars(obj).get(name)
-    setattr(obj, name, value)
-
-    def undo():
-        if had_own:
-            setattr(obj, name, own)
-        else:
-            vars(obj).pop(name, None)
-
-    return undo

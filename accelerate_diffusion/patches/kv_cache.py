@@ -38,7 +38,8 @@ import torch
 
 from ..config import TechniqueConfig, check_choice, check_range
 from ..kernels import ann, kv
-from . import NotApplicable, PatchContext, PatchHandle, kv_cache_skyreels, set_on_instance
+from ..state import set_on_instance
+from . import NotApplicable, PatchContext, PatchHandle, kv_cache_skyreels
 
 NAME = "kv_cache"
 HOOK = "accelerate_diffusion.kv_cache"

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import kv
-from . import NotApplicable, PatchContext, PatchHandle, register_hook, set_on_instance
+from ..state import set_on_instance
+from . import NotApplicable, PatchContext, PatchHandle, register_hook
 
 CLASSES = ("SkyReelsV2Transformer3DModel",)
 HOOK = "accelerate_diffusion.kv_cache.skyreels"
