@@ -203,8 +203,25 @@ def _build_flux(size: str):
     )
 
 
+def _wan_vae():
+    """The tiny Wan video VAE shared by the Wan, AnyFlow-FAR and SkyReels-V2 builders."""
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True])
+
+
+def _ready(pipe):
+    """Eval mode, no gradients, no progress bars: how every tiny pipeline is handed out."""
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval().requires_grad_(False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def _build_wan(size: str):
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 
     if size == "micro":
         tkw = dict(num_attention_heads=2, attention_head_dim=12, num_layers=2, ffn_dim=32)
@@ -216,8 +233,7 @@ def _build_wan(size: str):
         patch_size=(1, 2, 2), in_channels=16, out_channels=16, text_dim=d, freq_dim=32,
         cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32, **tkw,
     )
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True])
+    vae = _wan_vae()     # built before the text encoder: the seeded weights depend on the order
     return WanPipeline(
         tokenizer=_t5_tokenizer(), text_encoder=_t5(d, 2, umt5=True), vae=vae,
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),
@@ -241,12 +257,7 @@ def make_pipeline(name: str, size: str = "micro", seed: int = 0):
     if size not in SIZES:
         raise ValueError(f"size: unknown size {size!r}; allowed: {', '.join(SIZES)}")
     torch.manual_seed(seed)
-    pipe = _BUILDERS[name](size)
-    for module in pipe.components.values():
-        if isinstance(module, torch.nn.Module):
-            module.eval().requires_grad_(False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _ready(_BUILDERS[name](size))
 
 
 def call_kwargs(name: str, size: str = "micro", steps: int = 4, seed: int = 0, **overrides):

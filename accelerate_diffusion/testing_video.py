@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .testing import _t5, _t5_tokenizer
+from .testing import _ready, _t5, _t5_tokenizer, _wan_vae
 
 SIZES = ("micro", "small")
 
@@ -27,8 +27,7 @@ LATENT_HW = {"micro": 8, "small": 16}
 
 def make_far_pipeline(size: str = "micro", seed: int = 0, full_chunk_limit: int = 3):
     """An ``AnyFlowFARPipeline`` of the real classes with deterministic random weights (CPU, fp32)."""
-    from diffusers import (AnyFlowFARPipeline, AnyFlowFARTransformer3DModel, AutoencoderKLWan,
-                           FlowMapEulerDiscreteScheduler)
+    from diffusers import AnyFlowFARPipeline, AnyFlowFARTransformer3DModel, FlowMapEulerDiscreteScheduler
 
     if size not in SIZES:
         raise ValueError(f"size: unknown size {size!r}; allowed: {', '.join(SIZES)}")
@@ -39,15 +38,10 @@ def make_far_pipeline(size: str = "micro", seed: int = 0, full_chunk_limit: int 
         in_channels=16, out_channels=16, text_dim=d, freq_dim=32, rope_max_seq_len=512,
         chunk_partition=(1, 2), **_TRANSFORMER[size],
     )
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True])
+    vae = _wan_vae()
     pipe = AnyFlowFARPipeline(tokenizer=_t5_tokenizer(), text_encoder=_t5(d, 2, umt5=True), vae=vae,
                               transformer=transformer, scheduler=FlowMapEulerDiscreteScheduler(shift=5.0))
-    for module in pipe.components.values():
-        if isinstance(module, torch.nn.Module):
-            module.eval().requires_grad_(False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _ready(pipe)
 
 
 def far_call_kwargs(size: str = "micro", latent_frames: int = 8, chunk: int = 2, steps: int = 2,
@@ -77,8 +71,7 @@ def run_far(pipe, size: str = "micro", **kw) -> torch.Tensor:
 
 def make_skyreels_df_pipeline(size: str = "micro", seed: int = 0):
     """A ``SkyReelsV2DiffusionForcingPipeline`` of the real classes with deterministic random weights."""
-    from diffusers import (AutoencoderKLWan, SkyReelsV2DiffusionForcingPipeline, SkyReelsV2Transformer3DModel,
-                           UniPCMultistepScheduler)
+    from diffusers import SkyReelsV2DiffusionForcingPipeline, SkyReelsV2Transformer3DModel, UniPCMultistepScheduler
 
     if size not in SIZES:
         raise ValueError(f"size: unknown size {size!r}; allowed: {', '.join(SIZES)}")
@@ -88,16 +81,11 @@ def make_skyreels_df_pipeline(size: str = "micro", seed: int = 0):
         patch_size=(1, 2, 2), in_channels=16, out_channels=16, text_dim=d, freq_dim=32,
         rope_max_seq_len=512, inject_sample_info=True, **_TRANSFORMER[size],
     )
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True])
+    vae = _wan_vae()
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=8.0)
     pipe = SkyReelsV2DiffusionForcingPipeline(tokenizer=_t5_tokenizer(), text_encoder=_t5(d, 2, umt5=True),
                                               vae=vae, transformer=transformer, scheduler=scheduler)
-    for module in pipe.components.values():
-        if isinstance(module, torch.nn.Module):
-            module.eval().requires_grad_(False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _ready(pipe)
 
 
 def skyreels_call_kwargs(size: str = "micro", latent_frames: int = 8, block: int = 2, ar_step: int = 1,

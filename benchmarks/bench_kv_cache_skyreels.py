@@ -30,6 +30,7 @@ import torch
 
 from accelerate_diffusion import accelerate
 from accelerate_diffusion.testing_video import LATENT_HW, make_skyreels_df_pipeline, run_skyreels
+from bench_kv_cache import decode  # same Wan-VAE decode (this folder is on sys.path when run as a script)
 
 warnings.filterwarnings("ignore")
 
@@ -132,15 +133,6 @@ def count_macs(pipe, args, settings) -> dict[int, int]:
         if settings is not None:
             pipe.acceleration.remove()
     return per_chunk
-
-
-def decode(pipe, latents):
-    vae = pipe.vae
-    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
-    with torch.no_grad():
-        video = vae.decode(latents * std + mean, return_dict=False)[0]
-    return (video / 2 + 0.5).clamp(0, 1)[0].transpose(0, 1)          # [F, 3, H, W]
 
 
 def per_latent_frame(ref, other, n_latent):
