@@ -283,3 +283,17 @@ def run(pipe, name: str, size: str = "micro", **kw) -> torch.Tensor:
     out = pipe(**call_kwargs(name, size, **kw))
     result = out.frames if hasattr(out, "frames") else out.images
     return result if isinstance(result, torch.Tensor) else torch.as_tensor(result)
+
+
+def run_counted(pipe, kwargs: dict, **acceleration) -> tuple[torch.Tensor, int]:
+    """One generation under ``accelerate(pipe, "off", measure_macs=True, **acceleration)``: the
+    output tensor and the denoiser MACs counted. The acceleration is removed afterwards."""
+    from .api import accelerate
+
+    accelerate(pipe, "off", measure_macs=True, **acceleration)
+    try:
+        out = pipe(**kwargs)
+        result = out.frames if hasattr(out, "frames") else out.images
+        return torch.as_tensor(result), pipe.acceleration.state.macs
+    finally:
+        pipe.acceleration.remove()

@@ -14,21 +14,19 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_search import held_out  # noqa: E402
 
-from accelerate_diffusion import accelerate, demo  # noqa: E402
+from accelerate_diffusion import demo  # noqa: E402
 from accelerate_diffusion.eval.fidelity import psnr, ssim  # noqa: E402
+from accelerate_diffusion.testing import run_counted  # noqa: E402
 
 pipe = demo.load_pipeline("dit")
 prompts = held_out("demo-dit")
 
 
 def run(**overrides):
-    accelerate(pipe, "off", measure_macs=True, **overrides)
-    try:
-        out = pipe(prompts, num_inference_steps=demo.DEFAULT_STEPS, guidance_scale=demo.DEFAULT_GUIDANCE,
-                   output_type="pt", generator=[torch.Generator().manual_seed(1000 + i) for i in range(len(prompts))])
-        return out.images, pipe.acceleration.state.macs
-    finally:
-        pipe.acceleration.remove()
+    return run_counted(pipe, dict(prompt=prompts, num_inference_steps=demo.DEFAULT_STEPS,
+                                  guidance_scale=demo.DEFAULT_GUIDANCE, output_type="pt",
+                                  generator=[torch.Generator().manual_seed(1000 + i) for i in range(len(prompts))]),
+                       **overrides)
 
 
 reference, base = run()

@@ -17,7 +17,7 @@ from accelerate_diffusion.families import family_of, find_denoiser  # noqa: E402
 from accelerate_diffusion.schedules import CacheSchedule, ScheduleLayout, measure_component_macs  # noqa: E402
 from accelerate_diffusion.schedules import search as search_mod  # noqa: E402
 from accelerate_diffusion.schedules.search import SearchConfig, load_front, pick, search  # noqa: E402
-from accelerate_diffusion.testing import call_kwargs  # noqa: E402
+from accelerate_diffusion.testing import call_kwargs, run_counted  # noqa: E402
 
 PROMPTS = ["a red circle", "a blue square"]
 STEPS = 3
@@ -80,11 +80,7 @@ def test_front_schedule_reproduces_its_metrics_and_mac_estimate(pipelines, searc
     def images(**acc):
         kw = {**_extra(), "prompt": PROMPTS, "num_inference_steps": STEPS, "output_type": "pt",
               "generator": [torch.Generator("cpu").manual_seed(i) for i in range(len(PROMPTS))]}
-        accelerate(pipe, "off", measure_macs=True, **acc)
-        try:
-            return pipe(**kw).images, pipe.acceleration.state.macs
-        finally:
-            pipe.acceleration.remove()
+        return run_counted(pipe, kw, **acc)
 
     reference, base_macs = images()
     cached, macs = images(schedule=str(path))

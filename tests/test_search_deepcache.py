@@ -18,7 +18,7 @@ from accelerate_diffusion.schedules import search_deepcache as sdc  # noqa: E402
 from accelerate_diffusion.schedules.search_deepcache import (DeepCachePoint, DeepCacheSearchConfig,  # noqa: E402
                                                              load_deepcache_front, parse_grid, pick_deepcache,
                                                              search_deepcache)
-from accelerate_diffusion.testing import call_kwargs  # noqa: E402
+from accelerate_diffusion.testing import call_kwargs, run_counted  # noqa: E402
 
 PROMPTS = ["a red circle", "a blue square"]
 STEPS = 4
@@ -85,11 +85,7 @@ def test_front_point_reproduces_its_metrics(pipelines, calibrated):
     def images(**acc):
         kw = {**_extra(), "prompt": PROMPTS, "num_inference_steps": STEPS, "output_type": "pt",
               "generator": [torch.Generator("cpu").manual_seed(i) for i in range(len(PROMPTS))]}
-        accelerate(pipe, "off", measure_macs=True, **acc)
-        try:
-            return pipe(**kw).images, pipe.acceleration.state.macs
-        finally:
-            pipe.acceleration.remove()
+        return run_counted(pipe, kw, **acc)
 
     reference, base_macs = images()
     cached, macs = images(schedule=point.metrics.get("path") or str(out / "front-00.json"))
