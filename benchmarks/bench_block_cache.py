@@ -18,7 +18,6 @@ import contextlib
 import copy
 import io
 import json
-import math
 import os
 import statistics
 import sys

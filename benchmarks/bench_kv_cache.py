@@ -116,7 +116,7 @@ def sweep(args) -> None:
     kw = lambda: far_call_kwargs(args.size, latent_frames=args.frames, chunk=args.chunk, steps=args.steps,
                                  max_sequence_length=args.text_tokens)
     reference = decode(pipe, pipe(**kw()).frames)
-    print(f"| candidate | settings | PSNR mean (dB) | SSIM mean | last-frame PSNR | cache tokens/layer (last) | merges |")
+    print("| candidate | settings | PSNR mean (dB) | SSIM mean | last-frame PSNR | cache tokens/layer (last) | merges |")
     print("|---|---|---|---|---|---|---|")
     for name, settings in PRESET_CANDIDATES.items():
         accelerate(pipe, "off", kv_cache=settings)
@@ -478,7 +478,7 @@ def main():
         extra = f"; PSNR vs incremental {mean_db(vs_incr[a]):.2f} dB" if a in vs_incr else ""
         print(f"  {a:14s} PSNR mean {mean_db(fid[a]['psnr']):.2f} dB, SSIM mean "
               f"{statistics.mean(fid[a]['ssim']):.4f} vs baseline{extra}")
-    print(f"  rollout speedup vs baseline: " + ", ".join(f"{a} {sum(med['baseline']) / sum(med[a]):.2f}x"
+    print("  rollout speedup vs baseline: " + ", ".join(f"{a} {sum(med['baseline']) / sum(med[a]):.2f}x"
                                                        for a in arms if a != "baseline"))
 
     if args.plot:

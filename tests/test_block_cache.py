@@ -1,7 +1,6 @@
 """Block caching: exactness when nothing is reused, real skips when reuse is scheduled,
 schedule files, resampling, validation, stale-cache safety and the dynamic mode."""
 
-import warnings
 
 import numpy as np
 import pytest

@@ -9,7 +9,7 @@ import torch
 from accelerate_diffusion import PRESETS, accelerate, accelerated, family_of
 from accelerate_diffusion import patches
 from accelerate_diffusion.config import TechniqueConfig, check_choice, check_range
-from accelerate_diffusion.families import FAMILIES, find_denoiser
+from accelerate_diffusion.families import find_denoiser
 from accelerate_diffusion.testing import PIPELINES, call_kwargs, make_pipeline, run
 
 EXPECTED_FAMILY = {"sd": "unet", "sdxl": "unet", "pixart": "pixart", "sd3": "sd3",
