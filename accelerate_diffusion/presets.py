@@ -38,7 +38,7 @@ PRESETS: dict[str, Preset] = {
         Preset("quality", "Visually lossless: small, safe savings (fidelity first).", {
             "dit": {"block_cache": dict(mode="schedule", schedule="fora:2,first=7,last=1")},  # docs/presets.md#block_cache
             "unet": {"deepcache": dict(cache_interval=2, cache_branch=2)},  # docs/presets.md#deepcache
-            "anyflow_far": {"kv_cache": dict(encode="pipeline", merge_threshold=0.95, budget_frames=12)},
+            "anyflow_far": {"kv_cache": dict(encode="compressed", merge_threshold=1.5, budget_frames=12)},  # docs/presets.md#kv_cache
             "skyreels_v2": {"kv_cache": dict(merge_threshold=1.5, budget_frames=0)},  # docs/presets.md#kv_cache
         }),
         Preset("balanced", "Good default: clear speedup with outputs close to the original.", {
@@ -46,21 +46,21 @@ PRESETS: dict[str, Preset] = {
             "dit": {"block_cache": dict(mode="schedule", schedule="fora:3,first=7,last=1")},  # docs/presets.md#block_cache
             # On the demo UNet CFG truncation cost 23 dB PSNR and 1.6 CLIP here: UNet balanced keeps full CFG.
             "unet": {"deepcache": dict(cache_interval=2, cache_branch=0), "guidance": None},  # docs/presets.md#deepcache
-            "anyflow_far": {"kv_cache": dict(merge_threshold=0.9, budget_frames=8)},
+            "anyflow_far": {"kv_cache": dict(encode="compressed", merge_threshold=0.95, budget_frames=1.5)},
             "skyreels_v2": {"kv_cache": dict(merge_threshold=1.5, budget_frames=0)},
         }),
         Preset("fast", "About 2x or more: visible but small differences from the original.", {
             "*": {"guidance": dict(mode="truncation", cfg_fraction=0.5)},  # docs/presets.md#guidance
             "dit": {"block_cache": dict(mode="schedule", schedule="fora:3,first=3,last=1")},  # docs/presets.md#block_cache
             "unet": {"deepcache": dict(cache_interval=3, cache_branch=0)},  # docs/presets.md#deepcache
-            "anyflow_far": {"kv_cache": dict(merge_threshold=0.7, budget_frames=6)},
+            "anyflow_far": {"kv_cache": dict(encode="compressed", merge_threshold=0.9, budget_frames=1)},
             "skyreels_v2": {"kv_cache": dict(merge_threshold=0.9, budget_frames=12)},
         }),
         Preset("max", "Largest speedup the techniques allow; quality may degrade noticeably.", {
             "*": {"guidance": dict(mode="truncation", cfg_fraction=0.5)},  # docs/presets.md#guidance
             "dit": {"block_cache": dict(mode="schedule", schedule="fora:4,first=3,last=1")},  # docs/presets.md#block_cache
             "unet": {"deepcache": dict(cache_interval=5, cache_branch=0)},  # docs/presets.md#deepcache
-            "anyflow_far": {"kv_cache": dict(merge_threshold=0.5, budget_frames=4, cross_topk=16, self_topk=4)},
+            "anyflow_far": {"kv_cache": dict(encode="compressed", merge_threshold=0.8, budget_frames=1)},
             "skyreels_v2": {"kv_cache": dict(merge_threshold=0.5, budget_frames=4)},
             "wan": {"attention": dict(window=0.5)},  # docs/presets.md#attention
         }),

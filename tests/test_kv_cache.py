@@ -97,6 +97,26 @@ def test_incremental_encode_matches_far_while_nothing_is_compressed():
     torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
 
 
+def test_compressed_encode_matches_far_at_a_constant_window():
+    # FAR's cache step is chunk-causal: a chunk's compressed keys never change once made, so
+    # encoding each chunk once as it leaves the full window (plus the full chunks) is the same
+    # computation as FAR's re-encode of the whole history, at a cost that does not grow.
+    pipe = make_far_pipeline("micro")
+    roll = dict(latent_frames=12, chunk=1)
+    reference = run_far(pipe, "micro", **roll)
+    lengths = []
+    hook = pipe.transformer.blocks[0].register_forward_pre_hook(lambda m, a: lengths.append(a[0].shape[1]))
+    with accelerate(pipe, "off", kv_cache=dict(merge_threshold=1.5, encode="compressed")).acceleration:
+        out = run_far(pipe, "micro", **roll)
+        ctrl = pipe._kv_cache_controller
+        full, comp = ctrl.full_tpf, ctrl.compressed_tpf
+        assert ctrl.chunks[-1]["cache_tokens"][0] == 9 * comp + 2 * full     # 12 frames: 9 compressed, 2 full
+    hook.remove()
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
+    assert max(lengths) == comp + 2 * full           # every pass: one compressed chunk + 2 full chunks at most
+    assert "encode_kv_cache" not in vars(pipe)
+
+
 def test_cache_never_exceeds_budget_over_a_long_rollout(far):
     pipe, _ = far
     accelerate(pipe, "off", kv_cache=dict(merge_threshold=0.6, budget_frames=3, evict="attention"))
@@ -106,6 +126,13 @@ def test_cache_never_exceeds_budget_over_a_long_rollout(far):
     assert len(ctrl.chunks) == 11
     assert all(max(row["cache_tokens"].values()) <= budget for row in ctrl.chunks)
     assert ctrl.chunks[-1]["cache_tokens"][0] == budget
+    assert sum(r["merges"] for r in ctrl.chunks) > 0 and sum(r["evictions"] for r in ctrl.chunks) > 0
+    # compressed mode: the budget holds the compressed history; the 2 full chunks ride beside it
+    accelerate(pipe, "off", kv_cache=dict(merge_threshold=0.6, budget_frames=1, encode="compressed"))
+    run_far(pipe, "micro", latent_frames=24, chunk=2)
+    ctrl = pipe._kv_cache_controller
+    assert all(len(s) <= ctrl.full_tpf for s in ctrl.slots.values())
+    assert all(max(row["cache_tokens"].values()) <= 5 * ctrl.full_tpf for row in ctrl.chunks)
     assert sum(r["merges"] for r in ctrl.chunks) > 0 and sum(r["evictions"] for r in ctrl.chunks) > 0
     pipe.acceleration.remove()
 
@@ -162,6 +189,6 @@ def test_presets_apply_tempcache_to_the_far_family(far):
         applied = pipe.acceleration.report().applied
         assert [a["technique"] for a in applied] == ["kv_cache"]
         pipe.acceleration.remove()
-    accelerate(pipe, "quality")         # the history still fits the budget: nothing changes
-    assert torch.equal(run_far(pipe, "micro", **ROLL), reference)
+    accelerate(pipe, "quality")         # the history fits the budget: FAR's computation, encoded once
+    torch.testing.assert_close(run_far(pipe, "micro", **ROLL), reference, atol=1e-5, rtol=1e-5)
     pipe.acceleration.remove()

@@ -121,6 +121,8 @@ def test_fields_that_do_not_apply_are_errors(df):
     for field in ("cross_topk", "self_topk"):
         with pytest.raises(ValueError, match=rf"kv_cache\.{field}: .* AnyFlow-FAR only; allowed on SkyReels-V2: 0"):
             accelerate(pipe, "off", kv_cache={field: 4})
+    with pytest.raises(ValueError, match=r"kv_cache\.encode: 'compressed' .* allowed on SkyReels-V2: incremental, pipeline"):
+        accelerate(pipe, "off", kv_cache={"encode": "compressed"})
     assert torch.equal(run_skyreels(pipe, "micro", **ROLL), reference)     # nothing left half-applied
     with pytest.raises(ValueError, match=r"kv_cache\.budget_frames"):
         kv_cache.Config(budget_frames=0.5)

@@ -17,6 +17,13 @@ Two ways of filling it (``encode``):
   chunk at t=0 that attends to the TempCache and commits its keys. History is kept at full
   resolution (FAR's compressed-context branch is not used), so even with nothing merged
   it equals the pipeline only while FAR would not compress (``full_chunk_limit`` not hit).
+- ``"compressed"`` (flat cost, FAR's own history): the cache step is replaced by a pass
+  over a constant window: the chunk that leaves FAR's full-resolution window, encoded once
+  through FAR's compressed patch embedding, and the (at most ``full_chunk_limit - 1``) full
+  chunks, re-encoded each time as FAR does. FAR's cache step is chunk-causal, so a compressed
+  chunk's keys never change once made: with nothing merged or evicted this equals the
+  pipeline (up to float order) at a cost that does not grow with the video. The TempCache
+  (merges, budget) holds the compressed history; the full chunks ride beside it.
 - ``"pipeline"``: the pipeline's own cache step runs; the TempCache is rebuilt from its
   buffers once per chunk and the denoising steps attend to it. With no merge and no
   eviction the original processor runs: bit-identical output.
@@ -43,7 +50,7 @@ from . import NotApplicable, PatchContext, PatchHandle, kv_cache_skyreels
 
 NAME = "kv_cache"
 HOOK = "accelerate_diffusion.kv_cache"
-ENCODE = ("incremental", "pipeline")
+ENCODE = ("incremental", "compressed", "pipeline")
 SUPPORTED = ("AnyFlowFARTransformer3DModel", "SkyReelsV2Transformer3DModel")
 
 
@@ -55,7 +62,7 @@ class Config(TechniqueConfig):
     merge_threshold: float = 0.95     # cosine similarity (mean over heads, min over batch) to merge
     budget_frames: float = 0.0        # cache cap per layer, in frames of full-resolution tokens
     evict: str = "attention"          # "attention" (least attended first) | "age" (oldest first)
-    encode: str = "incremental"       # "incremental" (flat cost) | "pipeline" (FAR's own re-encode)
+    encode: str = "incremental"       # "incremental" | "compressed" (flat cost) | "pipeline" (FAR's re-encode)
     ann: str = "exact"                # "exact" (fastest at budget sizes, measured) | "proj" (projection + re-rank)
     ann_dim: int = 16                 # projection width for ann="proj"
     ann_candidates: int = 4           # candidates re-ranked exactly for ann="proj"
@@ -103,6 +110,9 @@ class _Controller:
         self.compressed_tpf = 0
         self.chunks: list[dict] = []            # row i: the cache once chunk i entered it
         self.counters: dict[str, int] = {}
+        self.full: dict[int, tuple] = {}        # compressed mode: layer -> (k, v) of the full-resolution chunks
+        self.compressed_chunks = 0              # compressed mode: chunks already in the TempCache
+        self.window: dict | None = None         # compressed mode: the cache pass under way
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -130,6 +140,8 @@ class _Controller:
     def reset(self) -> None:
         self.slots.clear()
         self.built.clear()
+        self.full.clear()
+        self.compressed_chunks = 0
         self.chunks = []
         self.counters = {}
 
@@ -140,9 +152,10 @@ class _Controller:
         row = self.chunks[chunk]
         row["merges"] += merges
         row["evictions"] += evictions
-        slots = self.slots[layer]
-        row["cache_tokens"][layer] = len(slots)
-        row["cache_bytes"] = sum(s.nbytes for s in self.slots.values())
+        full = self.full.get(layer)
+        row["cache_tokens"][layer] = len(self.slots[layer]) + (full[0].shape[2] if full else 0)
+        row["cache_bytes"] = (sum(s.nbytes for s in self.slots.values())
+                              + sum(k.nbytes + v.nbytes for k, v in self.full.values()))
 
     def stats(self) -> dict:
         if not self.chunks:
@@ -182,6 +195,8 @@ class TempCacheProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  rotary_emb=None, kv_cache=None, kv_cache_flag=None):
         ctrl, cfg = self.ctrl, self.ctrl.config
+        if ctrl.window is not None:
+            return self._window(attn, hidden_states, rotary_emb)
         args = dict(encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask,
                     rotary_emb=rotary_emb, kv_cache=kv_cache, kv_cache_flag=kv_cache_flag)
         if kv_cache is None or encoder_hidden_states is not None or kv_cache_flag["is_cache_step"]:
@@ -203,8 +218,9 @@ class TempCacheProcessor:
         if slots is None or slots.k.shape[:2] != k.shape[:2] or (chunks_before == 0 and not ctrl.committing):
             slots = kv.Slots.empty(k)         # new generation (or batch changed): empty cache
             ctrl.slots[self.layer] = slots
-        keys, values = torch.cat([slots.k, k], 2), torch.cat([slots.v, v], 2)
-        bias = torch.cat([slots.bias(), slots.count.new_zeros(lq)])
+        full_k, full_v = ctrl.full.get(self.layer, (k[:, :, :0], v[:, :, :0]))
+        keys, values = torch.cat([slots.k, full_k, k], 2), torch.cat([slots.v, full_v, v], 2)
+        bias = torch.cat([slots.bias(), slots.count.new_zeros(full_k.shape[2] + lq)])
         # The pipeline pads keys with zeros to a multiple of 128 and leaves them unmasked in the
         # denoising pass: equal keys, so they fold into one slot with a log(pad) bias, exactly.
         pad = 0 if ctrl.committing else -lq % 128
@@ -239,6 +255,40 @@ class TempCacheProcessor:
         slots, evicted = kv.evict(slots, ctrl.budget, cfg.evict, protect_from=first)
         ctrl.slots[self.layer] = slots
         ctrl.record(chunk, self.layer, merges, evicted)
+
+    # -- compressed mode: the cache pass over the window --------------------------------
+    def _window(self, attn, hidden_states, rotary_emb):
+        """FAR's chunk-causal cache attention for the window's tokens over [TempCache, window];
+        the newly compressed chunk enters the TempCache, the full chunks replace the last ones."""
+        from diffusers.models.transformers.transformer_anyflow_far import apply_rotary_emb
+
+        ctrl, cfg, w = self.ctrl, self.ctrl.config, self.ctrl.window
+        q, k, v = _project(attn, hidden_states)
+        q, k = apply_rotary_emb(q, rotary_emb["query"]), apply_rotary_emb(k, rotary_emb["key"])
+        slots = ctrl.slots.get(self.layer)
+        if slots is None or slots.k.shape[:2] != k.shape[:2]:
+            slots = kv.Slots.empty(k)
+        n, chunk = len(slots), w["token_chunk"]
+        causal = torch.where(chunk[None, :] <= chunk[:, None], 0.0, float("-inf")).to(q.dtype)
+        mask = torch.cat([slots.bias().to(q.dtype).expand(len(chunk), n), causal], 1)
+        keys, values = torch.cat([slots.k, k], 2), torch.cat([slots.v, v], 2)
+        out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask[None, None])
+        if n and cfg.evict == "attention":
+            seen = kv.attention_mass(q, keys, torch.cat([slots.bias(), slots.count.new_zeros(len(chunk))]),
+                                     n, cfg.mass_samples)
+            slots.mass = slots.mass * cfg.mass_decay + seen
+        merges, nc = 0, w["compressed_tokens"]
+        for frame, start, length in w["compressed_frames"]:
+            slots, m = kv.insert(slots, k[:, :, start:start + length], v[:, :, start:start + length], frame,
+                                 cfg.merge_threshold, cfg.ann, cfg.ann_dim, cfg.ann_candidates)
+            merges += m
+        first = w["compressed_frames"][0][0] if w["compressed_frames"] else None
+        slots, evicted = kv.evict(slots, ctrl.budget, cfg.evict, protect_from=first)
+        ctrl.slots[self.layer] = slots
+        ctrl.full[self.layer] = (k[:, :, nc:], v[:, :, nc:])
+        ctrl.record(w["chunk"], self.layer, merges, evicted)
+        out = out.transpose(1, 2).flatten(2, 3).type_as(q)
+        return attn.to_out[1](attn.to_out[0](out))
 
     # -- pipeline mode: rebuild from the pipeline's buffers once per chunk -------------
     def _rebuild(self, attn, kv_cache, flag, rotary_emb, hidden_states, chunk) -> bool:
@@ -283,7 +333,7 @@ class AnnCrossProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None):
         ctrl, cfg = self.ctrl, self.ctrl.config
         tpf, length = ctrl.full_tpf, hidden_states.shape[1]
-        if (attention_mask is not None or not tpf or length % tpf or ctrl.in_cache_step
+        if (attention_mask is not None or not tpf or length % tpf or ctrl.in_cache_step or ctrl.window is not None
                 or cfg.cross_topk >= encoder_hidden_states.shape[1]):
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask)
         q, k, v = attn.to_q(hidden_states), attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
@@ -320,6 +370,56 @@ def _encode_incremental(pipe, ctrl: _Controller):
                                             "is_cache_step": False})
         finally:
             ctrl.committing = False
+        kv_cache_flag["num_cached_chunks"] += 1
+        return kv_cache
+
+    return encode_kv_cache
+
+
+def _encode_compressed(pipe, ctrl: _Controller):
+    """Replacement for ``pipe.encode_kv_cache`` in compressed mode: FAR's cache step restricted
+    to the chunk leaving the full window (compressed once) and the full chunks."""
+
+    def encode_kv_cache(kv_cache, kv_cache_flag, chunk_partition, chunk_idx, output, prompt_embeds,
+                        negative_prompt_embeds):
+        tr = pipe.transformer
+        if kv_cache_flag["num_cached_chunks"] == 0:
+            ctrl.reset()
+        n = len(chunk_partition)
+        n_comp = max(n - (tr.config.full_chunk_limit - 1), 0)     # as FAR's cache step splits them
+        starts = [sum(chunk_partition[:i]) for i in range(n + 1)]
+        f0, fc, f1 = starts[ctrl.compressed_chunks], starts[n_comp], starts[n]
+        cfg_on = pipe.do_classifier_free_guidance
+        embeds = torch.cat([negative_prompt_embeds, prompt_embeds]) if cfg_on else prompt_embeds
+        latents = output[:, f0:f1].to(tr.dtype)
+        latents = torch.cat([latents] * 2) if cfg_on else latents
+        h, w = latents.shape[-2:]
+        pc, pf = tr.config.compressed_patch_size, tr.config.patch_size
+        shapes = {"full_frame_shape": (h // pf[1], w // pf[2]), "compressed_frame_shape": (h // pc[1], w // pc[2]),
+                  "full_token_per_frame": ctrl.full_tpf, "compressed_token_per_frame": ctrl.compressed_tpf}
+        window = {**shapes, "num_full_frames": f1 - fc, "num_compressed_frames": fc - f0}
+        tokens = tr._forward_far_patchify(latents.permute(0, 2, 1, 3, 4), far_cfg=window)
+        rope = tr.rope(far_cfg={**shapes, "total_frames": f1, "num_compressed_frames": fc}, device=tokens.device)
+        rope = {name: f[:, :, -tokens.shape[1]:] for name, f in rope.items()}
+        t = torch.zeros(latents.shape[:2], device=latents.device, dtype=torch.long)
+        _, tproj, embeds, _ = tr.condition_embedder(t, t, embeds, None, far_cfg=window)
+        tproj = tproj.unflatten(2, (6, -1))
+        token_chunk, frames = [], []
+        for c in range(ctrl.compressed_chunks, n):
+            tpf = ctrl.compressed_tpf if c < n_comp else ctrl.full_tpf
+            for f in range(starts[c], starts[c + 1]):
+                if c < n_comp:
+                    frames.append((f, len(token_chunk), tpf))
+                token_chunk += [c] * tpf
+        ctrl.window = {"token_chunk": torch.tensor(token_chunk, device=tokens.device), "chunk": n - 1,
+                       "compressed_frames": frames, "compressed_tokens": (fc - f0) * ctrl.compressed_tpf}
+        flag = {"num_cached_chunks": kv_cache_flag["num_cached_chunks"], "is_cache_step": False}
+        try:
+            for i, block in enumerate(tr.blocks):
+                tokens = block(tokens, embeds, tproj, rope, None, kv_cache[i], flag)
+        finally:
+            ctrl.window = None
+        ctrl.compressed_chunks = n_comp
         kv_cache_flag["num_cached_chunks"] += 1
         return kv_cache
 
@@ -368,8 +468,9 @@ def apply(ctx: PatchContext, config: Config) -> PatchHandle:
             handle.undo.append(lambda attn=attn, original=original: attn.set_processor(original))
             handle.targets.append(f"blocks.{i}.attn2")
 
-    if config.encode == "incremental":
-        handle.undo.append(set_on_instance(ctx.pipe, "encode_kv_cache", _encode_incremental(ctx.pipe, ctrl)))
+    if config.encode in ("incremental", "compressed"):
+        encode = _encode_incremental if config.encode == "incremental" else _encode_compressed
+        handle.undo.append(set_on_instance(ctx.pipe, "encode_kv_cache", encode(ctx.pipe, ctrl)))
         handle.targets.append("pipeline.encode_kv_cache")
     handle.undo.append(ctrl.reset)
     ctx.pipe._kv_cache_controller = ctrl       # for benchmarks: per-chunk cache statistics

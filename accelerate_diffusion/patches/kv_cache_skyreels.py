@@ -384,6 +384,9 @@ def apply(ctx: PatchContext, config) -> PatchHandle:
         if getattr(config, field):
             raise ValueError(f"kv_cache.{field}: {why} is implemented for AnyFlow-FAR only; allowed on "
                              f"SkyReels-V2: 0")
+    if config.encode == "compressed":
+        raise ValueError("kv_cache.encode: 'compressed' is AnyFlow-FAR's compressed history; allowed on "
+                         "SkyReels-V2: incremental, pipeline")
     denoiser = ctx.denoiser
     ctrl = _Controller(config, denoiser, pipe)
     handle = PatchHandle("kv_cache", stats=ctrl.stats)
