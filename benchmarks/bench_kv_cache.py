@@ -379,6 +379,9 @@ def main():
     ap.add_argument("--json", default="")
     ap.add_argument("--pipeline", default="tiny", choices=("tiny", "demo"),
                     help="tiny: random-weight AnyFlow-FAR (--size); demo: the trained demo AR video model")
+    ap.add_argument("--arm", action="append", default=[], metavar="NAME:KEY=V,KEY=V",
+                    help="demo: an extra arm, kv_cache settings on the 'off' preset (repeatable), "
+                         "e.g. b4:budget_frames=4,merge_threshold=0.9; name it in --presets")
     ap.add_argument("--presets", default="incremental,quality,balanced,fast,max",
                     help="demo: presets (or DEMO_ARMS names) compared to the baseline")
     ap.add_argument("--guidance", type=float, default=3.0, help="demo: guidance scale")
@@ -388,6 +391,13 @@ def main():
     ap.add_argument("--flat-window", type=int, default=4, help="demo: chunks per end of the flatness ratio")
     ap.add_argument("--save-frames", default="", help="demo: PNG of every few key frames per arm")
     args = ap.parse_args()
+    for spec in args.arm:
+        name, _, settings = spec.partition(":")
+        try:
+            DEMO_ARMS[name] = {k: (v if k in ("encode", "evict", "ann") else int(v) if v.isdigit() else float(v))
+                               for k, v in (kv.split("=") for kv in settings.split(","))}
+        except ValueError:
+            ap.error(f"--arm: {spec!r} is not NAME:KEY=VALUE,KEY=VALUE")
     if args.pipeline == "demo":
         args.plot = "docs/kv_cache_rollout_demo.png" if args.plot is None else args.plot
         return demo_main(args)
