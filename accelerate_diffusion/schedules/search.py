@@ -99,7 +99,7 @@ def heuristic_seeds(layout: ScheduleLayout, steps: int) -> list[CacheSchedule]:
     specs = ["fora:2", "fora:3", "fora:2,last=1", "fora:3,last=1", "fora:4",
              f"component:all,k={max(n // 2, 1)},window=0.8,every=2,last=1"]
     # Full early steps: on trained models reusing the first steps costs the most (docs/presets.md).
-    specs += [f"fora:{k},first={first},last=1" for k in (2, 3, 4, 6) for first in (3, 5)]
+    specs += [f"fora:{k},first={first},last=1" for k in (2, 3, 4, 6) for first in (3, 5, 7)]
     if mlp:
         specs.append(f"component:{mlp},k={n},window=0.8,every=2,last=1")
     if "attn2" in comps:
@@ -357,9 +357,11 @@ def search(pipe, prompts: Sequence[str] | str | os.PathLike, out_dir: str | os.P
 
 
 def _initial(seeds: list[CacheSchedule], n_var: int, config: SearchConfig) -> np.ndarray:
-    """The heuristic seeds, then random schedules with a recompute rate drawn in [0.4, 0.95]."""
+    """Every seed, then random schedules (recompute rate drawn in [0.4, 0.95]) up to the
+    population. More seeds than the population make a larger first generation (all of them are
+    evaluated; NSGA-II's survival keeps the population size from then on)."""
     rng = np.random.default_rng(config.seed)
-    rows = [s.to_bits() for s in seeds][:config.population]
+    rows = [s.to_bits() for s in seeds]
     while len(rows) < config.population:
         bits = rng.random(n_var) < rng.uniform(0.4, 0.95)
         if not bits.all():
@@ -589,8 +591,12 @@ def _run_cli(args) -> int:
         return run_cli(pipe, args, extra)
     if getattr(args, "grid", None):
         raise ValueError("--grid: DeepCache grids apply to UNet models only")
+    seeds = None
+    if args.seed_front:      # warm start: a previous front (other prompts or metric) joins the heuristics
+        found_layout = ScheduleLayout.of(family_of(found[1]), found[1])
+        seeds = heuristic_seeds(found_layout, config.steps) + load_front(args.seed_front)
     result = search(pipe, prompts, args.out, config, call_kwargs=extra, resume=not args.restart,
-                    progress=not args.quiet)
+                    progress=not args.quiet, seeds=seeds)
     print(f"{result.evaluations} schedules evaluated over {result.generations} generations in "
           f"{result.wall_seconds:.0f} s; Pareto front ({config.metric} loss vs MACs ratio, estimated):")
     for s in result.front:
@@ -617,6 +623,8 @@ def register(sub) -> None:
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--resolution", type=int, default=0, help="image side (0: the pipeline's default)")
     p.add_argument("--out", required=True, help="output folder (rerun with the same settings to resume)")
+    p.add_argument("--seed-front", default="", help="a front folder whose schedules seed the first "
+                   "population, with the heuristics (warm start from an earlier search)")
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out and start over")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quiet", action="store_true")
