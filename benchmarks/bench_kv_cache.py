@@ -102,23 +102,22 @@ def per_latent_frame(metric, ref, other, n_latent):
     return out
 
 
-PRESET_CANDIDATES = {
-    "quality": dict(encode="pipeline", merge_threshold=0.95, budget_frames=12),
-    "balanced": dict(merge_threshold=0.9, budget_frames=8),
-    "fast": dict(merge_threshold=0.7, budget_frames=6),
-    "max": dict(merge_threshold=0.5, budget_frames=4, cross_topk=16, self_topk=4),
-}
-
-
 def sweep(args) -> None:
-    """Fidelity and cache size of the preset candidates (one rollout each, no timing)."""
+    """Fidelity and cache size of the presets' kv_cache settings and the ``DEMO_ARMS`` (one
+    rollout each, no timing)."""
+    from accelerate_diffusion.families import family_of
+    from accelerate_diffusion.presets import PRESETS
+
     pipe = make_far_pipeline(args.size)
+    family = family_of(pipe.transformer)
+    candidates = {name: PRESETS[name].for_family(family)["kv_cache"] for name in ("quality", "balanced", "fast", "max")}
+    candidates.update(DEMO_ARMS)
     kw = lambda: far_call_kwargs(args.size, latent_frames=args.frames, chunk=args.chunk, steps=args.steps,
                                  max_sequence_length=args.text_tokens)
     reference = decode(pipe, pipe(**kw()).frames)
     print("| candidate | settings | PSNR mean (dB) | SSIM mean | last-frame PSNR | cache tokens/layer (last) | merges |")
     print("|---|---|---|---|---|---|---|")
-    for name, settings in PRESET_CANDIDATES.items():
+    for name, settings in candidates.items():
         accelerate(pipe, "off", kv_cache=settings)
         video = decode(pipe, pipe(**kw()).frames)
         st = pipe.acceleration.report().applied[0]["stats"]
@@ -224,6 +223,7 @@ def chunk_starts(timer: ChunkTimer) -> list[float]:
 # extra arms for --presets besides the preset names: kv_cache settings on the "off" preset
 DEMO_ARMS = {
     "incremental": dict(merge_threshold=1.5, budget_frames=0, encode="incremental"),  # nothing merged/evicted
+    "compressed": dict(merge_threshold=1.5, budget_frames=0, encode="compressed"),    # FAR's history, encoded once
 }
 
 
