@@ -67,18 +67,20 @@ def test_schedules():
     assert len(paper) == 10 and paper[0] == 0 and len(set(paper)) == 10
     gaps = [b - a for a, b in zip(paper, paper[1:])]
     near = [g for a, g in zip(paper, gaps) if 8 <= a <= 20]
-    assert max(near) < max(gaps)   # denser around the centre step 15
+    assert max(near) < max(gaps)   # denser around the centre: the default 0.3 is step 15 of 50, DeepCache's
 
 
 def test_nonuniform_runs_its_schedule(pipelines):
     pipe = pipelines("sd")
-    accelerate(pipe, "off", deepcache={"cache_interval": 3, "schedule": "nonuniform", "center": 4})
+    accelerate(pipe, "off", deepcache={"cache_interval": 3, "schedule": "nonuniform", "center": 0.4})
     run(pipe, "sd", steps=10)
     stats = pipe.acceleration.report().applied[0]["stats"]
     pipe.acceleration.remove()
     expected = deepcache.full_step_indices(
-        deepcache.Config(cache_interval=3, schedule="nonuniform", center=4), 10)
+        deepcache.Config(cache_interval=3, schedule="nonuniform", center=0.4), 10)
     assert stats["full_step_indices"] == expected and len(expected) == 4
+    # the centre is a fraction of the steps: 0.4 of 10 is step 4, as an absolute centre 4 was
+    assert deepcache.nonuniform_indices(10, 4, 0.4, 1.4) == [0, 2, 4, 6]
 
 
 def test_bad_config_names_the_field(pipelines):

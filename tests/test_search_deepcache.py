@@ -5,6 +5,7 @@ bad arguments."""
 import csv
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -94,7 +95,7 @@ def test_front_point_reproduces_its_metrics(pipelines, calibrated):
     assert macs < base_macs
 
 
-def test_accelerate_picks_a_point_by_budget(pipelines, calibrated):
+def test_accelerate_picks_a_point_by_budget(pipelines, calibrated, tmp_path):
     _, out = calibrated
     pipe = pipelines("sd")
     front = load_deepcache_front(out)
@@ -111,8 +112,14 @@ def test_accelerate_picks_a_point_by_budget(pipelines, calibrated):
         assert "block_cache" not in pipe.acceleration.plan
     finally:
         pipe.acceleration.remove()
+    lossy = tmp_path / "lossy"       # the points that lose something (a point may reach loss 0 here)
+    lossy.mkdir()
+    for p in front:
+        if p.metrics["quality_loss"] > 0:
+            shutil.copy(p.metrics["path"], lossy)
+    best = min(p.metrics["quality_loss"] for p in load_deepcache_front(lossy))
     with pytest.raises(ValueError, match="no DeepCache point .* is that close"):
-        accelerate(pipe, "fast", schedule_dir=str(out), max_quality_loss=losses[0] / 2)
+        accelerate(pipe, "fast", schedule_dir=str(lossy), max_quality_loss=best / 2)
     with pytest.raises(ValueError, match="deepcache is disabled"):
         accelerate(pipe, "fast", schedule_dir=str(out), deepcache=False)
     with pytest.raises(ValueError, match="must be a number >= 0"):
@@ -158,8 +165,10 @@ def test_bad_arguments_give_clear_errors(pipelines, tmp_path, capsys):
         parse_grid(["cache_size=2"])
     with pytest.raises(ValueError, match="empty grid"):
         parse_grid(["cache_interval="])
-    assert parse_grid(["cache_interval=2,3", "schedule=uniform"]) == {"cache_interval": (2, 3),
-                                                                      "schedule": ("uniform",)}
+    assert parse_grid(["cache_interval=2,3", "schedule=uniform", "center=0.25,0.3"]) == {
+        "cache_interval": (2, 3), "schedule": ("uniform",), "center": (0.25, 0.3)}
+    with pytest.raises(ValueError, match=r"deepcache\.center: 8.0 is out of range; allowed \[0.0, 1.0\]"):
+        _config(schedule=("nonuniform",), center=(8.0,)).validate()
     (tmp_path / "p.txt").write_text("a red circle\n")
     assert cli_main(["search", "--model", "pixart", "--size", "micro", "--prompts", str(tmp_path / "p.txt"),
                      "--grid", "cache_interval=2", "--out", str(tmp_path / "z")]) == 2

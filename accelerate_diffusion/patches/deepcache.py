@@ -52,7 +52,7 @@ class Config(TechniqueConfig):
     cache_interval: int = 3            # N: one full step every N (uniform) or n = ceil(T/N) full steps
     cache_branch: int = 0              # last live skip index (0 = conv_in only); range depends on the UNet
     schedule: str = "uniform"          # "uniform" | "nonuniform" (full steps denser around `center`)
-    center: int = 15                   # non-uniform: step around which full steps are densest
+    center: float = 0.3                # non-uniform: where full steps are densest, as a fraction of the steps
     power: float = 1.4                 # non-uniform: initial exponent (lowered by 0.02 until n unique)
     full_steps: tuple | None = None    # explicit full-step indices (replace the schedule)
     always_full_start: int = 1         # the first k steps always run full (step 0 always does)
@@ -62,7 +62,7 @@ class Config(TechniqueConfig):
         check_range(NAME, "cache_interval", self.cache_interval, 1, 1000, integer=True)
         check_range(NAME, "cache_branch", self.cache_branch, 0, integer=True)
         check_choice(NAME, "schedule", self.schedule, ("uniform", "nonuniform"))
-        check_range(NAME, "center", self.center, 0, integer=True)
+        check_range(NAME, "center", self.center, 0.0, 1.0)
         check_range(NAME, "power", self.power, 1.0, 10.0, lo_open=True)
         check_range(NAME, "always_full_start", self.always_full_start, 0, integer=True)
         check_range(NAME, "always_full_end", self.always_full_end, 0, integer=True)
@@ -77,8 +77,9 @@ class Config(TechniqueConfig):
 
 # -- schedule ---------------------------------------------------------------------------
 
-def nonuniform_indices(num_steps: int, n: int, center: int, power: float) -> list[int]:
-    """n step indices in [0, T), dense around ``center`` (DeepCache's quadratic-centre rule).
+def nonuniform_indices(num_steps: int, n: int, center: float, power: float) -> list[int]:
+    """n step indices in [0, T), dense around step ``center * T`` (DeepCache's quadratic-centre
+    rule; its default centre, step 15 of 50, is 0.3). Relative, so one setting fits any step count.
 
     Points ``u = linspace(-c^(1/p), (T-c)^(1/p), n+1)`` are mapped by ``sign(u)|u|^p + c``
     and floored; ``p`` is lowered by 0.02 until the n smallest are unique. (The original code
@@ -87,7 +88,7 @@ def nonuniform_indices(num_steps: int, n: int, center: int, power: float) -> lis
     """
     T = num_steps
     n = max(1, min(n, T))
-    c = min(max(center, 0), T)
+    c = min(max(center, 0.0), 1.0) * T
     p = power
     while p > 1.0:
         u = np.linspace(-(c ** (1 / p)), (T - c) ** (1 / p), n + 1)

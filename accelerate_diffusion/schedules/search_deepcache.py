@@ -50,8 +50,8 @@ GRID_FIELDS = ("cache_interval", "cache_branch", "schedule", "always_full_start"
 class DeepCacheSearchConfig:
     """One calibration: the generation settings and the grid (one tuple of values per field).
 
-    ``cache_branch=None``: every branch this UNet has. ``center=None``: 30 % of the steps
-    (DeepCache's centre 15 of 50), used by non-uniform configurations only.
+    ``cache_branch=None``: every branch this UNet has. ``center`` (non-uniform configurations
+    only): fractions of the steps; None = 0.3 (DeepCache's centre, 15 of 50).
     ``batch_size``: prompts per pipeline call (0 = all)."""
 
     steps: int = 20
@@ -81,14 +81,10 @@ class DeepCacheSearchConfig:
                                  + (" (or None for every branch)" if name == "cache_branch" else ""))
             setattr(self, name, tuple(values))
             for value in values:                       # the technique's own checks name the field
-                if name == "center":
-                    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.steps:
-                        raise ValueError(f"search grid: center {value!r} must be a step index in [0, {self.steps})")
-                else:
-                    Config(**{name: value})
+                Config(**{name: value})
 
     def centers(self) -> tuple:
-        return self.center if self.center is not None else (round(0.3 * self.steps),)
+        return self.center if self.center is not None else (Config.center,)
 
 
 @dataclass
@@ -490,10 +486,12 @@ def parse_grid(items: Sequence[str]) -> dict:
         if not values:
             raise ValueError(f"--grid {key}: no value given (empty grid)")
         if key != "schedule":
+            kind = float if key == "center" else int
             try:
-                values = [int(v) for v in values]
+                values = [kind(v) for v in values]
             except ValueError:
-                raise ValueError(f"--grid {key}: expected integers, got {raw!r}") from None
+                raise ValueError(f"--grid {key}: expected {'numbers' if kind is float else 'integers'}, "
+                                 f"got {raw!r}") from None
         grid[key] = tuple(values)
     return grid
 
