@@ -3,8 +3,10 @@
 For every preset whose plan caches blocks on this model, the preset's heuristic schedule is
 scored with the search's own evaluator (same seeds and metric; on the calibration prompts, or
 with ``--pick-prompts`` on validation prompts the search never saw, against which the front
-is re-scored), and a front point at least as fast and as faithful replaces it: the most faithful such point for
-``quality`` (fidelity first), the fastest for the other presets. The front, its CSV/plot/summary and a
+is re-scored), and the most faithful front point that is at least as fast (at most 1.25x
+faster: the preset keeps its speed tier) and at least as faithful replaces it. A heuristic
+that is itself that point stays as it is. The front, its CSV/plot/summary, the validation
+scores (``validation.csv``) and a
 ``model.json`` (the denoiser's fingerprint and the picks) go to ``schedules/data/<name>/``;
 ``accelerate()`` then uses the picks on any denoiser with the same fingerprint
 (``schedules/learned.py``).
@@ -63,9 +65,12 @@ def main(argv=None) -> int:
     if args.pick_prompts:          # re-score the front on validation prompts the search never saw
         prompts = [p for p in (line.strip() for line in open(args.pick_prompts)) if p and not p.startswith("#")]
     evaluator = _Evaluator(pipe, prompts, make_kwargs, layout, config)
+    validation = []
     if args.pick_prompts:
         for sched in front:
             sched.metrics["quality_loss"], _ = evaluator(sched)
+            validation.append((os.path.basename(sched.metrics["path"]), sched.metrics["macs_ratio"],
+                               sched.metrics["quality_loss"]))
     picks = {}
     for preset in PRESETS:
         params = PRESETS[preset].for_family(family).get("block_cache")
@@ -74,19 +79,16 @@ def main(argv=None) -> int:
         spec = params["schedule"]
         heuristic = resolve_schedule(spec, layout, config.steps)
         loss, frac = evaluator(heuristic)
-        # Only points that dominate the heuristic (as fast and as faithful) qualify; "quality"
-        # takes the most faithful of them (fidelity first), the others the fastest.
-        # ... and no more than MAX_STEP_UP faster, so the preset keeps its speed tier
+        validation.append((f"heuristic {spec} ({preset})", 1 / frac, loss))
+        # Only points that dominate the heuristic (as fast and as faithful) and are at most
+        # MAX_STEP_UP faster qualify (the preset keeps its speed tier); the most faithful wins.
         ok = [s for s in front if s.metrics["quality_loss"] <= loss
               and 1 / frac <= s.metrics["macs_ratio"] <= MAX_STEP_UP / frac]
         line = f"{preset:9s} {spec:24s} {1 / frac:5.2f}x loss {loss:.4f}"
-        if not ok:
-            print(f"{line} -> kept (no front point as fast and as faithful)")
+        best = min(ok, key=lambda s: (s.metrics["quality_loss"], -s.metrics["macs_ratio"])) if ok else None
+        if best is None or (best.to_bits() == heuristic.to_bits()).all():
+            print(f"{line} -> kept ({'it is the best front point' if best is not None else 'no front point as fast and as faithful'})")
             continue
-        if preset == "quality":
-            best = min(ok, key=lambda s: (s.metrics["quality_loss"], -s.metrics["macs_ratio"]))
-        else:
-            best = max(ok, key=lambda s: (s.metrics["macs_ratio"], -s.metrics["quality_loss"]))
         file = os.path.basename(best.metrics["path"])
         picks[preset] = {"file": file, "macs_ratio": round(best.metrics["macs_ratio"], 4),
                          "quality_loss": round(best.metrics["quality_loss"], 6), "replaces": spec,
@@ -102,9 +104,13 @@ def main(argv=None) -> int:
     info = {"fingerprint": fingerprint(denoiser), "model": args.model, "steps": config.steps,
             "metric": config.metric, "picked_on": (f"{len(prompts)} validation prompts ({args.pick_prompts})"
                                                    if args.pick_prompts else f"{len(prompts)} calibration prompts"),
-            "rule": "per preset, among front points as faithful as the heuristic and 1-1.25x its MACs ratio: "
-                    "quality takes the most faithful, the others the fastest",
+            "rule": "per preset, the most faithful front point as faithful as the heuristic and at 1-1.25x "
+                    "its MACs ratio (none if the heuristic is that point)",
             "presets": picks}
+    if validation:
+        with open(os.path.join(out, "validation.csv"), "w") as f:
+            f.write(f"schedule,macs_ratio,{config.metric}_loss_on_{len(prompts)}_validation_prompts\n")
+            f.writelines(f"{name},{ratio:.4f},{loss:.6f}\n" for name, ratio, loss in validation)
     with open(os.path.join(out, MODEL_FILE), "w") as f:
         json.dump(info, f, indent=1)
     print(f"wrote {out}")

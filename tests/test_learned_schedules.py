@@ -107,3 +107,29 @@ def test_fallback_is_checked(pipelines):
             accelerate(pipe, "off", block_cache=bad)
         if getattr(pipe, "acceleration", None) is not None:
             pipe.acceleration.remove()
+
+
+def test_the_demo_dit_presets_use_its_shipped_picks():
+    # The shipped demo-DiT front (scripts/ship_learned_schedules.py) must still match the demo
+    # DiT's fingerprint: a config change would silently bring the heuristics back.
+    import os
+
+    from accelerate_diffusion import demo
+
+    pipe = demo.load_pipeline("dit")
+    folder = folder_for(pipe.transformer)
+    assert folder is not None and os.path.basename(folder) == "ecad-demo-dit-25steps"
+    with open(os.path.join(folder, MODEL_FILE)) as f:
+        picks = json.load(f)["presets"]
+    assert set(picks) == {"balanced", "fast", "max"}        # quality's heuristic is itself on the front
+    for preset in ("quality", "balanced", "fast", "max"):
+        accelerate(pipe, preset)
+        try:
+            schedule = _block_cache(pipe).schedule
+            if preset in picks:
+                assert isinstance(schedule, CacheSchedule)
+                assert schedule.name == f"ecad-demo-dit-25steps/{picks[preset]['file'][:-5]}"
+            else:
+                assert schedule == PRESETS[preset].settings["dit"]["block_cache"]["schedule"]
+        finally:
+            pipe.acceleration.remove()

@@ -4,9 +4,9 @@ A searched front fits one model: its block count, its components and, since the 
 quality on that model's own outputs, its weights. A shipped front folder in ``schedules/data``
 may therefore hold a ``model.json``: the fingerprint of the denoiser it was searched on (class
 and a hash of its config) and, per preset, the front point that replaces the preset's heuristic
-schedule. The points were picked by ``scripts/ship_learned_schedules.py``: for each preset, a
-front point at least as fast and as faithful (calibration prompts) as the heuristic it replaces,
-the most faithful one for ``quality``, the fastest for the others.
+schedule. The points were picked by ``scripts/ship_learned_schedules.py``: for each preset, the
+most faithful front point at least as fast (at most 1.25x faster) and as faithful as the
+heuristic it replaces, scored on validation prompts the search never saw.
 A model with no matching folder keeps the heuristic schedules.
 """
 
