@@ -233,6 +233,8 @@ def bench_pipeline(name: str, steps: int, repeats: int, only: set[str] | None, s
           f"denoiser {base_macs / 1e9:.2f} GMACs/generation; components are "
           f"{comp_macs.sum() / call_macs:.0%} of a call", flush=True)
     rows = []
+    if repeats:
+        timed(pipe, make)           # warm-up: the first plain call after the counted ones runs slow
 
     def record(label, macs, out, seconds_base, seconds_acc, note=""):
         row = {"pipeline": name, "method": label, "macs_ratio": base_macs / max(macs, 1),

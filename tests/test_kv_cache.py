@@ -180,6 +180,11 @@ def test_annca_and_annsa_run_on_the_pipeline_and_remove_cleanly(far):
     assert torch.equal(run_far(pipe, "micro", **ROLL), reference)
     with pytest.raises(ValueError, match=r"kv_cache\.self_topk: AnnSA needs encode='incremental'"):
         kv_cache.Config(self_topk=2, encode="pipeline")
+    # AnnCA on the compressed encode: the denoising passes retrieve, the cache passes stay dense
+    accelerate(pipe, "off", kv_cache=dict(merge_threshold=1.5, cross_topk=8, encode="compressed"))
+    out = run_far(pipe, "micro", **ROLL)
+    assert pipe.acceleration.report().applied[0]["stats"]["annca_calls"] > 0 and torch.isfinite(out).all()
+    pipe.acceleration.remove()
 
 
 def test_presets_apply_tempcache_to_the_far_family(far):
