@@ -201,6 +201,7 @@ def test_cli_search_end_to_end(tmp_path, capsys):
     assert rc == 0
     archive = [json.loads(line) for line in (tmp_path / "o2" / "archive.jsonl").read_text().splitlines()]
     assert {search_mod._key(s.to_bits()) for s in front} <= {row["bits"] for row in archive}
+    assert any(row["origin"].startswith(search_mod.WARM_START) for row in archive)   # told apart in the plot
 
 
 def test_seeds_are_resampled_heuristics(pipelines):

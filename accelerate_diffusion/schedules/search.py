@@ -44,6 +44,7 @@ from .cache_schedule import CacheSchedule, ScheduleLayout, measure_component_mac
 METRICS = ("ssim", "psnr", "lpips", "clip")
 STATE_FILE = "search-state.pkl"
 ARCHIVE_FILE = "archive.jsonl"
+WARM_START = "warm start"      # origin prefix of seeds taken from an earlier front (--seed-front)
 # Budget used to pick a front point when only a preset is given: the smallest quality loss
 # among points at least this fast (MACs ratio); "max" takes the fastest point.
 PRESET_MACS_TARGET = {"off": 1.5, "quality": 1.3, "balanced": 1.5, "fast": 2.0, "max": math.inf}
@@ -441,7 +442,11 @@ def plot_front(archive: dict, front_rows: list[dict], metric: str, path: str, co
                label="evaluated")
     ax.plot([1 / r["macs_fraction"] for r in front_rows], [r["quality_loss"] for r in front_rows], "o-",
             color="tab:blue", ms=4, label="Pareto front (searched)")
-    seeds = [r for r in rows if not r["origin"].startswith("gen ")]
+    seeds = [r for r in rows if not r["origin"].startswith(("gen ", WARM_START))]
+    warm = [r for r in rows if r["origin"].startswith(WARM_START)]
+    if warm:
+        ax.scatter([1 / r["macs_fraction"] for r in warm], [r["quality_loss"] for r in warm], marker="s",
+                   facecolors="none", edgecolors="tab:purple", label="seeds from an earlier front", zorder=3)
     ax.scatter([1 / r["macs_fraction"] for r in seeds], [r["quality_loss"] for r in seeds], marker="s",
                color="tab:orange", label="heuristics", zorder=3)
     for r in seeds:
@@ -594,7 +599,10 @@ def _run_cli(args) -> int:
     seeds = None
     if args.seed_front:      # warm start: a previous front (other prompts or metric) joins the heuristics
         found_layout = ScheduleLayout.of(family_of(found[1]), found[1])
-        seeds = heuristic_seeds(found_layout, config.steps) + load_front(args.seed_front)
+        warm = load_front(args.seed_front)
+        for s in warm:
+            s.name = f"{WARM_START} {s.name}"
+        seeds = heuristic_seeds(found_layout, config.steps) + warm
     result = search(pipe, prompts, args.out, config, call_kwargs=extra, resume=not args.restart,
                     progress=not args.quiet, seeds=seeds)
     print(f"{result.evaluations} schedules evaluated over {result.generations} generations in "
