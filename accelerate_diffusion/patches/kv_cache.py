@@ -10,7 +10,7 @@ swapped for one that attends to a bounded TempCache (``kernels/kv.py``) instead:
 - the cache is held within ``budget_frames`` frames' worth of tokens per layer, evicting
   the least-attended (or oldest) slots.
 
-Two ways of filling it (``encode``):
+Three ways of filling it (``encode``):
 
 - ``"incremental"`` (flat cost): the pipeline's ``encode_kv_cache``, which re-encodes the
   whole history after every chunk, is replaced (on the instance) by one pass of the new
