@@ -93,6 +93,22 @@ class Config(TechniqueConfig):
         if self.self_topk and self.encode != "incremental":
             raise ValueError(f"{NAME}.self_topk: AnnSA needs encode='incremental' (got {self.encode!r})")
 
+    def insert_frames(self, slots: kv.Slots, k, v, frames) -> tuple[kv.Slots, int]:
+        """Insert frame after frame (``frames``: (frame index, first token, token count) each)
+        with this config's merge threshold and ANN; returns the slots and the merges."""
+        merges = 0
+        for frame, start, length in frames:
+            slots, m = kv.insert(slots, k[:, :, start:start + length], v[:, :, start:start + length], frame,
+                                 self.merge_threshold, self.ann, self.ann_dim, self.ann_candidates)
+            merges += m
+        return slots, merges
+
+    def add_mass(self, slots: kv.Slots, q, keys, bias) -> None:
+        """evict="attention": decay the slots' accumulated attention mass and add what ``q`` gives them."""
+        if len(slots) and self.evict == "attention":
+            seen = kv.attention_mass(q, keys, bias, len(slots), self.mass_samples)
+            slots.mass = slots.mass * self.mass_decay + seen
+
 
 class _Controller:
     """Shared state of one patched pipeline: the per-layer caches, geometry and statistics."""
@@ -241,17 +257,9 @@ class TempCacheProcessor:
     # -- incremental mode: the new chunk enters the cache ------------------------------
     def _commit(self, slots, q, k, v, keys, bias, chunk):
         ctrl, cfg = self.ctrl, self.ctrl.config
-        first = sum(ctrl.chunk_partition[:-1])
-        if len(slots) and cfg.evict == "attention":
-            seen = kv.attention_mass(q, keys, bias, len(slots), cfg.mass_samples)
-            slots.mass = slots.mass * cfg.mass_decay + seen
-        merges = 0
-        tpf = ctrl.full_tpf
-        for i in range(k.shape[2] // tpf):
-            part = slice(i * tpf, (i + 1) * tpf)
-            slots, m = kv.insert(slots, k[:, :, part], v[:, :, part], first + i, cfg.merge_threshold,
-                                 cfg.ann, cfg.ann_dim, cfg.ann_candidates)
-            merges += m
+        first, tpf = sum(ctrl.chunk_partition[:-1]), ctrl.full_tpf
+        cfg.add_mass(slots, q, keys, bias)
+        slots, merges = cfg.insert_frames(slots, k, v, [(first + i, i * tpf, tpf) for i in range(k.shape[2] // tpf)])
         slots, evicted = kv.evict(slots, ctrl.budget, cfg.evict, protect_from=first)
         ctrl.slots[self.layer] = slots
         ctrl.record(chunk, self.layer, merges, evicted)
@@ -273,15 +281,9 @@ class TempCacheProcessor:
         mask = torch.cat([slots.bias().to(q.dtype).expand(len(chunk), n), causal], 1)
         keys, values = torch.cat([slots.k, k], 2), torch.cat([slots.v, v], 2)
         out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask[None, None])
-        if n and cfg.evict == "attention":
-            seen = kv.attention_mass(q, keys, torch.cat([slots.bias(), slots.count.new_zeros(len(chunk))]),
-                                     n, cfg.mass_samples)
-            slots.mass = slots.mass * cfg.mass_decay + seen
-        merges, nc = 0, w["compressed_tokens"]
-        for frame, start, length in w["compressed_frames"]:
-            slots, m = kv.insert(slots, k[:, :, start:start + length], v[:, :, start:start + length], frame,
-                                 cfg.merge_threshold, cfg.ann, cfg.ann_dim, cfg.ann_candidates)
-            merges += m
+        cfg.add_mass(slots, q, keys, torch.cat([slots.bias(), slots.count.new_zeros(len(chunk))]))
+        nc = w["compressed_tokens"]
+        slots, merges = cfg.insert_frames(slots, k, v, w["compressed_frames"])
         first = w["compressed_frames"][0][0] if w["compressed_frames"] else None
         slots, evicted = kv.evict(slots, ctrl.budget, cfg.evict, protect_from=first)
         ctrl.slots[self.layer] = slots
@@ -304,11 +306,8 @@ class TempCacheProcessor:
         cached_k = apply_rotary_emb(cached_k, rotary_emb["key"][:, :, : nc + nf])
         groups = [(i * ctrl.compressed_tpf, ctrl.compressed_tpf) for i in range(nc // max(ctrl.compressed_tpf, 1))]
         groups += [(nc + i * ctrl.full_tpf, ctrl.full_tpf) for i in range(nf // ctrl.full_tpf)]
-        slots, merges = kv.Slots.empty(cached_k), 0
-        for frame, (start, n) in enumerate(groups):
-            slots, m = kv.insert(slots, cached_k[:, :, start:start + n], cached_v[:, :, start:start + n], frame,
-                                 cfg.merge_threshold, cfg.ann, cfg.ann_dim, cfg.ann_candidates)
-            merges += m
+        slots, merges = cfg.insert_frames(kv.Slots.empty(cached_k), cached_k, cached_v,
+                                          [(frame, start, n) for frame, (start, n) in enumerate(groups)])
         evicted = 0
         if ctrl.budget and len(slots) > ctrl.budget:
             if cfg.evict == "attention":

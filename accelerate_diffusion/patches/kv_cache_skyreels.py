@@ -287,12 +287,8 @@ class TempCacheProcessor:
         ctrl, cfg = self.ctrl, self.ctrl.config
         q, k, v = _project(attn, hidden_states, args[2])
         n = run.finished * run.tpf
-        slots, merges = kv.Slots.empty(k), 0
-        for f in range(run.finished):
-            part = slice(f * run.tpf, (f + 1) * run.tpf)
-            slots, m = kv.insert(slots, k[:, :, part], v[:, :, part], f, cfg.merge_threshold,
-                                 cfg.ann, cfg.ann_dim, cfg.ann_candidates)
-            merges += m
+        slots, merges = cfg.insert_frames(kv.Slots.empty(k), k, v,
+                                          [(f, f * run.tpf, run.tpf) for f in range(run.finished)])
         evicted = 0
         if ctrl.budget and len(slots) > ctrl.budget:
             if cfg.evict == "attention":
@@ -317,16 +313,9 @@ class TempCacheProcessor:
         """The finished frames at the start of this call enter the cache (merge, then evict)."""
         ctrl, cfg, tpf = self.ctrl, self.ctrl.config, self.ctrl.run.tpf
         first, n_new = ctrl.run.offset, ctrl.run.commit * tpf
-        if len(slots) and cfg.evict == "attention" and q.shape[2] > n_new:
-            bias = torch.cat([slots.bias(), slots.count.new_zeros(k.shape[2])])
-            seen = kv.attention_mass(q[:, :, n_new:], keys, bias, len(slots), cfg.mass_samples)
-            slots.mass = slots.mass * cfg.mass_decay + seen
-        merges = 0
-        for f in range(ctrl.run.commit):
-            part = slice(f * tpf, (f + 1) * tpf)
-            slots, m = kv.insert(slots, k[:, :, part], v[:, :, part], first + f, cfg.merge_threshold,
-                                 cfg.ann, cfg.ann_dim, cfg.ann_candidates)
-            merges += m
+        if q.shape[2] > n_new:              # queries other than the committed frames attend now
+            cfg.add_mass(slots, q[:, :, n_new:], keys, torch.cat([slots.bias(), slots.count.new_zeros(k.shape[2])]))
+        slots, merges = cfg.insert_frames(slots, k, v, [(first + f, f * tpf, tpf) for f in range(ctrl.run.commit)])
         slots, evicted = kv.evict(slots, ctrl.budget, cfg.evict, protect_from=first)
         window.slots[self.layer] = slots
         ctrl.record(first + ctrl.run.commit, self.layer, merges, evicted, window)
