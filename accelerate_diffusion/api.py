@@ -1,9 +1,13 @@
 """The one call: ``accelerate(pipe, preset="fast", **overrides)``.
 
-It finds the denoiser's family, builds a plan (technique -> validated config) from the
-preset plus overrides, applies the patches in the fixed order of
-``families.TECHNIQUES``, and attaches a handle at ``pipe.acceleration`` that reports
-what ran and removes everything exactly.
+It finds the denoiser's family, builds a plan (technique -> validated, prepared config) from
+the preset plus overrides without touching the pipeline, then installs it: the techniques in
+the fixed order of ``families.TECHNIQUES``, every change recorded in one journal. A handle at
+``pipe.acceleration`` reports what ran and removes everything exactly. Installing is a
+transaction: if anything fails, the pipeline is left as it was, previous acceleration included.
+
+``apply_deepcache(pipe, DeepCacheConfig(...))`` and its siblings add one technique to the
+pipeline's current acceleration through the same machinery.
 """
 
 from __future__ import annotations
@@ -15,14 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import patches
-from .eval.macs import format_macs
 from .families import TECHNIQUES, Family, family_of, find_denoiser, supported_summary
+from .journal import Journal, invalidate_hook_caches
+from .macs import format_macs
 from .presets import get_preset
 from .state import AccelerationState, Clock
 
 logger = logging.getLogger("accelerate_diffusion")
 
-GENERIC = Family(name="generic", classes=(), kind="unknown", denoiser_attr="",
+GENERIC = Family(name="generic", classes=(), kind="unknown", denoiser_attr="", cfg="",
                  techniques=("guidance",), notes="denoiser not in the family table")
 
 
@@ -41,8 +46,9 @@ def _check_pipeline(pipe) -> tuple[str, Any]:
     return found
 
 
-def build_plan(family: Family, preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """technique -> Config for this family: the preset's settings, then the overrides."""
+def build_plan(family: Family, denoiser, preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """technique -> Config for this family: the preset's settings, then the overrides, each
+    prepared (front points picked, learned schedules found, files read). Changes nothing."""
     available = patches.available()
     unknown = sorted(set(overrides) - set(TECHNIQUES))
     if unknown:
@@ -54,6 +60,7 @@ def build_plan(family: Family, preset: str, overrides: dict[str, Any]) -> dict[s
         override = overrides.get(name)
         if name in overrides and override in (None, False):
             continue                                   # explicitly disabled
+        user_fields: frozenset = frozenset()
         if override is not None:
             if name not in available:
                 raise ValueError(f"{name}: this technique is not available in this version; "
@@ -64,16 +71,23 @@ def build_plan(family: Family, preset: str, overrides: dict[str, Any]) -> dict[s
                                  f"applicable: {', '.join(family.techniques)}")
             config_cls = available[name].Config
             if isinstance(override, config_cls):
-                plan[name] = override
+                config, user_fields = override, frozenset(config_cls.field_names())
             elif isinstance(override, dict):
-                plan[name] = config_cls.from_dict({**params.get(name, {}), **override})
+                config = config_cls.from_dict({**params.get(name, {}), **override})
+                user_fields = frozenset(override)
             elif override is True:
-                plan[name] = config_cls.from_dict(params.get(name, {}))
+                config = config_cls.from_dict(params.get(name, {}))
             else:
                 raise ValueError(f"{name}: override must be a {config_cls.__name__}, a dict, "
                                  f"True or False/None, got {type(override).__name__}")
         elif name in params and name in available and name in family.techniques:
-            plan[name] = available[name].Config.from_dict(params[name])
+            config = available[name].Config.from_dict(params[name])
+        else:
+            continue
+        prepare = getattr(available[name], "prepare", None)
+        if prepare is not None:
+            config = prepare(config, patches.Target(denoiser, family, preset, user_fields))
+        plan[name] = config
     return plan
 
 
@@ -127,56 +141,68 @@ class Report:
 
 
 class Acceleration:
-    """The handle at ``pipe.acceleration``: ``report()``, ``remove()``, context manager."""
+    """The handle at ``pipe.acceleration``: ``report()``, ``stats()``, ``remove()``."""
 
     def __init__(self, pipe, preset: str, family: Family, denoiser_attr: str, denoiser,
                  plan: dict[str, Any], measure_macs: bool):
         self.pipe = pipe
         self.preset = preset
         self.family = family
+        self.denoiser_attr = denoiser_attr
         self.denoiser = denoiser
         self.plan = plan
+        self.measure_macs = measure_macs
         self.state = AccelerationState(measure_macs=measure_macs)
-        self.clock = Clock(pipe, denoiser, self.state)
         self.handles: list[patches.PatchHandle] = []
         self.skipped: list[dict] = []
         self.baseline_macs: int | None = None   # set by benchmarks that ran the baseline
-        self._ctx = patches.PatchContext(pipe, denoiser, denoiser_attr, family, self.state)
+        self._journal: Journal | None = None
         self._active = False
 
-    def _apply(self) -> None:
-        self.clock.install()
+    def _install(self, quiet: bool = False) -> None:
+        """Apply the plan; on any failure undo everything done so far and re-raise."""
+        journal = self._journal = Journal()
+        self.state = AccelerationState(measure_macs=self.measure_macs)
+        self.handles, self.skipped = [], []
+        ctx = patches.PatchContext(self.pipe, self.denoiser, self.denoiser_attr, self.family, self.state, journal)
+        clock = Clock(self.pipe, self.denoiser, self.state, journal)
         try:
+            clock.install()
             modules = patches.available()
             # TECHNIQUES lists techniques outermost first; apply innermost first so that each
             # later (outer) hook wraps the earlier ones on a shared module.
             for name, config in reversed(list(self.plan.items())):
+                mark = journal.mark()
                 try:
-                    handle = modules[name].apply(self._ctx, config)
+                    handle = modules[name].apply(ctx, config)
                 except patches.NotApplicable as exc:
+                    journal.rollback(mark)
                     self.skipped.append({"technique": name, "reason": str(exc)})
-                    warnings.warn(f"accelerate_diffusion: {name} not applied: {exc}", stacklevel=3)
+                    if not quiet:
+                        warnings.warn(f"accelerate_diffusion: {name} not applied: {exc}", stacklevel=4)
                     continue
                 self.handles.append(handle)
-            self.clock.hook_denoiser()   # last, so it is the outermost hook
+            clock.hook_denoiser()   # last, so it is the outermost hook
         except BaseException:
-            self._undo()
+            journal.rollback()
+            invalidate_hook_caches(self.denoiser)
+            self.handles = []
             raise
+        invalidate_hook_caches(self.denoiser)
         self._active = True
 
-    def _undo(self) -> None:
-        self.clock.unhook_denoiser()
-        while self.handles:
-            self.handles.pop().remove()
-        self.clock.uninstall()
-        _drop_empty_registry(self.denoiser)
+    def _uninstall(self) -> None:
+        if self._journal is not None:
+            self._journal.rollback()
+        invalidate_hook_caches(self.denoiser)
+        self.handles = []
+        self._active = False
 
     def remove(self) -> None:
         """Restore the original pipeline exactly; the handle is detached from it."""
         if not self._active:
             return
-        self._undo()
-        self._active = False
+        self._uninstall()
         if getattr(self.pipe, "acceleration", None) is self:
             del self.pipe.acceleration
 
@@ -184,16 +210,26 @@ class Acceleration:
     def active(self) -> bool:
         return self._active
 
-    def report(self) -> Report:
+    def _generation(self) -> dict:
         state = self.state
+        return {"generations": state.generation, "steps": state.step, "num_steps": state.num_steps,
+                "cfg_layout": state.cfg_layout, "counters": dict(state.counters), "macs": state.macs,
+                "baseline_macs": self.baseline_macs}
+
+    def report(self) -> Report:
         applied = [{"technique": h.technique, "config": self.plan[h.technique].to_dict(),
                     "targets": h.targets, "stats": h.statistics()} for h in self.handles]
-        generation = {"generations": state.generation, "steps": state.step,
-                      "num_steps": state.num_steps, "cfg_layout": state.cfg_layout,
-                      "counters": dict(state.counters), "macs": state.macs,
-                      "baseline_macs": self.baseline_macs}
         return Report(type(self.pipe).__name__, type(self.denoiser).__name__, self.family.name,
-                      self.preset, applied, list(self.skipped), generation)
+                      self.preset, applied, list(self.skipped), self._generation())
+
+    def stats(self) -> dict:
+        """Machine-readable figures of the last generation: ``"generation"`` (steps, counters,
+        MACs) and, per applied technique, its report entries plus its detailed data (guidance:
+        per-step cos similarity and switch steps; ras: per-step active tokens; kv_cache: the
+        cache per chunk; attention: MACs at mask density and backends)."""
+        out = {"generation": self._generation()}
+        out.update({h.technique: h.data() for h in self.handles})
+        return out
 
     def __enter__(self):
         return self.pipe
@@ -207,78 +243,123 @@ class Acceleration:
         return f"<Acceleration preset={self.preset!r} family={self.family.name} applied: {techniques}>"
 
 
-def _drop_empty_registry(module) -> None:
-    """Leave no trace of diffusers' hook registry when no hook is left on the module."""
-    registry = getattr(module, "_diffusers_hook", None)
-    if registry is not None and not registry.hooks:
-        del module._diffusers_hook
-        if "forward" in vars(module):
-            del module.forward
+def _current(pipe) -> Acceleration | None:
+    handle = getattr(pipe, "acceleration", None)
+    return handle if isinstance(handle, Acceleration) and handle.active else None
 
 
-def _use_learned_schedule(plan: dict, denoiser, preset: str, overrides: dict) -> None:
-    """Swap the preset's heuristic block-cache schedule for the one learned on this model, when
-    one is shipped (schedules/learned.py) and the user did not choose a schedule or mode."""
-    config, user = plan.get("block_cache"), overrides.get("block_cache")
-    if config is None or config.mode != "schedule":
-        return
-    if not (user is None or user is True or (isinstance(user, dict) and not {"schedule", "mode"} & user.keys())):
-        return
-    from .schedules.learned import preset_schedule
+def _swap_in(pipe, handle: Acceleration) -> None:
+    """Replace the pipeline's acceleration by ``handle``; if installing fails, the previous one
+    is put back and the error raised."""
+    previous = _current(pipe)
+    if previous is not None:
+        logger.warning("accelerate_diffusion: pipeline was already accelerated (preset %r); "
+                       "removing that before applying %r", previous.preset, handle.preset)
+        previous._uninstall()
+    try:
+        handle._install()
+    except BaseException:
+        if previous is not None:
+            previous._install(quiet=True)
+        raise
+    pipe.acceleration = handle
 
-    learned = preset_schedule(denoiser, preset)
-    if learned is not None:     # at other step counts the preset's heuristic runs (no resampling)
-        fallback = config.schedule if isinstance(config.schedule, str) else ""
-        plan["block_cache"] = config.replace(schedule=learned, fallback=fallback)
+
+def _family(denoiser) -> Family:
+    family = family_of(denoiser)
+    if family is None:
+        warnings.warn(
+            f"accelerate_diffusion: {type(denoiser).__name__} is not in the model-family table; "
+            f"only {', '.join(GENERIC.techniques)} can apply to it.\n{supported_summary()}",
+            stacklevel=3)
+        family = GENERIC
+    return family
 
 
-def accelerate(pipe, preset: str = "balanced", *, measure_macs: bool = False, schedule=None,
-               schedule_dir=None, max_quality_loss: float | None = None, **overrides):
+def accelerate(pipe, preset: str = "balanced", *, measure_macs: bool = False, **overrides):
     """Patch ``pipe`` in place and return it, with a handle at ``pipe.acceleration``.
 
     ``preset`` is one of ``off, quality, balanced, fast, max``. ``overrides`` maps a
     technique name to a config object, a dict of fields (merged onto the preset's), True
     (the preset's or default settings) or False/None (disabled). ``measure_macs`` counts
-    the denoiser's MACs each generation (slower; for reports and benchmarks).
-    ``schedule`` (a block-cache schedule file or object) or ``schedule_dir`` (a searched
-    Pareto front; ``max_quality_loss`` or the preset picks the point) set block_cache's schedule.
+    the denoiser's MACs each generation (slower; for reports and benchmarks). A learned
+    schedule is a field of its technique: ``block_cache={"schedule": "front/front-03.json"}``
+    or ``block_cache={"schedule_dir": "front/", "max_quality_loss": 0.05}`` (DeepCache:
+    ``deepcache={"schedule_dir": ...}`` or ``{"point": ...}``).
     """
-    if schedule is not None or schedule_dir is not None or max_quality_loss is not None:
-        from .schedules.search import schedule_override   # docs: schedules/search.py
-
-        overrides = schedule_override(overrides, preset, schedule, schedule_dir, max_quality_loss)
     denoiser_attr, denoiser = _check_pipeline(pipe)
     get_preset(preset)
-    family = family_of(denoiser)
-    if family is None:
-        family = GENERIC
-        warnings.warn(
-            f"accelerate_diffusion: {type(denoiser).__name__} is not in the model-family table; "
-            f"only {', '.join(GENERIC.techniques)} can apply to it.\n{supported_summary()}",
-            stacklevel=2)
-    plan = build_plan(family, preset, overrides)
-    _use_learned_schedule(plan, denoiser, preset, overrides)
-    existing = getattr(pipe, "acceleration", None)
-    if isinstance(existing, Acceleration):
-        logger.warning("accelerate_diffusion: pipeline was already accelerated (preset %r); "
-                       "removing that before applying %r", existing.preset, preset)
-        existing.remove()
-    handle = Acceleration(pipe, preset, family, denoiser_attr, denoiser, plan, measure_macs)
+    family = _family(denoiser)
+    plan = build_plan(family, denoiser, preset, overrides)
     if preset != "off" and not plan:
         warnings.warn(
             f"accelerate_diffusion: preset {preset!r} has no technique available for the "
             f"{family.name} family in this version; the pipeline runs unaccelerated.",
             stacklevel=2)
-    handle._apply()
-    pipe.acceleration = handle
+    _swap_in(pipe, Acceleration(pipe, preset, family, denoiser_attr, denoiser, plan, measure_macs))
     return pipe
 
 
 @contextlib.contextmanager
 def accelerated(pipe, preset: str = "balanced", **overrides):
-    """``with accelerated(pipe, "fast"): pipe(...)``: accelerated inside, original after."""
+    """``with accelerated(pipe, "fast"): pipe(...)``: accelerated inside; afterwards the
+    pipeline is as it was before the block (its previous acceleration included)."""
+    previous = _current(pipe)
     accelerate(pipe, preset, **overrides)
     try:
         yield pipe
     finally:
-        pipe.acceleration.remove()
+        current = _current(pipe)
+        if current is not None:
+            current.remove()
+        if previous is not None and not previous.active:
+            previous._install(quiet=True)
+            pipe.acceleration = previous
+
+
+def apply_technique(pipe, technique: str, config=None, **fields):
+    """Add (or replace) one technique on the pipeline's current acceleration, keeping the rest;
+    ``config`` is the technique's Config object, or give its fields as keywords."""
+    if config is not None and fields:
+        raise ValueError(f"{technique}: pass a config object or fields, not both")
+    denoiser_attr, denoiser = _check_pipeline(pipe)
+    current = _current(pipe)
+    family = current.family if current is not None else _family(denoiser)
+    preset = current.preset if current is not None else "off"
+    added = build_plan(family, denoiser, "off", {technique: config if config is not None else (fields or True)})
+    plan = dict(current.plan) if current is not None else {}
+    plan.update(added)
+    plan = {name: plan[name] for name in TECHNIQUES if name in plan}
+    measure = current.measure_macs if current is not None else False
+    _swap_in(pipe, Acceleration(pipe, preset, family, denoiser_attr, denoiser, plan, measure))
+    return pipe
+
+
+def apply_deepcache(pipe, config=None, **fields):
+    """DeepCache on a UNet pipeline (``DeepCacheConfig``), on top of any current acceleration."""
+    return apply_technique(pipe, "deepcache", config, **fields)
+
+
+def apply_block_cache(pipe, config=None, **fields):
+    """Block caching on a DiT pipeline (``BlockCacheConfig``)."""
+    return apply_technique(pipe, "block_cache", config, **fields)
+
+
+def apply_guidance(pipe, config=None, **fields):
+    """Adaptive / truncated / interval / linear classifier-free guidance (``GuidanceConfig``)."""
+    return apply_technique(pipe, "guidance", config, **fields)
+
+
+def apply_ras(pipe, config=None, **fields):
+    """Region-adaptive sampling on SD3 / Flux (``RASConfig``)."""
+    return apply_technique(pipe, "ras", config, **fields)
+
+
+def apply_sparse_attention(pipe, config=None, **fields):
+    """Sparse / neighborhood self-attention (``SparseAttentionConfig``)."""
+    return apply_technique(pipe, "attention", config, **fields)
+
+
+def apply_kv_cache(pipe, config=None, **fields):
+    """Temporal KV-cache compression for autoregressive video (``KVCacheConfig``)."""
+    return apply_technique(pipe, "kv_cache", config, **fields)

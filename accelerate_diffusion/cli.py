@@ -8,52 +8,8 @@ import sys
 
 import torch
 
-from .families import TECHNIQUES
+from .loading import load_pipeline, parse_overrides
 from .presets import PRESETS
-
-
-def parse_overrides(items: list[str]) -> dict[str, dict]:
-    """``["guidance.threshold=0.99", "deepcache=off"]`` -> ``{"guidance": {"threshold": 0.99}, ...}``."""
-    overrides: dict[str, dict | bool] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set: expected technique.field=value or technique=on|off, got {item!r}")
-        technique, _, fieldname = key.partition(".")
-        if technique not in TECHNIQUES:
-            raise ValueError(f"--set: unknown technique {technique!r}; allowed: {', '.join(TECHNIQUES)}")
-        if not fieldname:
-            if raw not in ("on", "off"):
-                raise ValueError(f"--set {technique}: expected on or off, got {raw!r}")
-            overrides[technique] = raw == "on"
-            continue
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        entry = overrides.setdefault(technique, {})
-        if not isinstance(entry, dict):
-            raise ValueError(f"--set {technique}: cannot mix on/off with field values")
-        entry[fieldname] = value
-    return overrides
-
-
-def load_pipeline(name: str, size: str = "micro", device: str = "cpu", dtype: str = "float32"):
-    """A tiny test pipeline by short name, a demo model (``demo-unet``/``demo-dit``), or a hub id/path."""
-    from . import testing
-
-    if name in testing.PIPELINES:
-        return testing.make_pipeline(name, size)
-    if name.startswith("demo-"):
-        from . import demo
-
-        pipe = demo.load_pipeline(name[len("demo-"):])
-    else:
-        from diffusers import DiffusionPipeline
-
-        pipe = DiffusionPipeline.from_pretrained(name, torch_dtype=getattr(torch, dtype))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
 
 
 def _bench(args) -> int:
@@ -123,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import generate
     generate.register(sub)
 
-    from .schedules import search as schedule_search
+    from .schedules import search_cli as schedule_search
     schedule_search.register(sub)   # `accelerate-diffusion search`
 
     from . import app

@@ -1,12 +1,16 @@
 """Model knowledge as data: one row per supported denoiser class.
 
 Support is decided by the denoiser's class (and config), so a tiny random-weight
-``PixArtTransformer2DModel`` exercises the same code path as the real checkpoint.
-Adding a family is a new row here, plus at most a small adapter in a patch module.
+``PixArtTransformer2DModel`` exercises the same code path as the real checkpoint. A
+technique asks the row what it needs (which modules are blocks, which are image
+self-attention and where their text tokens sit, how to read a call's token grid, where RAS
+plugs in, how the pipelines run classifier-free guidance, which kv-cache adapter applies);
+it never branches on a family name. Adding a family is a row here plus a tiny-config test.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -18,11 +22,31 @@ TECHNIQUES = ("guidance", "ras", "deepcache", "block_cache", "attention", "kv_ca
 
 
 @dataclass(frozen=True)
+class SelfAttention:
+    """An image/video self-attention module of a block, and where joint text tokens sit in its
+    sequence: ``"none"`` (image tokens only), ``"prefix"`` (text first) or ``"suffix"``."""
+
+    attr: str
+    text: str = "none"
+
+
+@dataclass(frozen=True)
 class BlockGroup:
     """A ``ModuleList`` of blocks in the denoiser and the cacheable sub-modules of each block."""
 
-    attr: str                     # attribute path on the denoiser, e.g. "transformer_blocks"
-    components: tuple[str, ...]   # sub-module names, e.g. ("attn1", "attn2", "ff")
+    attr: str                                      # attribute path on the denoiser, e.g. "transformer_blocks"
+    components: tuple[str, ...]                    # sub-module names, e.g. ("attn1", "attn2", "ff")
+    self_attention: tuple[SelfAttention, ...] = ()  # modules sparse attention and RAS work on
+
+
+@dataclass(frozen=True)
+class RasLayout:
+    """Where region-adaptive sampling plugs into a transformer."""
+
+    embed: str                        # module whose output is the image tokens, position-embedded
+    processors: tuple[str, ...]       # attention processors whose image K/V come from to_k/to_v
+    output: str = "proj_out"          # module whose output is the per-token prediction
+    query_rope: str = ""              # "flux": RoPE is applied inside the processor (RAS rotates active rows)
 
 
 @dataclass(frozen=True)
@@ -34,8 +58,12 @@ class Family:
     block_groups: tuple[BlockGroup, ...] = ()
     grid: str = "2d"                      # "2d" image tokens or "3d" video tokens
     patch_size: tuple[int, ...] = ()      # token patch on the latent grid (t, h, w) or (h, w)
+    token_grid: str = "latent"            # how a call's token grid is read: "latent" (input / config patch) | "ids" (Flux img_ids)
     text_tokens: str = "cross"            # "cross" (cross-attention) | "joint" (concatenated)
     pos_embed: str = "none"               # "absolute" | "rope" | "none" (UNet)
+    cfg: str = "batched"                  # how its pipelines run CFG: "batched" ([uncond, cond] in one call) | "separate"
+    ras: RasLayout | None = None
+    kv_cache: str = ""                    # kv-cache adapter: "far" | "skyreels"
     techniques: tuple[str, ...] = field(default=("guidance",))
     notes: str = ""
 
@@ -47,6 +75,46 @@ class Family:
                 out.append((f"{group.attr}.{i}", block))
         return out
 
+    def self_attentions(self, denoiser) -> list[tuple[int, str, torch.nn.Module, str]]:
+        """(block index, qualified name, module, text side) of every image self-attention."""
+        out, index = [], 0
+        for group in self.block_groups:
+            for i, block in enumerate(getattr(denoiser, group.attr)):
+                for spec in group.self_attention:
+                    module = getattr(block, spec.attr, None)
+                    if isinstance(module, torch.nn.Module):
+                        out.append((index, f"{group.attr}.{i}.{spec.attr}", module, spec.text))
+                index += 1
+        return out
+
+    def patch(self, denoiser) -> tuple[int, ...]:
+        """Latent pixels per token along each grid axis: the config's ``patch_size`` (it varies
+        by checkpoint) for latent grids, the row's for packed tokens."""
+        if self.token_grid == "latent":
+            value = getattr(getattr(denoiser, "config", None), "patch_size", None)
+            if value is not None:
+                dims = 3 if self.grid == "3d" else 2
+                return tuple(value) if isinstance(value, (tuple, list)) else (int(value),) * dims
+        return tuple(self.patch_size)
+
+    def token_grid_of(self, denoiser, args, kwargs) -> tuple[int, ...]:
+        """The token grid of one denoiser call, read from its input (never guessed from lengths)."""
+        x = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
+        if self.token_grid == "ids":
+            ids = kwargs.get("img_ids")
+            if ids is None:
+                raise ValueError(f"{type(denoiser).__name__} was called without img_ids: the token grid is unknown")
+            ids = ids.reshape(-1, ids.shape[-1])[: x.shape[1]]
+            return (int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1)
+        patch = self.patch(denoiser)
+        spatial = tuple(x.shape[-len(patch):])
+        return tuple(s // p for s, p in zip(spatial, patch))
+
+    def tokens_of(self, denoiser, args, kwargs) -> int:
+        return math.prod(self.token_grid_of(denoiser, args, kwargs))
+
+
+_WAN_BLOCKS = (BlockGroup("blocks", ("attn1", "attn2", "ffn"), (SelfAttention("attn1"),)),)
 
 FAMILIES: tuple[Family, ...] = (
     Family(
@@ -56,55 +124,61 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         name="pixart", classes=("PixArtTransformer2DModel",), kind="dit", denoiser_attr="transformer",
-        block_groups=(BlockGroup("transformer_blocks", ("attn1", "attn2", "ff")),),
+        block_groups=(BlockGroup("transformer_blocks", ("attn1", "attn2", "ff"), (SelfAttention("attn1"),)),),
         patch_size=(2, 2), text_tokens="cross", pos_embed="absolute",
         techniques=("guidance", "block_cache", "attention"),
         notes="PixArt-alpha / PixArt-sigma",
     ),
     Family(
         name="sd3", classes=("SD3Transformer2DModel",), kind="dit", denoiser_attr="transformer",
-        block_groups=(BlockGroup("transformer_blocks", ("attn", "ff", "ff_context")),),
+        # attn: image tokens first, text appended; attn2: SD3.5's second, image-only attention
+        block_groups=(BlockGroup("transformer_blocks", ("attn", "ff", "ff_context"),
+                                 (SelfAttention("attn", "suffix"), SelfAttention("attn2"))),),
         patch_size=(2, 2), text_tokens="joint", pos_embed="absolute",
+        ras=RasLayout(embed="pos_embed", processors=("JointAttnProcessor2_0", "AttnProcessor2_0")),
         techniques=("guidance", "ras", "block_cache", "attention"),
         notes="SD3 / SD3.5 (MMDiT)",
     ),
     Family(
         name="flux", classes=("FluxTransformer2DModel",), kind="dit", denoiser_attr="transformer",
-        block_groups=(BlockGroup("transformer_blocks", ("attn", "ff", "ff_context")),
-                      BlockGroup("single_transformer_blocks", ("attn", "proj_mlp", "proj_out"))),
-        patch_size=(2, 2), text_tokens="joint", pos_embed="rope",
+        block_groups=(BlockGroup("transformer_blocks", ("attn", "ff", "ff_context"), (SelfAttention("attn", "prefix"),)),
+                      BlockGroup("single_transformer_blocks", ("attn", "proj_mlp", "proj_out"),
+                                 (SelfAttention("attn", "prefix"),))),
+        patch_size=(2, 2), token_grid="ids", text_tokens="joint", pos_embed="rope", cfg="separate",
+        ras=RasLayout(embed="x_embedder", processors=("FluxAttnProcessor",), query_rope="flux"),
         techniques=("guidance", "ras", "block_cache", "attention"),
-        notes="FLUX.1 (latents packed 2x2 by the pipeline: one token per 2x2 latent patch)",
+        notes="FLUX.1 (latents packed 2x2 by the pipeline: one token per 2x2 latent patch; true CFG "
+              "runs a separate negative call)",
     ),
     Family(
         name="wan", classes=("WanTransformer3DModel",), kind="dit", denoiser_attr="transformer",
-        block_groups=(BlockGroup("blocks", ("attn1", "attn2", "ffn")),),
-        grid="3d", patch_size=(1, 2, 2), text_tokens="cross", pos_embed="rope",
-        techniques=("guidance", "block_cache", "attention"),
+        block_groups=_WAN_BLOCKS, grid="3d", patch_size=(1, 2, 2), text_tokens="cross", pos_embed="rope",
+        cfg="separate", techniques=("guidance", "block_cache", "attention"),
         notes="Wan 2.x text-to-video",
     ),
     Family(
         name="anyflow_far", classes=("AnyFlowFARTransformer3DModel",), kind="dit",
-        denoiser_attr="transformer",
-        block_groups=(BlockGroup("blocks", ("attn1", "attn2", "ffn")),),
-        grid="3d", patch_size=(1, 2, 2), text_tokens="cross", pos_embed="rope",
-        techniques=("kv_cache",),
+        denoiser_attr="transformer", block_groups=_WAN_BLOCKS, grid="3d", patch_size=(1, 2, 2),
+        text_tokens="cross", pos_embed="rope", cfg="separate", kv_cache="far", techniques=("kv_cache",),
         notes="AnyFlow-FAR chunk-wise autoregressive video (causal Wan 2.1 with a KV cache)",
     ),
     Family(
         name="skyreels_v2", classes=("SkyReelsV2Transformer3DModel",), kind="dit",
-        denoiser_attr="transformer",
-        block_groups=(BlockGroup("blocks", ("attn1", "attn2", "ffn")),),
-        grid="3d", patch_size=(1, 2, 2), text_tokens="cross", pos_embed="rope",
-        techniques=("kv_cache",),
+        denoiser_attr="transformer", block_groups=_WAN_BLOCKS, grid="3d", patch_size=(1, 2, 2),
+        text_tokens="cross", pos_embed="rope", cfg="separate", kv_cache="skyreels", techniques=("kv_cache",),
         notes="SkyReels-V2 diffusion forcing (block-causal Wan-style video; finished frames re-run each step)",
     ),
 )
 
 
+def unwrap(module):
+    """The module under a ``torch.compile`` wrapper (``OptimizedModule._orig_mod``)."""
+    return getattr(module, "_orig_mod", module)
+
+
 def family_of(denoiser: torch.nn.Module) -> Family | None:
     """The family row for this denoiser, matching its class or any base class by name."""
-    names = [cls.__name__ for cls in type(denoiser).__mro__]
+    names = [cls.__name__ for cls in type(unwrap(denoiser)).__mro__]
     for name in names:
         for fam in FAMILIES:
             if name in fam.classes:
@@ -122,5 +196,5 @@ def find_denoiser(pipe) -> tuple[str, torch.nn.Module] | None:
 
 
 def supported_summary() -> str:
-    rows = [f"  {f.name:8s} {', '.join(f.classes)}: {', '.join(f.techniques)}" for f in FAMILIES]
+    rows = [f"  {f.name:11s} {', '.join(f.classes)}: {', '.join(f.techniques)}" for f in FAMILIES]
     return "Supported denoisers and their techniques:\n" + "\n".join(rows)

@@ -354,7 +354,7 @@ DEMO_FACTORS = {"demo-dit": 8, "demo-unet": 8}
 def run_cli(args) -> int:
     """``accelerate-diffusion generate``: validate everything, then load, then generate."""
     from . import testing
-    from .cli import load_pipeline, parse_overrides
+    from .loading import load_pipeline, parse_overrides
     from .presets import get_preset
 
     if bool(args.prompt) == bool(args.prompts):

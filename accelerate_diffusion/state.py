@@ -10,16 +10,17 @@ strength). Nothing is patched on a class, so two pipelines never share state.
 from __future__ import annotations
 
 import collections
-import copy
-import functools
 import inspect
 import logging
+import sys
+import threading
 import warnings
 from typing import Any, Callable
 
 import torch
 
-from .eval.macs import MacCounter
+from .journal import Journal
+from .macs import MacCounter
 
 logger = logging.getLogger("accelerate_diffusion")
 
@@ -47,6 +48,7 @@ class AccelerationState:
         self.cfg_flag = False           # does this generation use CFG (the pipeline's own flag)
         self.encode_cfg_flag: bool | None = None   # seen in encode_prompt, for pipelines without the property
         self.input_shape: tuple[int, ...] | None = None
+        self.in_call = False            # a denoiser call of this pipeline's own generation is running
         self.counters: collections.Counter = collections.Counter()
         self.macs: int | None = None
         self.caches: dict[str, Any] = {}
@@ -105,118 +107,116 @@ class AccelerationState:
         return self.step / self.num_steps if self.num_steps else 0.0
 
 
-class _InstanceMethod:
-    """An instance-level method replacement. A deep copy of the instance gets the method it had
-    before wrapping, not this wrapper: SkyReels-V2 diffusion forcing deep-copies the scheduler
-    once per frame, and the copies must step themselves, not the wrapped original."""
-
-    def __init__(self, obj, name: str, fn, had_own: bool, own):
-        self.obj, self.name, self.fn, self.had_own, self.own = obj, name, fn, had_own, own
-        functools.update_wrapper(self, fn)
-
-    def __call__(self, *args, **kwargs):
-        return self.fn(*args, **kwargs)
-
-    def __deepcopy__(self, memo):
-        clone = memo.get(id(self.obj))
-        if clone is None:
-            return self
-        if self.had_own:
-            return copy.deepcopy(self.own, memo)
-        return getattr(type(clone), self.name).__get__(clone)
+class ConcurrentUseError(RuntimeError):
+    """An accelerated pipeline was entered from a second thread while a first one was running it."""
 
 
-def set_on_instance(obj, name: str, value) -> Callable[[], None]:
-    """Set ``obj.name = value`` on the instance (never the class); return an undo that puts back
-    the instance's own attribute, or removes it when the class's was in use."""
-    had_own = name in vars(obj)
-    own = vars(obj).get(name)
-    setattr(obj, name, value)
+def calling_pipeline(frame=None):
+    """The innermost diffusers pipeline whose ``__call__`` is on this thread's stack (or on the
+    stack ending at ``frame``), or None."""
+    from diffusers import DiffusionPipeline
 
-    def undo():
-        if had_own:
-            setattr(obj, name, own)
-        else:
-            vars(obj).pop(name, None)
-
-    return undo
-
-
-def _wrap_method(obj, name: str, make_wrapper) -> Callable[[], None]:
-    """Replace ``obj.name`` on the instance by ``make_wrapper(original)``; return an undo."""
-    original = getattr(obj, name)
-    wrapper = functools.wraps(original)(make_wrapper(original))
-    return set_on_instance(obj, name, _InstanceMethod(obj, name, wrapper, name in vars(obj), vars(obj).get(name)))
+    f = frame if frame is not None else sys._getframe(1)
+    while f is not None:
+        code = f.f_code
+        if code.co_name == "__call__" and code.co_argcount and code.co_varnames[0] == "self":
+            obj = f.f_locals.get("self")
+            if isinstance(obj, DiffusionPipeline):
+                return obj
+        f = f.f_back
+    return None
 
 
 class Clock:
-    """Installs the scheduler wrappers and the outermost denoiser hook of one pipeline."""
+    """Installs the scheduler wrappers and the outermost denoiser hook of one pipeline.
 
-    def __init__(self, pipe, denoiser: torch.nn.Module, state: AccelerationState):
+    A call belongs to this pipeline unless it comes from *another* pipeline's ``__call__``
+    (one built from the same components with ``from_pipe`` or ``components``): those pass
+    through every hook untouched, so a pipeline sharing the denoiser gets the original
+    behaviour, never a mix. A second thread entering this pipeline while a first one runs it
+    raises :class:`ConcurrentUseError` (diffusers pipelines are not thread-safe either)."""
+
+    def __init__(self, pipe, denoiser: torch.nn.Module, state: AccelerationState, journal: Journal):
         self.pipe = pipe
         self.denoiser = denoiser
         self.state = state
+        self.journal = journal
         self.scheduler = None
-        self._undo_scheduler: list[Callable[[], None]] = []
-        self._undo_pipe: list[Callable[[], None]] = []
-        self._hooked = False
+        self._scheduler_changes: list = []
+        self._lock = threading.Lock()
+        self._owner: int | None = None
 
-    # -- scheduler -------------------------------------------------------------------
+    # -- whose call is this ------------------------------------------------------------------
+    def is_ours(self) -> bool:
+        caller = calling_pipeline(sys._getframe(2))
+        return caller is None or caller is self.pipe
+
+    def claim(self) -> None:
+        """This thread runs the pipeline now; refuse if another thread is inside its call."""
+        me = threading.get_ident()
+        with self._lock:
+            owner = self._owner
+            if owner is not None and owner != me:
+                frame = sys._current_frames().get(owner)
+                if frame is not None and calling_pipeline(frame) is self.pipe:
+                    raise ConcurrentUseError(
+                        f"accelerate_diffusion: this accelerated {type(self.pipe).__name__} is already "
+                        f"running in another thread; a pipeline (and its acceleration state) serves one "
+                        f"generation at a time: use one pipeline per worker, or a lock around pipe(...)")
+            self._owner = me
+
+    # -- scheduler ---------------------------------------------------------------------------
     def wrap_scheduler(self) -> None:
         scheduler = self.pipe.scheduler
-        state = self.state
+        state, clock = self.state, self
 
         def make_set_timesteps(original):
             def set_timesteps(*args, **kwargs):
                 out = original(*args, **kwargs)
-                state.reset(getattr(scheduler, "timesteps", None))
+                if clock.is_ours():
+                    clock.claim()
+                    state.reset(getattr(scheduler, "timesteps", None))
                 return out
             return set_timesteps
 
         def make_step(original):
             def step(*args, **kwargs):
                 out = original(*args, **kwargs)
-                if state._on_scheduler_step:
-                    model_output = args[0] if args else kwargs.get("model_output")
-                    for fn in state._on_scheduler_step:
-                        fn(model_output, scheduler)
-                state.advance()
+                if clock.is_ours():
+                    clock.claim()
+                    if state._on_scheduler_step:
+                        model_output = args[0] if args else kwargs.get("model_output")
+                        for fn in state._on_scheduler_step:
+                            fn(model_output, scheduler)
+                    state.advance()
                 return out
             return step
 
         def make_begin_index(original):
             def set_begin_index(begin_index: int = 0, *args, **kwargs):
                 out = original(begin_index, *args, **kwargs)
-                state.set_begin_index(begin_index)
+                if clock.is_ours():
+                    state.set_begin_index(begin_index)
                 return out
             return set_begin_index
 
-        self._undo_scheduler = [
-            _wrap_method(scheduler, "set_timesteps", make_set_timesteps),
-            _wrap_method(scheduler, "step", make_step),
+        self._scheduler_changes = [
+            self.journal.wrap_method(scheduler, "set_timesteps", make_set_timesteps),
+            self.journal.wrap_method(scheduler, "step", make_step),
         ]
         if hasattr(scheduler, "set_begin_index"):
-            self._undo_scheduler.append(_wrap_method(scheduler, "set_begin_index", make_begin_index))
+            self._scheduler_changes.append(self.journal.wrap_method(scheduler, "set_begin_index", make_begin_index))
         self.scheduler = scheduler
 
     def unwrap_scheduler(self) -> None:
-        for undo in reversed(self._undo_scheduler):
-            undo()
-        self._undo_scheduler = []
+        for change in reversed(self._scheduler_changes):
+            change.undo()
+        self._scheduler_changes = []
         self.scheduler = None
 
-    # -- denoiser hook ---------------------------------------------------------------
+    # -- denoiser hook -----------------------------------------------------------------------
     def hook_denoiser(self) -> None:
-        from diffusers.hooks import HookRegistry
-
-        registry = HookRegistry.check_if_exists_or_initialize(self.denoiser)
-        registry.register_hook(_ClockHook(self), CLOCK_HOOK)
-        self._hooked = True
-
-    def unhook_denoiser(self) -> None:
-        if self._hooked:
-            self.denoiser._diffusers_hook.remove_hook(CLOCK_HOOK, recurse=False)
-            self._hooked = False
+        self.journal.register_hook(self.denoiser, _ClockHook(self), CLOCK_HOOK)
 
     def pipeline_cfg_flag(self) -> bool:
         """The pipeline's CFG switch: its `do_classifier_free_guidance` property where it has
@@ -234,29 +234,25 @@ class Clock:
         param = signature.parameters.get("do_classifier_free_guidance")
         if param is None:
             return
-        state = self.state
+        state, clock = self.state, self
 
         def make_encode(original):
             def encode_prompt(*args, **kwargs):
-                try:
-                    bound = signature.bind(*args, **kwargs)
-                    state.encode_cfg_flag = bool(bound.arguments.get(param.name, param.default))
-                except TypeError:
-                    state.encode_cfg_flag = None
+                if clock.is_ours():
+                    clock.claim()
+                    try:
+                        bound = signature.bind(*args, **kwargs)
+                        state.encode_cfg_flag = bool(bound.arguments.get(param.name, param.default))
+                    except TypeError:
+                        state.encode_cfg_flag = None
                 return original(*args, **kwargs)
             return encode_prompt
 
-        self._undo_pipe.append(_wrap_method(self.pipe, "encode_prompt", make_encode))
+        self.journal.wrap_method(self.pipe, "encode_prompt", make_encode)
 
     def install(self) -> None:
         self.wrap_scheduler()
         self.wrap_encode_prompt()
-
-    def uninstall(self) -> None:
-        self.unhook_denoiser()
-        self.unwrap_scheduler()
-        while self._undo_pipe:
-            self._undo_pipe.pop()()
 
     def before_call(self, args, kwargs) -> None:
         """Bookkeeping at every denoiser call: scheduler swaps, layout, counters."""
@@ -289,18 +285,28 @@ except ImportError:  # pragma: no cover - diffusers is a hard dependency
 
 
 class _ClockHook(_ModelHook):
-    """Outermost hook on the denoiser: counts calls and, when asked, the MACs they run."""
+    """Outermost hook on the denoiser: says whether a call is this pipeline's (``state.in_call``,
+    which every technique hook checks), counts calls and, when asked, the MACs they run."""
 
     def __init__(self, clock: Clock):
         super().__init__()
         self.clock = clock
 
     def new_forward(self, module, *args, **kwargs):
-        self.clock.before_call(args, kwargs)
-        state = self.clock.state
-        if not state.measure_macs:
-            return self.fn_ref.original_forward(*args, **kwargs)
-        with MacCounter() as counter:
-            out = self.fn_ref.original_forward(*args, **kwargs)
-        state.macs = (state.macs or 0) + counter.macs
-        return out
+        clock, state = self.clock, self.clock.state
+        ours = clock.is_ours()
+        outer = state.in_call
+        state.in_call = ours
+        try:
+            if not ours:
+                return self.fn_ref.original_forward(*args, **kwargs)
+            clock.claim()
+            clock.before_call(args, kwargs)
+            if not state.measure_macs:
+                return self.fn_ref.original_forward(*args, **kwargs)
+            with MacCounter() as counter:
+                out = self.fn_ref.original_forward(*args, **kwargs)
+            state.macs = (state.macs or 0) + counter.macs
+            return out
+        finally:
+            state.in_call = outer

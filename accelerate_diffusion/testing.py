@@ -297,3 +297,25 @@ def run_counted(pipe, kwargs: dict, **acceleration) -> tuple[torch.Tensor, int]:
         return torch.as_tensor(result), pipe.acceleration.state.macs
     finally:
         pipe.acceleration.remove()
+
+
+def surface(pipe) -> dict:
+    """What acceleration may change on a pipeline, by identity: every module's own ``forward``,
+    its diffusers hooks and HF Accelerate hook, its attention processor; the instance methods of
+    the scheduler and the pipeline. Equal before ``accelerate()`` and after ``remove()`` means
+    the pipeline was restored exactly (including what other libraries had installed)."""
+    out: dict = {"pipeline": _own_callables(pipe), "acceleration": getattr(pipe, "acceleration", None) is not None}
+    for cname, comp in pipe.components.items():
+        if isinstance(comp, torch.nn.Module):
+            for name, m in comp.named_modules():
+                registry = getattr(m, "_diffusers_hook", None)
+                out[f"{cname}.{name}"] = (vars(m).get("forward"), vars(m).get("_old_forward"),
+                                          vars(m).get("_hf_hook"), getattr(m, "processor", None),
+                                          None if registry is None else tuple(registry._hook_order))
+        elif comp is not None and not isinstance(comp, (str, int, float, bool)):
+            out[cname] = _own_callables(comp)
+    return out
+
+
+def _own_callables(obj) -> dict:
+    return {k: v for k, v in vars(obj).items() if callable(v) and not isinstance(v, (torch.nn.Module, type))}

@@ -31,7 +31,7 @@ warnings.filterwarnings("ignore")
 
 from accelerate_diffusion import accelerate  # noqa: E402
 from accelerate_diffusion.eval.fidelity import psnr, ssim  # noqa: E402
-from accelerate_diffusion.eval.macs import MacCounter, format_macs  # noqa: E402
+from accelerate_diffusion.macs import MacCounter, format_macs  # noqa: E402
 from accelerate_diffusion.testing import call_kwargs, make_pipeline  # noqa: E402
 
 CASES = {
@@ -58,8 +58,8 @@ def _images(out):
     return torch.as_tensor(out.frames if hasattr(out, "frames") else out.images)
 
 
-def _runtime(pipe):
-    return next(h for h in pipe.acceleration.handles if h.technique == "attention").runtime
+def _details(pipe):
+    return pipe.acceleration.stats()["attention"]
 
 
 def _timed(pipe, kw):
@@ -88,9 +88,9 @@ def bench_pipeline(key, steps, repeats):
     for cfg in configs:
         accelerate(pipe, "off", attention=cfg)      # first call compiles flex: not timed
         out = _images(pipe(**kw()))
-        rt = _runtime(pipe)
+        rt = _details(pipe)
         stats = pipe.acceleration.report().applied[0]["stats"]
-        macs = base_macs - (rt.macs_dense - rt.macs_kernel)
+        macs = base_macs - (rt["macs_dense"] - rt["macs_kernel"])
         pipe.acceleration.remove()
         base_s, acc_s = [], []
         for r in range(repeats):
@@ -115,6 +115,7 @@ def bench_demo_dit(repeats):
     from accelerate_diffusion.demo.models import new_dit
     from accelerate_diffusion.families import family_of
     from accelerate_diffusion.patches import PatchContext, attention
+    from accelerate_diffusion.journal import Journal
     from accelerate_diffusion.state import AccelerationState
 
     trained = demo.is_available("dit")
@@ -129,14 +130,17 @@ def bench_demo_dit(repeats):
         reference = dit(**inputs)[0]
     rows = []
     for cfg in (dict(window=0.5), dict(window=0.25)):
-        ctx = PatchContext(None, dit, "transformer", family_of(dit), AccelerationState())
+        state = AccelerationState()
+        state.in_call = True              # the denoiser is driven directly: every call is ours
+        journal = Journal()
+        ctx = PatchContext(None, dit, "transformer", family_of(dit), state, journal)
         handle = attention.apply(ctx, attention.Config(**cfg))
         with torch.no_grad():
             out = dit(**inputs)[0]           # compiles
-            rt = handle.runtime
-            macs = counter.macs - (rt.macs_dense - rt.macs_kernel)
-            density = handle.statistics()["mean attention density"]
-            backends = dict(rt.backends)
+            rt = handle.data()
+            macs = counter.macs - (rt["macs_dense"] - rt["macs_kernel"])
+            density = rt["mean attention density"]
+            backends = dict(rt["backend_calls"])
             base_s, acc_s = [], []
             for _ in range(repeats * 5):
                 t = time.perf_counter()

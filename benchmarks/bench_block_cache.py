@@ -71,7 +71,7 @@ def our_methods(family_name: str, layout: ScheduleLayout, denoiser=None, front_d
     from accelerate_diffusion.families import FAMILIES
     from accelerate_diffusion.presets import PRESETS
     from accelerate_diffusion.schedules.learned import preset_schedule
-    from accelerate_diffusion.schedules.search import load_front
+    from accelerate_diffusion.schedules.fronts import load_front
 
     n = layout.num_blocks
     comps = layout.components

@@ -34,7 +34,7 @@ warnings.filterwarnings("ignore")
 from accelerate_diffusion import testing  # noqa: E402
 from accelerate_diffusion.api import accelerate  # noqa: E402
 from accelerate_diffusion.eval.fidelity import psnr, ssim  # noqa: E402
-from accelerate_diffusion.eval.macs import format_macs  # noqa: E402
+from accelerate_diffusion.macs import format_macs  # noqa: E402
 from accelerate_diffusion.patches import deepcache  # noqa: E402
 
 try:

@@ -29,8 +29,9 @@ import torch
 
 from accelerate_diffusion import accelerate
 from accelerate_diffusion.eval.fidelity import psnr, ssim
-from accelerate_diffusion.eval.macs import format_macs
+from accelerate_diffusion.macs import format_macs
 from accelerate_diffusion.patches import guidance
+from accelerate_diffusion.schedules import linear_ag
 
 TINY_PROMPTS = ["a red circle above a blue square", "a green star on a white background",
                 "a small yellow cross", "two purple diamonds"]
@@ -153,7 +154,7 @@ def bench(name, size, steps, repeats, clip, save_coefficients, variants, demo_we
         if save_coefficients and coeff_path.exists():
             data = guidance.load_coefficients(str(coeff_path))   # fitted by an earlier run
         else:
-            data = guidance.fit_pipeline(pipe, calls, coeff_path)
+            data = linear_ag.fit_pipeline(pipe, calls, coeff_path)
         ratios = " ".join(f"{r:.2f}" for r in data["ratio"][1:])
         print(f"LinearAG fit ({data['samples']} samples): replace steps {data['replace']}; "
               f"residual / |eps_u - eps_c| per step: "

@@ -75,11 +75,12 @@ def baseline_cache_bytes(pipe, partition, hw, batch) -> list[int]:
     return out
 
 
-def tempcache_bytes(ctrl, n_chunks, batch, cfg) -> list[int]:
-    """K/V bytes of the TempCache each chunk attends to (row k-1 of the controller: chunks < k)."""
+def tempcache_bytes(pipe, n_chunks, batch) -> list[int]:
+    """K/V bytes of the TempCache each chunk attends to (row k-1 of the cache: chunks < k)."""
+    cfg = pipe.transformer.config
     per_token = 2 * batch * cfg.num_attention_heads * cfg.attention_head_dim * 4
     out = [0]
-    for row in ctrl.chunks[: n_chunks - 1]:
+    for row in pipe.acceleration.stats()["kv_cache"]["chunks"][: n_chunks - 1]:
         out.append(sum(row["cache_tokens"].values()) * per_token)
     return out
 
@@ -270,7 +271,7 @@ def demo_main(args) -> None:
                 heap[a].append(peak.per_chunk(chunk_starts(timer)))
             outputs[a] = out
             if a != "baseline":
-                cache[a] = tempcache_bytes(pipe._kv_cache_controller, n, batch, pipe.transformer.config)
+                cache[a] = tempcache_bytes(pipe, n, batch)
                 stats[a] = pipe.acceleration.report().applied[0]["stats"]
                 pipe.acceleration.remove()
             else:
@@ -444,7 +445,7 @@ def main():
                 lat[name].append(timer.chunk_latencies(end))
             outputs[name] = out
             if settings is not None:
-                cache[name] = tempcache_bytes(pipe._kv_cache_controller, len(partition), 1, pipe.transformer.config)
+                cache[name] = tempcache_bytes(pipe, len(partition), 1)
                 stats[name] = pipe.acceleration.report().applied[0]["stats"]
                 pipe.acceleration.remove()
             else:

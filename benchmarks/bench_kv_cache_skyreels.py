@@ -51,14 +51,15 @@ class StepTimer:
     def kv_bytes(self) -> int:
         """K/V the step's queries attended, all layers: the whole window (baseline), or the cache
         slots plus the frames run (kv_cache; the slots as they are after this step's commit)."""
-        ctrl = getattr(self.pipe, "_kv_cache_controller", None)
-        if ctrl is None:
+        handle = getattr(self.pipe, "acceleration", None)
+        if handle is None or "kv_cache" not in handle.stats():
             return self.frames * self.tpf * self.layers * self.per_token
-        computed = ctrl.counters.get("frames_computed", 0)
+        ctrl = handle.stats()["kv_cache"]
+        computed = ctrl["counters"].get("frames_computed", 0)
         frames, self.computed = computed - self.computed, computed
-        window = ctrl.windows.get(0)
-        slots = sum(len(s) for s in window.slots.values()) if window else 0
-        committed = window.frames if window else 0
+        window = ctrl["windows"].get(0)
+        slots = sum(window["slots_per_layer"].values()) if window else 0
+        committed = window["frames"] if window else 0
         frames -= committed - self.committed          # just committed: counted in the slots already
         self.committed = committed
         return (slots + frames * self.tpf * self.layers) * self.per_token
@@ -104,7 +105,7 @@ def rollout(pipe, args, settings):
 
 def count_macs(pipe, args, settings) -> dict[int, int]:
     """Counted MACs of the transformer calls per chunk (machine independent; an untimed rollout)."""
-    from accelerate_diffusion.eval.macs import MacCounter
+    from accelerate_diffusion.macs import MacCounter
 
     if settings is not None:
         accelerate(pipe, "off", kv_cache=settings)

@@ -30,7 +30,7 @@ warnings.filterwarnings("ignore")
 from accelerate_diffusion import testing  # noqa: E402
 from accelerate_diffusion.api import accelerate  # noqa: E402
 from accelerate_diffusion.eval.fidelity import psnr, ssim  # noqa: E402
-from accelerate_diffusion.eval.macs import format_macs  # noqa: E402
+from accelerate_diffusion.macs import format_macs  # noqa: E402
 
 PROMPT = "a red circle above a blue square"
 
@@ -82,7 +82,7 @@ class CallMeter:
     def __init__(self, pipe):
         from torch.utils.flop_counter import FlopCounterMode
 
-        from accelerate_diffusion.eval.macs import register_cpu_attention_flops
+        from accelerate_diffusion.macs import register_cpu_attention_flops
         register_cpu_attention_flops()
         self.pipe, self.calls, self.macs, self._mode_cls = pipe, [], {}, FlopCounterMode
         t = pipe.transformer
@@ -154,9 +154,8 @@ def measure(pipe, make, ratios, repeats, dense=True):
                 dense_runs.append((seconds, meter))
                 images[None] = image
             else:
-                handle = pipe.acceleration.handles[0]
-                results[ratio].append(dict(seconds=seconds, meter=meter, stats=handle.statistics(),
-                                           maps=handle.runtime.active_maps(0)))
+                ras = pipe.acceleration.stats()["ras"]
+                results[ratio].append(dict(seconds=seconds, meter=meter, stats=ras, maps=ras["active_maps"]))
                 images[ratio] = image
                 pipe.acceleration.remove()
             print(f"# run: ratio {ratio}: {seconds:.1f} s", flush=True)
@@ -242,9 +241,9 @@ def starvation_sign(pipe, make, ratio=0.33, scales=(-0.5, 0.0, 0.5, 1.0, 2.0)):
     for scale in scales:
         accelerate(pipe, "off", ras={"sample_ratio": ratio, "starvation_scale": scale})
         image = _images(pipe(**make()))
-        runtime = pipe.acceleration.handles[0].runtime
-        h, w = runtime.grid
-        worst, never = staleness(runtime.history, h * w)
+        ras = pipe.acceleration.stats()["ras"]
+        h, w = ras["grid"]
+        worst, never = staleness(ras["history"], h * w)
         pipe.acceleration.remove()
         rows.append((scale, worst, never, psnr(reference, image)))
     return rows

@@ -27,7 +27,8 @@ from accelerate_diffusion import accelerate
 from accelerate_diffusion.eval.fidelity import psnr, ssim
 from accelerate_diffusion.families import family_of, find_denoiser
 from accelerate_diffusion.schedules import ScheduleLayout
-from accelerate_diffusion.schedules.search import heuristic_seeds, load_front
+from accelerate_diffusion.schedules.fronts import load_front
+from accelerate_diffusion.schedules.search import heuristic_seeds
 
 warnings.filterwarnings("ignore")
 

@@ -3,7 +3,7 @@
 Takes a folder written by ``accelerate-diffusion search`` on a UNet model and, on prompts
 *not* used in the calibration (demo test split items 0-7), runs every front point, the
 presets' DeepCache settings alone, the presets as shipped (guidance included), and each
-preset with ``schedule_dir=`` (the front point the preset's MACs target picks, the preset's
+preset with ``deepcache={"schedule_dir": ...}`` (the front point the preset's MACs target picks, the preset's
 other techniques kept). It counts denoiser MACs (ratio vs uncached) and measures PSNR/SSIM of
 the decoded images vs the uncached ones (same seeds). For each preset it reports the best front
 point (held-out PSNR) at an equal or higher MACs ratio.
@@ -22,10 +22,11 @@ import warnings
 import torch
 
 from accelerate_diffusion import accelerate
-from accelerate_diffusion.cli import load_pipeline
+from accelerate_diffusion.loading import load_pipeline
 from accelerate_diffusion.eval.fidelity import psnr, ssim
 from accelerate_diffusion.families import family_of, find_denoiser
-from accelerate_diffusion.schedules.search_deepcache import (PRESET_ORDER, load_deepcache_front, pick_deepcache,
+from accelerate_diffusion.schedules.fronts import load_deepcache_front, pick_deepcache  # noqa: E402
+from accelerate_diffusion.schedules.search_deepcache import (PRESET_ORDER,
                                                               preset_configs)
 
 warnings.filterwarnings("ignore")
@@ -84,7 +85,7 @@ def main() -> None:
     for name in PRESET_ORDER:
         add(f"{name} (as shipped)", "preset", name)
         add(f"{name} + schedule_dir ({pick_deepcache(args.front, preset=name).label()})", "preset + front", name,
-            schedule_dir=args.front)
+            deepcache={"schedule_dir": args.front})
 
     print("\nBest front point (held-out PSNR) at >= each preset's DeepCache MACs ratio:")
     print("| preset | preset DeepCache | MACs | PSNR dB | SSIM | best front point | MACs | PSNR dB | SSIM | dominates |")

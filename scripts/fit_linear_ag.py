@@ -8,7 +8,7 @@ one and the previous step's pair; they are fitted by least squares on full-CFG r
 
 Then ``accelerate(pipe, guidance={"mode": "linear"})`` finds a shipped file by the
 denoiser's class and config, or ``guidance={"mode": "linear", "coefficients": "my.json"}``.
-The Python API is :func:`accelerate_diffusion.patches.guidance.fit_pipeline`.
+The Python API is :func:`accelerate_diffusion.schedules.linear_ag.fit_pipeline`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import argparse
 import torch
 
 from accelerate_diffusion.patches import guidance
+from accelerate_diffusion.schedules import linear_ag
 
 
 def main(argv=None):
@@ -53,7 +54,7 @@ def main(argv=None):
         tag = f"tiny-{args.pipeline}-{args.size}"
     pipe.set_progress_bar_config(disable=True)
     out = args.out or guidance.DATA_DIR / f"{tag}-{type(pipe.scheduler).__name__}-{args.steps}.json"
-    data = guidance.fit_pipeline(pipe, [make(100 + i) for i in range(args.runs)], out,
+    data = linear_ag.fit_pipeline(pipe, [make(100 + i) for i in range(args.runs)], out,
                                  max_ratio=args.max_ratio)
     print(f"{tag}: replace steps {data['replace']} of {data['steps']}; residual ratio per step "
           f"{' '.join(f'{r:.2f}' for r in data['ratio'][1:])}\nsaved {out}")

@@ -30,7 +30,8 @@ from accelerate_diffusion.presets import PRESETS
 from accelerate_diffusion.schedules import ScheduleLayout, resolve_schedule
 from accelerate_diffusion.schedules.cache_schedule import DATA_DIR
 from accelerate_diffusion.schedules.learned import MODEL_FILE, fingerprint
-from accelerate_diffusion.schedules.search import SearchConfig, _Evaluator, load_front
+from accelerate_diffusion.schedules.fronts import load_front
+from accelerate_diffusion.schedules.search import SearchConfig, _Evaluator
 
 
 MAX_STEP_UP = 1.25     # a pick is at most 25 % faster (MACs) than the heuristic it replaces

@@ -1,4 +1,6 @@
+import dataclasses
 import os
+import types
 import warnings
 
 import pytest
@@ -6,6 +8,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 warnings.filterwarnings("ignore", message=".*torchvision.*")
+
+from accelerate_diffusion import patches  # noqa: E402  (after the offline switches)
+from accelerate_diffusion.config import TechniqueConfig, check_range  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +29,38 @@ def pipelines():
         return pipe
 
     return get
+
+
+# A small technique for the plug-in contract: scales the denoiser output (a real, visible change).
+@dataclasses.dataclass
+class _ScaleConfig(TechniqueConfig):
+    """Scales the denoiser output by ``factor`` (a real, visible effect)."""
+
+    NAME = "guidance"
+    factor: float = 1.0
+    refuse: bool = False
+
+    def validate(self):
+        check_range(self.NAME, "factor", self.factor, 0.0, 10.0)
+
+
+def _scale_apply(ctx, config):
+    if config.refuse:
+        raise patches.NotApplicable("refused for the test")
+    ctx.hook(ctx.denoiser, patches.OutputHook(ctx.state, lambda m, out: _scaled(out, config.factor)), "test.scale")
+    return patches.PatchHandle("guidance", targets=[ctx.denoiser_attr],
+                               stats=lambda: {"calls": ctx.state.counters["denoiser_calls"]})
+
+
+def _scaled(out, factor):
+    if isinstance(out, tuple):
+        return (out[0] * factor,) + tuple(out[1:])
+    out.sample = out.sample * factor
+    return out
+
+
+@pytest.fixture
+def scale_technique(monkeypatch):
+    module = types.SimpleNamespace(Config=_ScaleConfig, apply=_scale_apply)
+    monkeypatch.setattr(patches, "available", lambda: {"guidance": module})
+    return module

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from accelerate_diffusion.cli import main, parse_overrides
+from accelerate_diffusion.cli import main
+from accelerate_diffusion.loading import parse_overrides
 
 
 def test_parse_overrides():

@@ -5,17 +5,14 @@ import torch
 
 from accelerate_diffusion.api import accelerate
 from accelerate_diffusion.patches import deepcache
-from accelerate_diffusion.testing import call_kwargs, run
-
-
-def _no_hooks_left(module):
-    return [n for n, m in module.named_modules() if hasattr(m, "_diffusers_hook") or "forward" in vars(m)]
+from accelerate_diffusion.testing import call_kwargs, run, surface
 
 
 @pytest.mark.parametrize("name", ["sd", "sdxl"])
 def test_every_step_full_is_bit_identical_and_remove_restores(pipelines, name):
     pipe = pipelines(name)
     reference = run(pipe, name, steps=5)
+    untouched = surface(pipe)
     accelerate(pipe, "off", deepcache={"cache_interval": 1, "cache_branch": 1})
     assert torch.equal(run(pipe, name, steps=5), reference)
     pipe.acceleration.remove()
@@ -23,7 +20,7 @@ def test_every_step_full_is_bit_identical_and_remove_restores(pipelines, name):
     assert not torch.equal(run(pipe, name, steps=5), reference)
     pipe.acceleration.remove()
     assert torch.equal(run(pipe, name, steps=5), reference)
-    assert _no_hooks_left(pipe.unet) == []
+    assert surface(pipe) == untouched
 
 
 def _count_calls(modules):
@@ -85,6 +82,7 @@ def test_nonuniform_runs_its_schedule(pipelines):
 
 def test_bad_config_names_the_field(pipelines):
     pipe = pipelines("sd")
+    untouched = surface(pipe)
     for bad, field in [({"cache_interval": 0}, "cache_interval"), ({"schedule": "x"}, "schedule"),
                        ({"power": 1.0}, "power"), ({"full_steps": [-1]}, "full_steps"),
                        ({"cache_branch": -1}, "cache_branch"), ({"center": 1.5}, "center"),
@@ -94,7 +92,7 @@ def test_bad_config_names_the_field(pipelines):
     with pytest.raises(ValueError, match=r"deepcache\.cache_branch: 4 is out of range for this UNet; "
                                          r"allowed \[0, 3\]"):
         accelerate(pipe, "off", deepcache={"cache_branch": 4})
-    assert not hasattr(pipe, "acceleration") and _no_hooks_left(pipe.unet) == []
+    assert surface(pipe) == untouched
 
 
 def test_batch_and_resolution_change_between_calls(pipelines):
@@ -140,6 +138,7 @@ def test_halved_cfg_batch_slices_the_cache(pipelines):
             return self.fn(module, args, kwargs, self.fn_ref.original_forward)
 
     pipe = pipelines("sd")
+    untouched = surface(pipe)
     outs, stats = [], []
     for halve in (True, False):
         accelerate(pipe, "off", deepcache={"cache_interval": 3, "cache_branch": 1})
@@ -152,7 +151,7 @@ def test_halved_cfg_batch_slices_the_cache(pipelines):
     # steps 2, 4, 5 are cached: with the halved batch they must use the cond half of the cache
     assert stats[0]["forced_full_calls"] == 0 and stats[0]["cached_steps"] == 4
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
-    assert _no_hooks_left(pipe.unet) == []
+    assert surface(pipe) == untouched
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +181,7 @@ def _control_kwargs(steps=6):
 def test_controlnet_residuals_are_applied_on_cached_steps(controlnet_pipe):
     pipe = controlnet_pipe
     reference = pipe(**_control_kwargs()).images
+    untouched = surface(pipe)
     accelerate(pipe, "off", deepcache={"cache_interval": 1})
     assert torch.equal(pipe(**_control_kwargs()).images, reference)
     pipe.acceleration.remove()
@@ -202,12 +202,13 @@ def test_controlnet_residuals_are_applied_on_cached_steps(controlnet_pipe):
     pipe.acceleration.remove()
     assert not torch.equal(applied, dropped)
     assert torch.equal(pipe(**_control_kwargs()).images, reference)
-    assert _no_hooks_left(pipe.unet) == []
+    assert surface(pipe) == untouched
 
 
 def test_composes_with_guidance_truncation(pipelines):
     """Guidance (outer hook) runs only the cond half late in sampling: the cache is sliced."""
     pipe = pipelines("sd")
+    untouched = surface(pipe)
     accelerate(pipe, "off", guidance={"mode": "truncation", "cfg_fraction": 0.5},
                deepcache={"cache_interval": 3, "cache_branch": 1})
     out = run(pipe, "sd", steps=6, num_images_per_prompt=2)
@@ -216,7 +217,7 @@ def test_composes_with_guidance_truncation(pipelines):
     stats = next(a["stats"] for a in report.applied if a["technique"] == "deepcache")
     assert report.generation["counters"]["guidance_nfe_saved"] > 0 and torch.isfinite(out).all()
     assert stats["full_step_indices"] == [0, 3] and stats["forced_full_calls"] == 0
-    assert _no_hooks_left(pipe.unet) == []
+    assert surface(pipe) == untouched
 
 
 def test_presets_pick_deepcache_for_unets(pipelines):

@@ -1,17 +1,13 @@
 """Evaluation module: metrics on known inputs, a tiny end-to-end report, resume, bad inputs."""
 
 import csv
-import dataclasses
 import json
 import math
-import types
 
 import pytest
 import torch
 
-from accelerate_diffusion import patches
 from accelerate_diffusion.cli import main
-from accelerate_diffusion.config import TechniqueConfig, check_range
 from accelerate_diffusion.eval import fidelity, models, plots, quality, runner
 from accelerate_diffusion.eval.runner import EvalConfig, evaluate
 
@@ -92,34 +88,6 @@ def test_clip_score_through_adapter_and_clip_fid_features():
 
 
 # -- end to end ------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class _ScaleConfig(TechniqueConfig):
-    """Scales the denoiser output: a real, visible change for the report to measure."""
-
-    NAME = "guidance"
-    factor: float = 1.0
-
-    def validate(self):
-        check_range(self.NAME, "factor", self.factor, 0.0, 10.0)
-
-
-def _scale_apply(ctx, config):
-    def hook(module, args, out):
-        if isinstance(out, tuple):
-            return (out[0] * config.factor,) + tuple(out[1:])
-        out.sample = out.sample * config.factor
-        return out
-
-    handle = ctx.denoiser.register_forward_hook(hook)
-    return patches.PatchHandle("guidance", targets=[ctx.denoiser_attr], undo=[handle.remove])
-
-
-@pytest.fixture
-def scale_technique(monkeypatch):
-    module = types.SimpleNamespace(Config=_ScaleConfig, apply=_scale_apply)
-    monkeypatch.setattr(patches, "available", lambda: {"guidance": module})
-
 
 def test_end_to_end_report_is_consistent_and_resumes(pipelines, scale_technique, tmp_path, monkeypatch):
     pipe = pipelines("sd")

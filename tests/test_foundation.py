@@ -1,16 +1,14 @@
 """The base every technique plugs into: API, presets, families, clock, report, remove()."""
 
-import dataclasses
-import types
 
 import pytest
 import torch
 
 from accelerate_diffusion import PRESETS, accelerate, accelerated, family_of
 from accelerate_diffusion import patches
-from accelerate_diffusion.config import TechniqueConfig, check_choice, check_range
+from accelerate_diffusion.config import check_choice, check_range
 from accelerate_diffusion.families import find_denoiser
-from accelerate_diffusion.testing import PIPELINES, call_kwargs, make_pipeline, run
+from accelerate_diffusion.testing import PIPELINES, call_kwargs, make_pipeline, run, surface
 
 EXPECTED_FAMILY = {"sd": "unet", "sdxl": "unet", "pixart": "pixart", "sd3": "sd3",
                    "flux": "flux", "wan": "wan"}
@@ -20,14 +18,12 @@ EXPECTED_FAMILY = {"sd": "unet", "sdxl": "unet", "pixart": "pixart", "sd3": "sd3
 def test_off_is_bit_identical_and_remove_restores(pipelines, name):
     pipe = pipelines(name)
     reference = run(pipe, name, steps=3)
+    before = surface(pipe)
     accelerate(pipe, "off")
     assert torch.equal(run(pipe, name, steps=3), reference)
     pipe.acceleration.remove()
     assert not hasattr(pipe, "acceleration")
-    assert "step" not in vars(pipe.scheduler) and "set_timesteps" not in vars(pipe.scheduler)
-    assert "encode_prompt" not in vars(pipe)
-    denoiser = find_denoiser(pipe)[1]
-    assert "forward" not in vars(denoiser) and not hasattr(denoiser, "_diffusers_hook")
+    assert surface(pipe) == before
     assert torch.equal(run(pipe, name, steps=3), reference)
 
 
@@ -85,6 +81,7 @@ def test_clock_detects_cfg_layout_and_counts(pipelines):
 
 def test_cfg_flag_for_pipelines_without_the_property(pipelines):
     pipe = pipelines("pixart")            # PixArt has no `do_classifier_free_guidance` property
+    before = surface(pipe)
     accelerate(pipe, "off")
     state = pipe.acceleration.state
     run(pipe, "pixart", steps=2)
@@ -92,7 +89,7 @@ def test_cfg_flag_for_pipelines_without_the_property(pipelines):
     run(pipe, "pixart", steps=2, guidance_scale=1.0)
     assert state.cfg_flag is False and state.cfg_layout == "none"
     pipe.acceleration.remove()
-    assert "encode_prompt" not in vars(pipe)
+    assert surface(pipe) == before
 
 
 def test_clock_img2img_counts_only_the_steps_run(pipelines):
@@ -117,8 +114,9 @@ def test_scheduler_replaced_after_accelerate(pipelines):
     from diffusers import EulerDiscreteScheduler
 
     pipe = make_pipeline("sd")
-    accelerate(pipe, "off")
     old = pipe.scheduler
+    untouched = surface(pipe)["scheduler"]
+    accelerate(pipe, "off")
     pipe.scheduler = EulerDiscreteScheduler.from_config(old.config)
     seen, hook = _record_clock(pipe)
     with pytest.warns(UserWarning, match="scheduler was replaced"):
@@ -127,16 +125,18 @@ def test_scheduler_replaced_after_accelerate(pipelines):
     hook.remove()
     assert [s for _, s, _ in seen] == [0, 1, 2, 0, 1]
     pipe.acceleration.remove()
-    assert "step" not in vars(old) and "step" not in vars(pipe.scheduler)
+    assert surface(pipe)["scheduler"] == untouched             # the new scheduler is unwrapped
+    pipe.scheduler = old
+    assert surface(pipe)["scheduler"] == untouched             # and so is the old one
 
 
 def test_two_instances_do_not_affect_each_other():
     a, b = make_pipeline("pixart"), make_pipeline("pixart")
     reference = run(b, "pixart", steps=3)
+    untouched = surface(b)
     accelerate(a, "off", measure_macs=True)
     run(a, "pixart", steps=3)
-    assert not hasattr(b, "acceleration")
-    assert "step" not in vars(b.scheduler) and not hasattr(b.transformer, "_diffusers_hook")
+    assert surface(b) == untouched
     assert torch.equal(run(b, "pixart", steps=3), reference)
     assert a.acceleration.state.counters["denoiser_calls"] == 3
     a.acceleration.remove()
@@ -145,6 +145,7 @@ def test_two_instances_do_not_affect_each_other():
 def test_context_manager_and_reapply(pipelines):
     pipe = pipelines("sd3")
     reference = run(pipe, "sd3", steps=2)
+    untouched = surface(pipe)
     with accelerated(pipe, "off") as p:
         assert p is pipe and pipe.acceleration.active
         assert torch.equal(run(pipe, "sd3", steps=2), reference)
@@ -153,7 +154,7 @@ def test_context_manager_and_reapply(pipelines):
     accelerate(pipe, "quality")       # replaces the first handle, no double patching
     assert pipe.acceleration.preset == "quality"
     pipe.acceleration.remove()
-    assert "step" not in vars(pipe.scheduler)
+    assert surface(pipe) == untouched
     assert torch.equal(run(pipe, "sd3", steps=2), reference)
 
 
@@ -196,41 +197,7 @@ def test_config_validators_name_the_field():
         check_choice("x", "mode", "z", ["a", "b"])
 
 
-# -- the plug-in contract, exercised with a small technique defined here -----------------
-
-@dataclasses.dataclass
-class _ScaleConfig(TechniqueConfig):
-    """Scales the denoiser output by ``factor`` (a real, visible effect)."""
-
-    NAME = "guidance"
-    factor: float = 1.0
-    refuse: bool = False
-
-    def validate(self):
-        check_range(self.NAME, "factor", self.factor, 0.0, 10.0)
-
-
-def _scale_apply(ctx, config):
-    if config.refuse:
-        raise patches.NotApplicable("refused for the test")
-    handle = ctx.denoiser.register_forward_hook(lambda m, a, out: _scaled(out, config.factor))
-    return patches.PatchHandle("guidance", targets=[ctx.denoiser_attr], undo=[handle.remove],
-                               stats=lambda: {"calls": ctx.state.counters["denoiser_calls"]})
-
-
-def _scaled(out, factor):
-    if isinstance(out, tuple):
-        return (out[0] * factor,) + tuple(out[1:])
-    out.sample = out.sample * factor
-    return out
-
-
-@pytest.fixture
-def scale_technique(monkeypatch):
-    module = types.SimpleNamespace(Config=_ScaleConfig, apply=_scale_apply)
-    monkeypatch.setattr(patches, "available", lambda: {"guidance": module})
-    return module
-
+# -- the plug-in contract, exercised with a small technique (conftest.scale_technique) -----------
 
 def test_plugin_applies_reports_and_removes(pipelines, scale_technique):
     pipe = pipelines("sd")
@@ -253,7 +220,7 @@ def test_plugin_bad_override_and_not_applicable(pipelines, scale_technique):
     with pytest.raises(ValueError, match="override must be"):
         accelerate(pipe, "off", guidance=3)
     with pytest.warns(UserWarning, match="guidance not applied: refused for the test"):
-        accelerate(pipe, "off", guidance=_ScaleConfig(refuse=True))
+        accelerate(pipe, "off", guidance=scale_technique.Config(refuse=True))
     report = pipe.acceleration.report()
     assert report.applied == [] and report.skipped[0]["reason"] == "refused for the test"
     pipe.acceleration.remove()

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from accelerate_diffusion import cli
+from accelerate_diffusion import cli, loading
 from accelerate_diffusion.generate import Item, read_prompts
 
 
@@ -41,7 +41,7 @@ def test_read_prompts_errors_name_the_line(tmp_path, name, text, message):
 
 
 def test_missing_file_and_bad_size_fail_before_loading(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_pipeline", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("model loaded"))
     assert cli.main(["generate", "--prompts", str(tmp_path / "nope.txt"), "--out", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["generate", "--prompt", "x", "--model", "sd3", "--height", "40",

@@ -27,6 +27,7 @@ from accelerate_diffusion.kernels import (
     available_backends,
     block_layout,
     canonical_layout,
+    layout_for,
     last_backend,
     naive_attention,
     permutation,
@@ -222,7 +223,7 @@ LAYOUT_SPECS = [
 @pytest.mark.parametrize("spec", LAYOUT_SPECS, ids=lambda s: type(s).__name__)
 @pytest.mark.parametrize("bq,bk", [(16, 16), (32, 16)])
 def test_block_tables_cover_mask_and_full_blocks_are_full(spec, bq, bk):
-    lay = spec.layout(bq, bk)
+    lay = layout_for(spec, bq, bk)
     n = spec.num_tokens
     perm, inv = lay.perm, lay.inv_perm
     assert torch.equal(torch.sort(perm).values, torch.arange(n))

@@ -8,6 +8,9 @@ import torch
 from accelerate_diffusion import accelerate, patches
 from accelerate_diffusion.kernels import ann, kv
 from accelerate_diffusion.patches import kv_cache
+from accelerate_diffusion.families import FAMILIES
+from accelerate_diffusion.journal import Journal
+from accelerate_diffusion.testing import surface
 from accelerate_diffusion.testing_video import make_far_pipeline, run_far
 
 warnings.filterwarnings("ignore", message=".*flex_attention.*")
@@ -70,21 +73,21 @@ def test_projected_ann_finds_the_exact_neighbour():
 # -- on the pipeline -----------------------------------------------------------------
 def test_no_merge_unlimited_budget_is_bit_identical_and_remove_restores(far):
     pipe, reference = far
+    untouched = surface(pipe)
     accelerate(pipe, "off", kv_cache=dict(merge_threshold=1.5, budget_frames=0, encode="pipeline"))
     assert torch.equal(run_far(pipe, "micro", **ROLL), reference)
     stats = pipe.acceleration.report().applied[0]["stats"]
     assert stats["chunks"] == 3 and set(stats["merges per chunk"]) == {0}
     accelerate(pipe, "off", kv_cache=dict(merge_threshold=1.5, budget_frames=2, encode="pipeline", evict="age"))
     assert not torch.equal(run_far(pipe, "micro", **ROLL), reference)      # evictions: the cache changed
-    ctrl = pipe._kv_cache_controller
-    assert ctrl.chunks[-1]["evictions"] > 0 and max(ctrl.chunks[-1]["cache_tokens"].values()) <= 2 * ctrl.full_tpf
+    ctrl = pipe.acceleration.stats()["kv_cache"]
+    assert (ctrl["chunks"][-1]["evictions"] > 0
+            and max(ctrl["chunks"][-1]["cache_tokens"].values()) <= 2 * ctrl["full_tokens_per_frame"])
     accelerate(pipe, "off", kv_cache=dict(merge_threshold=0.5, budget_frames=2, encode="incremental"))
     assert not torch.equal(run_far(pipe, "micro", **ROLL), reference)
     pipe.acceleration.remove()
     assert torch.equal(run_far(pipe, "micro", **ROLL), reference)
-    assert "encode_kv_cache" not in vars(pipe) and not hasattr(pipe, "_kv_cache_controller")
-    assert not hasattr(pipe.transformer, "_diffusers_hook")
-    assert all(type(b.attn1.processor).__name__ == "AnyFlowCausalAttnProcessor" for b in pipe.transformer.blocks)
+    assert surface(pipe) == untouched
 
 
 def test_incremental_encode_matches_far_while_nothing_is_compressed():
@@ -104,36 +107,38 @@ def test_compressed_encode_matches_far_at_a_constant_window():
     pipe = make_far_pipeline("micro")
     roll = dict(latent_frames=12, chunk=1)
     reference = run_far(pipe, "micro", **roll)
+    untouched = surface(pipe)
     lengths = []
     hook = pipe.transformer.blocks[0].register_forward_pre_hook(lambda m, a: lengths.append(a[0].shape[1]))
     with accelerate(pipe, "off", kv_cache=dict(merge_threshold=1.5, encode="compressed")).acceleration:
         out = run_far(pipe, "micro", **roll)
-        ctrl = pipe._kv_cache_controller
-        full, comp = ctrl.full_tpf, ctrl.compressed_tpf
-        assert ctrl.chunks[-1]["cache_tokens"][0] == 9 * comp + 2 * full     # 12 frames: 9 compressed, 2 full
+        ctrl = pipe.acceleration.stats()["kv_cache"]
+        full, comp = ctrl["full_tokens_per_frame"], ctrl["compressed_tokens_per_frame"]
+        assert ctrl["chunks"][-1]["cache_tokens"][0] == 9 * comp + 2 * full     # 12 frames: 9 compressed, 2 full
     hook.remove()
     torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
     assert max(lengths) == comp + 2 * full           # every pass: one compressed chunk + 2 full chunks at most
-    assert "encode_kv_cache" not in vars(pipe)
+    assert surface(pipe) == untouched
 
 
 def test_cache_never_exceeds_budget_over_a_long_rollout(far):
     pipe, _ = far
     accelerate(pipe, "off", kv_cache=dict(merge_threshold=0.6, budget_frames=3, evict="attention"))
     run_far(pipe, "micro", latent_frames=24, chunk=2)
-    ctrl = pipe._kv_cache_controller
-    budget = 3 * ctrl.full_tpf
-    assert len(ctrl.chunks) == 11
-    assert all(max(row["cache_tokens"].values()) <= budget for row in ctrl.chunks)
-    assert ctrl.chunks[-1]["cache_tokens"][0] == budget
-    assert sum(r["merges"] for r in ctrl.chunks) > 0 and sum(r["evictions"] for r in ctrl.chunks) > 0
+    ctrl = pipe.acceleration.stats()["kv_cache"]
+    chunks, budget = ctrl["chunks"], 3 * ctrl["full_tokens_per_frame"]
+    assert len(chunks) == 11
+    assert all(max(row["cache_tokens"].values()) <= budget for row in chunks)
+    assert chunks[-1]["cache_tokens"][0] == budget
+    assert sum(r["merges"] for r in chunks) > 0 and sum(r["evictions"] for r in chunks) > 0
     # compressed mode: the budget holds the compressed history; the 2 full chunks ride beside it
     accelerate(pipe, "off", kv_cache=dict(merge_threshold=0.6, budget_frames=1, encode="compressed"))
     run_far(pipe, "micro", latent_frames=24, chunk=2)
-    ctrl = pipe._kv_cache_controller
-    assert all(len(s) <= ctrl.full_tpf for s in ctrl.slots.values())
-    assert all(max(row["cache_tokens"].values()) <= 5 * ctrl.full_tpf for row in ctrl.chunks)
-    assert sum(r["merges"] for r in ctrl.chunks) > 0 and sum(r["evictions"] for r in ctrl.chunks) > 0
+    ctrl = pipe.acceleration.stats()["kv_cache"]
+    chunks, tpf = ctrl["chunks"], ctrl["full_tokens_per_frame"]
+    assert all(n <= tpf for n in ctrl["slots_per_layer"].values())
+    assert all(max(row["cache_tokens"].values()) <= 5 * tpf for row in chunks)
+    assert sum(r["merges"] for r in chunks) > 0 and sum(r["evictions"] for r in chunks) > 0
     pipe.acceleration.remove()
 
 
@@ -151,8 +156,10 @@ def test_bad_configs_and_unsupported_pipelines():
     with pytest.raises(ValueError, match=r"kv_cache: unknown field\(s\) window"):
         kv_cache.Config.from_dict({"window": 3})
     other = torch.nn.Linear(2, 2)
-    ctx = patches.PatchContext(pipe=None, denoiser=other, denoiser_attr="transformer", family=None, state=None)
-    with pytest.raises(patches.NotApplicable, match="AnyFlowFARTransformer3DModel"):
+    pixart = next(f for f in FAMILIES if f.name == "pixart")
+    ctx = patches.PatchContext(pipe=None, denoiser=other, denoiser_attr="transformer", family=pixart,
+                               state=None, journal=Journal())
+    with pytest.raises(patches.NotApplicable, match="pixart has none"):
         kv_cache.apply(ctx, kv_cache.Config())
 
 

@@ -7,6 +7,9 @@ import torch
 
 from accelerate_diffusion import accelerate, patches
 from accelerate_diffusion.patches import kv_cache
+from accelerate_diffusion.families import family_of
+from accelerate_diffusion.journal import Journal
+from accelerate_diffusion.testing import surface
 from accelerate_diffusion.testing_video import make_skyreels_df_pipeline, run_skyreels
 
 warnings.filterwarnings("ignore", message=".*flex_attention.*")
@@ -27,9 +30,7 @@ def _stats(pipe):
 
 def test_off_is_bit_identical_and_remove_restores(df):
     pipe, reference = df
-    originals = [type(b.attn1.processor) for b in pipe.transformer.blocks]
-    # the pipeline's own cache_context() leaves an (empty) hook registry on the transformer
-    had_registry = hasattr(pipe.transformer, "_diffusers_hook")
+    untouched = surface(pipe)
     accelerate(pipe, "off", kv_cache=dict(OFF, encode="pipeline"))
     assert [a["technique"] for a in pipe.acceleration.report().applied] == ["kv_cache"]
     assert torch.equal(run_skyreels(pipe, "micro", **ROLL), reference)
@@ -40,10 +41,7 @@ def test_off_is_bit_identical_and_remove_restores(df):
     assert not torch.equal(run_skyreels(pipe, "micro", **ROLL), reference)      # merged and evicted
     pipe.acceleration.remove()
     assert torch.equal(run_skyreels(pipe, "micro", **ROLL), reference)
-    assert "generate_timestep_matrix" not in vars(pipe) and not hasattr(pipe, "_kv_cache_controller")
-    assert hasattr(pipe.transformer, "_diffusers_hook") == had_registry
-    assert not had_registry or not pipe.transformer._diffusers_hook.hooks
-    assert [type(b.attn1.processor) for b in pipe.transformer.blocks] == originals
+    assert surface(pipe) == untouched
 
 
 def test_incremental_reuses_finished_frames_and_matches_the_pipeline(df):
@@ -79,11 +77,11 @@ def test_cache_never_exceeds_budget_over_a_long_rollout(df):
     pipe, _ = df
     accelerate(pipe, "off", kv_cache=dict(merge_threshold=0.5, budget_frames=3, evict="attention"))
     run_skyreels(pipe, "micro", latent_frames=32, block=2, ar_step=1, steps=2)
-    ctrl, stats = pipe._kv_cache_controller, _stats(pipe)
-    budget = 3 * ctrl.tpf
+    ctrl, stats = pipe.acceleration.stats()["kv_cache"], _stats(pipe)
+    budget = 3 * ctrl["tokens_per_frame"]
     assert stats["commits"] == 15 and stats["budget tokens per layer"] == budget
-    assert all(max(row["cache_tokens"].values()) <= budget for row in ctrl.rows.values())
-    assert max(ctrl.rows[30]["cache_tokens"].values()) == budget
+    assert all(max(row["cache_tokens"].values()) <= budget for row in ctrl["rows"].values())
+    assert max(ctrl["rows"][30]["cache_tokens"].values()) == budget
     assert sum(stats["merges per commit"]) > 0 and sum(stats["evictions per commit"]) > 0
     pipe.acceleration.remove()
 
@@ -131,7 +129,7 @@ def test_fields_that_do_not_apply_are_errors(df):
         pass
 
     ctx = patches.PatchContext(pipe=NotForcing(), denoiser=pipe.transformer, denoiser_attr="transformer",
-                               family=None, state=None)
+                               family=family_of(pipe.transformer), state=None, journal=Journal())
     with pytest.raises(patches.NotApplicable, match="not a SkyReels-V2 diffusion-forcing pipeline"):
         kv_cache.apply(ctx, kv_cache.Config())
 

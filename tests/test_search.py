@@ -17,7 +17,8 @@ from accelerate_diffusion.cli import main as cli_main  # noqa: E402
 from accelerate_diffusion.families import family_of, find_denoiser  # noqa: E402
 from accelerate_diffusion.schedules import CacheSchedule, ScheduleLayout, measure_component_macs  # noqa: E402
 from accelerate_diffusion.schedules import search as search_mod  # noqa: E402
-from accelerate_diffusion.schedules.search import SearchConfig, load_front, pick, search  # noqa: E402
+from accelerate_diffusion.schedules.fronts import load_front, pick  # noqa: E402
+from accelerate_diffusion.schedules.search import SearchConfig, search  # noqa: E402
 from accelerate_diffusion.testing import call_kwargs, run_counted  # noqa: E402
 
 PROMPTS = ["a red circle", "a blue square"]
@@ -69,7 +70,7 @@ def test_search_writes_a_valid_non_dominated_front(pipelines, searched):
 
 
 def test_front_schedule_reproduces_its_metrics_and_mac_estimate(pipelines, searched):
-    """A front file run through accelerate(schedule=...) gives its recorded loss; the MACs
+    """A front file run as block_cache's schedule gives its recorded loss; the MACs
     estimate matches the counted denoiser MACs."""
     from accelerate_diffusion.eval.fidelity import ssim
 
@@ -84,7 +85,7 @@ def test_front_schedule_reproduces_its_metrics_and_mac_estimate(pipelines, searc
         return run_counted(pipe, kw, **acc)
 
     reference, base_macs = images()
-    cached, macs = images(schedule=str(path))
+    cached, macs = images(block_cache={"schedule": str(path)})
     assert 1 - ssim(reference, cached) == pytest.approx(sched.metrics["quality_loss"], abs=1e-5)
     assert base_macs / macs == pytest.approx(sched.metrics["macs_ratio"], rel=0.02)
 
@@ -142,18 +143,16 @@ def test_pick_by_budget_and_accelerate_keywords(pipelines, searched, tmp_path):
         pick(lossy, max_quality_loss=best / 2)
     with pytest.raises(ValueError, match="must be a number >= 0"):
         pick(out, max_quality_loss=-1)
-    accelerate(pipe, "fast", schedule_dir=str(out), max_quality_loss=1.0)
+    accelerate(pipe, "fast", block_cache={"schedule_dir": str(out), "max_quality_loss": 1.0})
     try:
-        stats = pipe.acceleration.report().applied[0]["stats"]
+        stats = [a for a in pipe.acceleration.report().applied if a["technique"] == "block_cache"][0]["stats"]
         assert stats["schedule"] == fastest.name
     finally:
         pipe.acceleration.remove()
-    with pytest.raises(ValueError, match="schedule_dir= too"):
-        accelerate(pipe, "off", max_quality_loss=0.1)
-    with pytest.raises(ValueError, match="not both"):
-        accelerate(pipe, "off", schedule="fora:2", schedule_dir=str(out))
-    with pytest.raises(ValueError, match="block_cache is disabled"):
-        accelerate(pipe, "off", schedule="fora:2", block_cache=False)
+    with pytest.raises(ValueError, match=r"block_cache\.max_quality_loss: .* set block_cache\.schedule_dir too"):
+        accelerate(pipe, "off", block_cache={"max_quality_loss": 0.1})
+    with pytest.raises(ValueError, match="unknown override.*schedule_dir"):
+        accelerate(pipe, "off", schedule_dir=str(out))        # a field of the technique, not a keyword
     assert not hasattr(pipe, "acceleration")
 
 

@@ -16,9 +16,8 @@ from accelerate_diffusion import accelerate  # noqa: E402
 from accelerate_diffusion.cli import main as cli_main  # noqa: E402
 from accelerate_diffusion.eval.fidelity import psnr  # noqa: E402
 from accelerate_diffusion.schedules import search_deepcache as sdc  # noqa: E402
-from accelerate_diffusion.schedules.search_deepcache import (DeepCachePoint, DeepCacheSearchConfig,  # noqa: E402
-                                                             load_deepcache_front, parse_grid, pick_deepcache,
-                                                             search_deepcache)
+from accelerate_diffusion.schedules.fronts import DeepCachePoint, load_deepcache_front, pick_deepcache  # noqa: E402
+from accelerate_diffusion.schedules.search_deepcache import DeepCacheSearchConfig, parse_grid, search_deepcache  # noqa: E402
 from accelerate_diffusion.testing import call_kwargs, run_counted  # noqa: E402
 
 PROMPTS = ["a red circle", "a blue square"]
@@ -78,7 +77,7 @@ def test_calibration_writes_a_valid_non_dominated_front(pipelines, calibrated):
 
 
 def test_front_point_reproduces_its_metrics(pipelines, calibrated):
-    """A front file applied through accelerate(schedule=...) gives its recorded loss and MACs."""
+    """A front file applied as deepcache's point gives its recorded loss and MACs."""
     _, out = calibrated
     pipe = pipelines("sd")
     point = min(_points(out), key=lambda p: p.metrics["quality_loss"])
@@ -89,7 +88,7 @@ def test_front_point_reproduces_its_metrics(pipelines, calibrated):
         return run_counted(pipe, kw, **acc)
 
     reference, base_macs = images()
-    cached, macs = images(schedule=point.metrics.get("path") or str(out / "front-00.json"))
+    cached, macs = images(deepcache={"point": point.metrics.get("path") or str(out / "front-00.json")})
     assert 1 - min(psnr(reference, cached), 100) / 100 == pytest.approx(point.metrics["quality_loss"], abs=1e-5)
     assert base_macs / macs == pytest.approx(point.metrics["macs_ratio"], rel=1e-9)
     assert macs < base_macs
@@ -106,9 +105,10 @@ def test_accelerate_picks_a_point_by_budget(pipelines, calibrated, tmp_path):
     assert pick_deepcache(out, preset="max").name == fastest.name
     budget = losses[len(losses) // 2]
     chosen = pick_deepcache(out, max_quality_loss=budget)
-    accelerate(pipe, "fast", schedule_dir=str(out), max_quality_loss=budget)
+    accelerate(pipe, "fast", deepcache={"schedule_dir": str(out), "max_quality_loss": budget})
     try:
-        assert pipe.acceleration.plan["deepcache"].to_dict() == chosen.config
+        applied = pipe.acceleration.plan["deepcache"].to_dict()
+        assert {k: applied[k] for k in chosen.config} == chosen.config and applied["point"] == chosen.metrics["path"]
         assert "block_cache" not in pipe.acceleration.plan
     finally:
         pipe.acceleration.remove()
@@ -119,13 +119,13 @@ def test_accelerate_picks_a_point_by_budget(pipelines, calibrated, tmp_path):
             shutil.copy(p.metrics["path"], lossy)
     best = min(p.metrics["quality_loss"] for p in load_deepcache_front(lossy))
     with pytest.raises(ValueError, match="no DeepCache point .* is that close"):
-        accelerate(pipe, "fast", schedule_dir=str(lossy), max_quality_loss=best / 2)
-    with pytest.raises(ValueError, match="deepcache is disabled"):
-        accelerate(pipe, "fast", schedule_dir=str(out), deepcache=False)
+        accelerate(pipe, "fast", deepcache={"schedule_dir": str(lossy), "max_quality_loss": best / 2})
+    with pytest.raises(ValueError, match="is a DeepCache calibration; pass it as deepcache"):
+        accelerate(pipelines("pixart"), "fast", block_cache={"schedule_dir": str(out)})
     with pytest.raises(ValueError, match="must be a number >= 0"):
         pick_deepcache(out, max_quality_loss=-1)
     with pytest.raises(ValueError, match="does not apply to the pixart family"):
-        accelerate(pipelines("pixart"), "fast", schedule_dir=str(out))
+        accelerate(pipelines("pixart"), "fast", deepcache={"schedule_dir": str(out)})
     assert not hasattr(pipe, "acceleration") and not hasattr(pipelines("pixart"), "acceleration")
 
 

@@ -38,14 +38,14 @@ class Comparer:
 
     def pipeline(self, model: str):
         if model not in self._pipes:
-            from ..cli import load_pipeline
+            from ..loading import load_pipeline
 
             self._pipes[model] = load_pipeline(model, "micro")
         return self._pipes[model]
 
     def compare(self, model: str, prompt: str, negative: str, seed: int, steps: int,
                 guidance: float, size: int, preset: str, overrides_text: str):
-        from ..cli import parse_overrides
+        from ..loading import parse_overrides
         from ..eval.bench import run_bench
         from ..presets import get_preset
         from .. import testing

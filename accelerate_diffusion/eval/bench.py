@@ -16,7 +16,7 @@ import torch
 
 from ..api import accelerate
 from .fidelity import psnr, ssim
-from .macs import format_macs
+from ..macs import format_macs
 
 
 @dataclass

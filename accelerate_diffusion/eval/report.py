@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .fidelity import _as_images, per_frame, per_image, psnr, ssim
-from .macs import format_macs
+from ..macs import format_macs
 from .models import ClipAdapter, ClipImageFeatures, InceptionFeatures, RandomFeatures, Unavailable
 
 COLUMNS = ("label", "preset", "time_s", "time_spread_s", "baseline_s", "speedup", "macs",

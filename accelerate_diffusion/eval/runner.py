@@ -316,7 +316,7 @@ def evaluate(pipe_or_name, prompts, presets: Sequence[str | EvalConfig] = ("off"
              label: str | None = None) -> "EvalReport":
     """Evaluate presets on one pipeline and write the report files into ``out_dir``.
 
-    ``pipe_or_name``: a diffusers pipeline, or a name for ``cli.load_pipeline`` (tiny test
+    ``pipe_or_name``: a diffusers pipeline, or a name for ``loading.load_pipeline`` (tiny test
     pipeline, ``demo-unet``/``demo-dit``, hub id or local path). ``prompts``: a list, or a
     text file with one prompt per line. ``presets``: preset names or :class:`EvalConfig`;
     ``off`` is the baseline and is added if missing. ``overrides`` apply to every
@@ -346,7 +346,7 @@ def evaluate(pipe_or_name, prompts, presets: Sequence[str | EvalConfig] = ("off"
         raise ValueError(f"reference_dir: not a directory: {reference_dir}")
 
     if isinstance(pipe_or_name, str):
-        from ..cli import load_pipeline
+        from ..loading import load_pipeline
 
         name = pipe_or_name
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -436,7 +436,7 @@ def parse_config_arg(text: str) -> EvalConfig:
     """``"dc3=off deepcache.cache_interval=3 guidance=on"`` -> EvalConfig."""
     import shlex
 
-    from ..cli import parse_overrides
+    from ..loading import parse_overrides
 
     head, *rest = shlex.split(text) or [""]
     label, sep, preset = head.partition("=")
@@ -448,7 +448,7 @@ def parse_config_arg(text: str) -> EvalConfig:
 
 
 def _main(args) -> int:
-    from ..cli import parse_overrides
+    from ..loading import parse_overrides
 
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

@@ -270,17 +270,6 @@ class MaskSpec:
         """
         return _interval_terms(self)
 
-    def layout(self, block_q: int = 64, block_kv: int | None = None, tile=None):
-        """Token permutation + block-sparse tables for tiled kernels (see ``layout.py``).
-
-        Without ``tile`` the token order is the canonical one shared by all backends."""
-        from .layout import block_layout, layout_for
-
-        block_kv = block_q if block_kv is None else block_kv
-        if tile is None:
-            return layout_for(self, block_q, block_kv)
-        return block_layout(self, block_q, block_kv, tuple(tile))
-
 
 def _unflatten(g, grid):
     """Row-major flat index -> per-dimension coordinates."""

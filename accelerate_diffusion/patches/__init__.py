@@ -4,22 +4,32 @@ A technique module provides::
 
     NAME = "guidance"
     class Config(TechniqueConfig): ...           # validated on construction
+    def prepare(config, target: Target) -> Config   # optional: resolve files, learned schedules
     def apply(ctx: PatchContext, config) -> PatchHandle
 
-``apply`` raises :class:`NotApplicable` with a reason when it cannot run on this
-pipeline; the API then reports it as skipped (loudly), never as applied.
+``prepare`` runs before anything is changed (it may read files and raise ValueError).
+``apply`` makes every change through ``ctx`` (hooks, attributes, processors, callbacks),
+which records it with its undo in the acceleration's journal: techniques write no undo code,
+and a failure part-way unwinds everything. ``apply`` raises :class:`NotApplicable` with a
+reason when it cannot run on this pipeline; the API then reports it as skipped (loudly).
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from ..families import TECHNIQUES, Family
+from ..journal import Journal
 from ..state import AccelerationState
+
+try:
+    from diffusers.hooks import ModelHook
+except ImportError:  # pragma: no cover - diffusers is a hard dependency
+    ModelHook = object
 
 # technique name -> module implementing it. Order of application is families.TECHNIQUES.
 _MODULES: dict[str, str] = {
@@ -37,51 +47,104 @@ class NotApplicable(Exception):
 
 
 @dataclass
+class Target:
+    """What ``prepare`` may look at: the denoiser, its family row, the preset asked for, and the
+    config fields the user set explicitly (so a preset default can be told from a choice)."""
+
+    denoiser: torch.nn.Module
+    family: Family
+    preset: str
+    user_fields: frozenset = frozenset()
+
+
+@dataclass
 class PatchContext:
+    """The pipeline being accelerated and the only way a technique changes it."""
+
     pipe: Any
     denoiser: torch.nn.Module
     denoiser_attr: str
     family: Family
     state: AccelerationState
+    journal: Journal
+
+    def hook(self, module: torch.nn.Module, hook, name: str) -> None:
+        """Register a diffusers ``hook`` on ``module``."""
+        self.journal.register_hook(module, hook, name)
+
+    def set_attr(self, obj, name: str, value) -> None:
+        """Set an instance attribute (a pipeline method replacement, a marker)."""
+        self.journal.set_attr(obj, name, value)
+
+    def set_processor(self, attn: torch.nn.Module, processor) -> None:
+        self.journal.set_processor(attn, processor)
+
+    def on_reset(self, fn: Callable[[], None]) -> None:
+        """``fn()`` when a generation starts (drop caches)."""
+        self.journal.add_callback(self.state._on_reset, fn)
+
+    def on_step_end(self, fn: Callable[[], None]) -> None:
+        self.journal.add_callback(self.state._on_step_end, fn)
+
+    def on_scheduler_step(self, fn: Callable[[Any, Any], None]) -> None:
+        """``fn(model_output, scheduler)`` after each scheduler step (RAS steers the next step)."""
+        self.journal.add_callback(self.state._on_scheduler_step, fn)
+
+    def on_remove(self, fn: Callable[[], None]) -> None:
+        """``fn()`` on removal (free caches held for the pipeline)."""
+        self.journal.record(fn, "free caches")
 
 
 @dataclass
 class PatchHandle:
-    """What ``apply`` returns: what it patched, how to undo it, and live statistics."""
+    """What ``apply`` returns: what it patched and its statistics.
+
+    ``stats()`` gives the report's lines; ``details()`` the machine-readable figures
+    (per-step selections, per-chunk cache sizes...) that ``Acceleration.stats()`` returns."""
 
     technique: str
     targets: list[str] = field(default_factory=list)   # modules patched, for the report
-    undo: list = field(default_factory=list)           # callables run in reverse on remove()
-    stats: Any = None                                  # callable -> dict, for the report
-
-    def remove(self) -> None:
-        while self.undo:
-            self.undo.pop()()
+    stats: Callable[[], dict] | None = None
+    details: Callable[[], dict] | None = None
 
     def statistics(self) -> dict:
         return dict(self.stats()) if callable(self.stats) else {}
+
+    def data(self) -> dict:
+        out = self.statistics()
+        if callable(self.details):
+            out.update(self.details())
+        return out
+
+
+class TechniqueHook(ModelHook):
+    """Base of every technique's hook. Calls that are not this pipeline's own (another pipeline
+    sharing the module) pass through untouched; the others go to :meth:`run`."""
+
+    def __init__(self, state: AccelerationState):
+        super().__init__()
+        self.state = state
+
+    def new_forward(self, module, *args, **kwargs):
+        if not self.state.in_call:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        return self.run(module, self.fn_ref.original_forward, args, kwargs)
+
+    def run(self, module, forward, args, kwargs):  # pragma: no cover - overridden
+        return forward(*args, **kwargs)
+
+
+class OutputHook(ModelHook):
+    """A hook that edits a module's output with ``fn(module, output)`` in this pipeline's calls."""
+
+    def __init__(self, state: AccelerationState, fn: Callable):
+        super().__init__()
+        self.state, self.fn = state, fn
+
+    def post_forward(self, module, output):
+        return self.fn(module, output) if self.state.in_call else output
 
 
 def available() -> dict[str, Any]:
     """The implemented techniques, as name -> module, in application order."""
     return {name: importlib.import_module(_MODULES[name]) for name in TECHNIQUES if name in _MODULES}
-
-
-def register_hook(module: torch.nn.Module, hook, name: str):
-    """Register a diffusers ``hook`` on ``module``; return an undo that removes it and, when
-    the registry was created here and is left empty, the registry and instance ``forward``."""
-    from diffusers.hooks import HookRegistry
-
-    had_registry = hasattr(module, "_diffusers_hook")
-    had_forward = "forward" in vars(module)
-    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
-
-    def undo():
-        registry = module._diffusers_hook
-        registry.remove_hook(name, recurse=False)
-        if not registry.hooks and not had_registry:
-            del module._diffusers_hook
-            if "forward" in vars(module) and not had_forward:
-                del module.forward
-
-    return undo

@@ -25,21 +25,18 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import torch.nn.functional as F
-from diffusers.hooks import ModelHook
 from torch.overrides import TorchFunctionMode
 
 from .. import kernels
 from ..config import TechniqueConfig, check_choice, check_range
-from ..eval.macs import format_macs
-from . import NotApplicable, PatchContext, PatchHandle, register_hook
+from ..macs import format_macs
+from . import NotApplicable, PatchContext, PatchHandle, TechniqueHook
 
 NAME = "attention"
 HOOK = "accel_attention"
 PATTERNS = ("neighborhood", "strided", "blocked", "frame_tile", "criss_cross")
 BACKENDS = ("auto", "flex", "flex_eager", "reference", "triton")
-FAMILIES = ("pixart", "sd3", "flux", "wan")
 
 
 def _tuple(value):
@@ -133,26 +130,6 @@ def build_spec(config: Config, grid: tuple[int, ...], prefix: int = 0, suffix: i
                          f"stride={config.stride!r} does not fit the token grid {grid}: {msg}") from None
 
 
-# -- the token grid ---------------------------------------------------------------------------
-def _grid_of(family: str, denoiser, args, kwargs) -> tuple[int, ...]:
-    """Token grid of this denoiser call, from its input (not guessed from sequence lengths)."""
-    x = args[0] if args else kwargs.get("hidden_states")
-    if family == "flux":
-        ids = kwargs.get("img_ids")
-        if ids is None and len(args) > 4:
-            ids = args[4]
-        if ids is None:
-            raise ValueError(f"{NAME}.grid: the Flux transformer was called without img_ids")
-        ids = ids.reshape(-1, ids.shape[-1])[: x.shape[1]]
-        h, w = int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
-        return (h, w)
-    patch = denoiser.config.patch_size
-    if family == "wan":
-        pt, ph, pw = patch
-        return (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
-    return (x.shape[-2] // patch, x.shape[-1] // patch)
-
-
 # -- runtime ----------------------------------------------------------------------------------
 @dataclass
 class _Layer:
@@ -169,7 +146,6 @@ class _Runtime:
     def __init__(self, ctx: PatchContext, config: Config):
         self.ctx = ctx
         self.config = config
-        self.family = ctx.family.name
         self.grid: tuple[int, ...] | None = None       # during a denoiser call
         self.last_grid: tuple[int, ...] | None = None  # for the report
         self.layers: list[_Layer] = []
@@ -184,6 +160,19 @@ class _Runtime:
         self.macs_dense, self.macs_kernel = 0, 0.0
         for layer in self.layers:
             layer.sparse_calls = layer.dense_calls = 0
+
+    def forget(self) -> None:
+        """On remove(): free the mask specs built for this pipeline."""
+        self.reset()
+        self._specs.clear()
+
+    def details(self) -> dict:
+        """Attention-core MACs of the sparse calls dense vs at mask density, the backends that
+        ran, and the mask specs built (token grid, extra tokens, text side -> spec)."""
+        return {"macs_dense": self.macs_dense, "macs_kernel": self.macs_kernel,
+                "backend_calls": dict(self.backends), "specs": dict(self._specs),
+                "layers": [{"name": l.name, "block": l.index, "sparse_calls": l.sparse_calls,
+                            "dense_calls": l.dense_calls, "density": l.density} for l in self.layers]}
 
     def dense_steps(self) -> int:
         n = self.config.dense_steps
@@ -271,37 +260,37 @@ class _SparseSDPA(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-class _GridHook(ModelHook):
+class _GridHook(TechniqueHook):
     """On the denoiser: the token grid of the call in progress."""
 
     def __init__(self, runtime: _Runtime):
-        super().__init__()
+        super().__init__(runtime.ctx.state)
         self.runtime = runtime
 
-    def new_forward(self, module, *args, **kwargs):
+    def run(self, module, forward, args, kwargs):
         rt = self.runtime
-        previous, rt.grid = rt.grid, _grid_of(rt.family, module, args, kwargs)
+        previous, rt.grid = rt.grid, rt.ctx.family.token_grid_of(module, args, kwargs)
         try:
-            return self.fn_ref.original_forward(*args, **kwargs)
+            return forward(*args, **kwargs)
         finally:
             rt.last_grid, rt.grid = rt.grid, previous
 
 
-class _AttnHook(ModelHook):
+class _AttnHook(TechniqueHook):
     """On one self-attention module: its own forward, with SDPA swapped when sparse."""
 
     def __init__(self, runtime: _Runtime, layer: _Layer):
-        super().__init__()
+        super().__init__(runtime.ctx.state)
         self.runtime, self.layer = runtime, layer
 
-    def new_forward(self, module, *args, **kwargs):
+    def run(self, module, forward, args, kwargs):
         rt, layer = self.runtime, self.layer
         if rt.is_dense(layer):
             layer.dense_calls += 1
             rt.ctx.state.count("attention_dense_calls")
-            return self.fn_ref.original_forward(*args, **kwargs)
+            return forward(*args, **kwargs)
         with _SparseSDPA(rt, layer) as mode:
-            out = self.fn_ref.original_forward(*args, **kwargs)
+            out = forward(*args, **kwargs)
         if mode.calls == 0:
             raise RuntimeError(
                 f"{NAME}: {layer.name} ({type(module.processor).__name__}) did not call "
@@ -311,62 +300,26 @@ class _AttnHook(ModelHook):
 
 
 # -- apply ------------------------------------------------------------------------------------
-def _self_attentions(ctx: PatchContext) -> list[tuple[int, str, torch.nn.Module, str]]:
-    """(block index, name, module, text side) for every image/video self-attention."""
-    family = ctx.family.name
-    out = []
-    for index, (name, block) in enumerate(ctx.family.blocks(ctx.denoiser)):
-        if family in ("pixart", "wan"):
-            attrs = (("attn1", "none"),)
-        elif family == "sd3":
-            attrs = (("attn", "suffix"), ("attn2", "none"))   # attn2: SD3.5 dual image attention
-        else:
-            attrs = (("attn", "prefix"),)                      # Flux: text first (single blocks too)
-        for attr, side in attrs:
-            attn = getattr(block, attr, None)
-            if isinstance(attn, torch.nn.Module):
-                out.append((index, f"{name}.{attr}", attn, side))
-    return out
-
-
-def _register(module: torch.nn.Module, hook: ModelHook, undo: list) -> None:
-    undo.append(register_hook(module, hook, HOOK))
-
-
 def apply(ctx: PatchContext, config: Config) -> PatchHandle:
-    family = ctx.family.name
-    if family not in FAMILIES:
-        raise NotApplicable(f"{NAME} supports the {', '.join(FAMILIES)} transformers, not {family}")
-    if config.pattern == "frame_tile" and ctx.family.grid != "3d":
-        raise NotApplicable(f"{NAME}.pattern='frame_tile' needs video tokens; {family} has an image grid")
-    attentions = _self_attentions(ctx)
+    family = ctx.family
+    if config.pattern == "frame_tile" and family.grid != "3d":
+        raise NotApplicable(f"{NAME}.pattern='frame_tile' needs video tokens; {family.name} has an image grid")
+    attentions = family.self_attentions(ctx.denoiser)
     if not attentions:
-        raise NotApplicable(f"{NAME}: no self-attention modules found in the {family} transformer")
-    n_blocks = len(ctx.family.blocks(ctx.denoiser))
+        raise NotApplicable(f"{NAME}: the family table lists no image self-attention for {family.name}")
+    n_blocks = len(family.blocks(ctx.denoiser))
     for i in config.dense_layers:
         if not -n_blocks <= i < n_blocks:
-            raise ValueError(f"{NAME}.dense_layers: {i} is out of range; this {family} transformer has "
+            raise ValueError(f"{NAME}.dense_layers: {i} is out of range; this {family.name} transformer has "
                              f"{n_blocks} blocks (allowed {-n_blocks} to {n_blocks - 1})")
 
     runtime = _Runtime(ctx, config)
     runtime.dense_layers = {i % n_blocks for i in config.dense_layers}
-    undo: list = []
-    handle = PatchHandle(NAME, targets=[n for _, n, _, _ in attentions], undo=undo, stats=runtime.stats)
-    handle.runtime = runtime
-    try:
-        for index, name, attn, side in attentions:
-            layer = _Layer(name, index, side)
-            runtime.layers.append(layer)
-            _register(attn, _AttnHook(runtime, layer), undo)
-        _register(ctx.denoiser, _GridHook(runtime), undo)
-    except BaseException:
-        handle.remove()
-        raise
-    ctx.state.on_reset(runtime.reset)
-
-    def detach():
-        if runtime.reset in ctx.state._on_reset:
-            ctx.state._on_reset.remove(runtime.reset)
-
-    undo.insert(0, detach)
-    return handle
+    for index, name, attn, side in attentions:
+        layer = _Layer(name, index, side)
+        runtime.layers.append(layer)
+        ctx.hook(attn, _AttnHook(runtime, layer), HOOK)
+    ctx.hook(ctx.denoiser, _GridHook(runtime), HOOK)
+    ctx.on_reset(runtime.reset)
+    ctx.on_remove(runtime.forget)
+    return PatchHandle(NAME, targets=[n for _, n, _, _ in attentions], stats=runtime.stats, details=runtime.details)

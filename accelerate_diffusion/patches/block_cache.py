@@ -37,24 +37,23 @@ from typing import Any
 import torch
 
 from ..config import TechniqueConfig, check_choice, check_range
-from ..schedules.cache_schedule import CacheSchedule, ScheduleLayout, is_heuristic, resolve_schedule
-from . import NotApplicable, PatchContext, PatchHandle, register_hook
+from ..schedules import fronts, learned
+from ..schedules.cache_schedule import CacheSchedule, ScheduleLayout
+from ..schedules.heuristics import is_heuristic, resolve_schedule
+from . import NotApplicable, PatchContext, PatchHandle, Target, TechniqueHook
 
 NAME = "block_cache"
 HOOK = "accelerate_diffusion.block_cache"
 PROBE_HOOK = "accelerate_diffusion.block_cache.probe"
 MODES = ("schedule", "dynamic")
 
-try:
-    from diffusers.hooks import ModelHook
-except ImportError:  # pragma: no cover - diffusers is a hard dependency
-    ModelHook = object
-
 
 @dataclass
 class Config(TechniqueConfig):
     """``mode``: "schedule" or "dynamic". ``schedule``: CacheSchedule, JSON dict, file path,
     shipped name or heuristic spec ("fora:2", "component:ff,k=6", "tgate:gate=0.5", "full").
+    ``schedule_dir``: a searched front (folder, or a shipped front's name); its point is picked by
+    ``max_quality_loss`` (the fastest within that loss) or else by the preset's MACs target.
     Dynamic mode: ``threshold`` (relative change of the first block's residual below which the
     other blocks are reused), ``warmup_steps`` (first steps always computed) and ``max_reuse``
     (at most this many consecutive reused steps; 0 = no limit)."""
@@ -66,6 +65,8 @@ class Config(TechniqueConfig):
     warmup_steps: int = 1
     max_reuse: int = 0
     fallback: str = ""                # heuristic used instead of resampling a fixed schedule ("" = resample)
+    schedule_dir: str = ""            # a searched front to pick the schedule from
+    max_quality_loss: float | None = None
 
     def validate(self) -> None:
         check_choice(self.NAME, "mode", self.mode, MODES)
@@ -78,6 +79,14 @@ class Config(TechniqueConfig):
         if not isinstance(self.schedule, (str, dict, CacheSchedule, os.PathLike)):
             raise ValueError(f"{self.NAME}.schedule: expected a CacheSchedule, a dict, a file path or a "
                              f"heuristic name like 'fora:2', got {type(self.schedule).__name__}")
+        if not isinstance(self.schedule_dir, (str, os.PathLike)):
+            raise ValueError(f"{self.NAME}.schedule_dir: expected a front folder or a shipped front's name, "
+                             f"got {type(self.schedule_dir).__name__}")
+        if self.max_quality_loss is not None:
+            check_range(self.NAME, "max_quality_loss", self.max_quality_loss, 0.0, None)
+            if not self.schedule_dir:
+                raise ValueError(f"{self.NAME}.max_quality_loss: picks a point of a searched front; set "
+                                 f"{self.NAME}.schedule_dir too")
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -124,32 +133,31 @@ def _second_half(value, batch: int):
     return value
 
 
-class _ComponentHook(ModelHook):
+class _ComponentHook(TechniqueHook):
     def __init__(self, runtime: "_Runtime", block: int, component: int):
-        super().__init__()
+        super().__init__(runtime.state)
         self.runtime, self.block, self.component = runtime, block, component
 
-    def new_forward(self, module, *args, **kwargs):
-        return self.runtime.component_call(self.block, self.component, self.fn_ref.original_forward,
-                                           args, kwargs)
+    def run(self, module, forward, args, kwargs):
+        return self.runtime.component_call(self.block, self.component, forward, args, kwargs)
 
 
-class _ProbeHook(ModelHook):
+class _ProbeHook(TechniqueHook):
     """On the first block, in dynamic mode: decides whether the other blocks are reused."""
 
     def __init__(self, runtime: "_Runtime"):
-        super().__init__()
+        super().__init__(runtime.state)
         self.runtime = runtime
 
-    def new_forward(self, module, *args, **kwargs):
-        return self.runtime.probe_call(self.fn_ref.original_forward, args, kwargs)
+    def run(self, module, forward, args, kwargs):
+        return self.runtime.probe_call(forward, args, kwargs)
 
 
 class _Runtime:
     """Per-pipeline cache state: the schedule for this generation and the cached outputs."""
 
-    def __init__(self, ctx: PatchContext, config: Config, layout: ScheduleLayout):
-        self.state = ctx.state
+    def __init__(self, state, config: Config, layout: ScheduleLayout):
+        self.state = state
         self.config = config
         self.layout = layout
         self.spec = config.schedule
@@ -295,6 +303,28 @@ class _Runtime:
         return out
 
 
+def prepare(config: Config, target: Target) -> Config:
+    """Before anything changes: pick a front point, use this model's learned schedule where one is
+    shipped (unless the user chose the schedule), and check the schedule resolves."""
+    if isinstance(config.schedule, (str, os.PathLike)) and fronts.is_deepcache(config.schedule):
+        raise ValueError(f"{NAME}.schedule: {os.fspath(config.schedule)} is a DeepCache calibration point; "
+                         f"pass it as deepcache={{'point': ...}}")
+    if config.schedule_dir:
+        if fronts.is_deepcache(config.schedule_dir):
+            raise ValueError(f"{NAME}.schedule_dir: {config.schedule_dir} is a DeepCache calibration; pass it as "
+                             f"deepcache={{'schedule_dir': ...}}")
+        point = fronts.pick(config.schedule_dir, config.max_quality_loss, target.preset)
+        config = config.replace(mode="schedule", schedule=point)
+    elif config.mode == "schedule" and not {"schedule", "mode"} & target.user_fields:
+        chosen = learned.preset_schedule(target.denoiser, target.preset)
+        if chosen is not None:      # at other step counts the preset's heuristic runs (no resampling)
+            fallback = config.schedule if isinstance(config.schedule, str) else ""
+            config = config.replace(schedule=chosen, fallback=fallback)
+    if config.mode == "schedule" and target.family.block_groups:
+        _Runtime(None, config, ScheduleLayout.of(target.family, target.denoiser))   # raises ValueError
+    return config
+
+
 def apply(ctx: PatchContext, config: Config) -> PatchHandle:
     family = ctx.family
     if not family.block_groups:
@@ -302,28 +332,18 @@ def apply(ctx: PatchContext, config: Config) -> PatchHandle:
     layout = ScheduleLayout.of(family, ctx.denoiser)
     if layout.num_blocks == 0:
         raise NotApplicable(f"{type(ctx.denoiser).__name__} has no blocks to cache")
-    runtime = _Runtime(ctx, config, layout)
+    runtime = _Runtime(ctx.state, config, layout)
     handle = PatchHandle(NAME, stats=runtime.stats)
     comps = layout.components
-    try:
-        for b, (qualname, block) in enumerate(family.blocks(ctx.denoiser)):
-            for c in layout.block_components[b]:
-                module = getattr(block, c, None)
-                if module is None:           # e.g. SD3's last block has no ff_context
-                    continue
-                handle.undo.append(register_hook(module, _ComponentHook(runtime, b, comps.index(c)), HOOK))
-                handle.targets.append(f"{qualname}.{c}")
-            if b == 0 and config.mode == "dynamic":
-                handle.undo.append(register_hook(block, _ProbeHook(runtime), PROBE_HOOK))
-    except BaseException:
-        handle.remove()
-        raise
-    ctx.state.on_reset(runtime.clear)
-
-    def forget():
-        runtime.clear()
-        if runtime.clear in ctx.state._on_reset:
-            ctx.state._on_reset.remove(runtime.clear)
-
-    handle.undo.insert(0, forget)
+    for b, (qualname, block) in enumerate(family.blocks(ctx.denoiser)):
+        for c in layout.block_components[b]:
+            module = getattr(block, c, None)
+            if module is None:           # e.g. SD3's last block has no ff_context
+                continue
+            ctx.hook(module, _ComponentHook(runtime, b, comps.index(c)), HOOK)
+            handle.targets.append(f"{qualname}.{c}")
+        if b == 0 and config.mode == "dynamic":
+            ctx.hook(block, _ProbeHook(runtime), PROBE_HOOK)
+    ctx.on_reset(runtime.clear)
+    ctx.on_remove(runtime.clear)
     return handle

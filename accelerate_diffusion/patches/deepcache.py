@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,8 @@ import numpy as np
 import torch
 
 from ..config import TechniqueConfig, check_choice, check_range
-from . import NotApplicable, PatchContext, PatchHandle, register_hook
+from ..schedules import fronts
+from . import NotApplicable, PatchContext, PatchHandle, Target, TechniqueHook
 
 NAME = "deepcache"
 HOOK = "accelerate_diffusion.deepcache"
@@ -57,6 +59,15 @@ class Config(TechniqueConfig):
     full_steps: tuple | None = None    # explicit full-step indices (replace the schedule)
     always_full_start: int = 1         # the first k steps always run full (step 0 always does)
     always_full_end: int = 0           # the last k steps always run full
+    point: str = ""                    # a calibrated point (front-NN.json): its settings replace these
+    schedule_dir: str = ""             # a calibration folder: the point is picked from its front
+    max_quality_loss: float | None = None   # with schedule_dir: the fastest point within this loss
+
+    LOOKUP = ("point", "schedule_dir", "max_quality_loss")   # where settings come from, not settings
+
+    def settings(self) -> dict:
+        """The DeepCache settings alone (what a calibration point stores)."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.LOOKUP}
 
     def validate(self) -> None:
         check_range(NAME, "cache_interval", self.cache_interval, 1, 1000, integer=True)
@@ -66,6 +77,16 @@ class Config(TechniqueConfig):
         check_range(NAME, "power", self.power, 1.0, 10.0, lo_open=True)
         check_range(NAME, "always_full_start", self.always_full_start, 0, integer=True)
         check_range(NAME, "always_full_end", self.always_full_end, 0, integer=True)
+        for name in ("point", "schedule_dir"):
+            if not isinstance(getattr(self, name), (str, os.PathLike)):
+                raise ValueError(f"{NAME}.{name}: expected a path, got {getattr(self, name)!r}")
+        if self.point and self.schedule_dir:
+            raise ValueError(f"{NAME}.point / {NAME}.schedule_dir: give one, not both")
+        if self.max_quality_loss is not None:
+            check_range(NAME, "max_quality_loss", self.max_quality_loss, 0.0, None)
+            if not self.schedule_dir:
+                raise ValueError(f"{NAME}.max_quality_loss: picks a point of a calibration front; set "
+                                 f"{NAME}.schedule_dir too")
         if self.full_steps is not None:
             if not isinstance(self.full_steps, (list, tuple)):
                 raise ValueError(f"{NAME}.full_steps: must be a list of step indices or None, "
@@ -169,6 +190,28 @@ def _layout(unet) -> _Layout:
                             f"down path makes {num_skips}; unknown UNet layout")
     max_branch = num_skips - 1 if unet.mid_block is not None else num_skips - 2
     return _Layout(down, up, up_skip, num_skips, max_branch)
+
+
+def package_config(unet, cache_interval: int, cache_branch_id: int, **fields) -> "Config":
+    """The settings that reproduce the ``DeepCache`` package's ``set_params(cache_interval,
+    cache_branch_id)`` (uniform schedule) on this UNet.
+
+    The package numbers branches as ``3 * down block + layer`` (written for SD's three layers
+    per down block: two resnets and a downsampler); ours number the skip tensors themselves.
+    Its branch (b, l) runs the layers m <= l of the up block mirroring down block b (and the
+    down layers feeding them), so the live skips end at the one up layer m = min(l, n - 1)
+    consumes, n being that up block's resnets: our branch ``(skips made before block b) +
+    min(l, n - 1)``. With three layers per down block (SD 1.x/2.x, SDXL) the numberings agree."""
+    layout = _layout(unet)
+    block, layer = divmod(cache_branch_id, 3)
+    blocks = [b for b, _, _ in layout.down]
+    if block >= len(unet.down_blocks):
+        raise ValueError(f"{NAME}: package cache_branch_id {cache_branch_id} names down block {block}; this "
+                         f"UNet has {len(unet.down_blocks)}")
+    before = blocks.index(block) if block in blocks else len(blocks)
+    n_up = len(unet.up_blocks[len(unet.up_blocks) - 1 - block].resnets)
+    branch = min(before + min(layer, n_up - 1), layout.max_branch)
+    return Config(cache_interval=cache_interval, cache_branch=branch, schedule="uniform", **fields)
 
 
 # -- runtime ----------------------------------------------------------------------------
@@ -287,49 +330,43 @@ class _Runtime:
                 "forced_full_calls": self.forced}
 
 
-try:
-    from diffusers.hooks import ModelHook
-except ImportError:  # pragma: no cover - diffusers is a hard dependency
-    ModelHook = object
-
-
-class _ControllerHook(ModelHook):
+class _ControllerHook(TechniqueHook):
     """On the UNet: decides full or cached for each call."""
 
     def __init__(self, runtime: _Runtime):
-        super().__init__()
+        super().__init__(runtime.state)
         self.rt = runtime
 
-    def new_forward(self, module, *args, **kwargs):
+    def run(self, module, forward, args, kwargs):
         sample = args[0] if args else kwargs.get("sample")
         slot = self.rt.state.call_in_step
         self.rt.plan_call(sample)
         ok = False
         try:
-            out = self.fn_ref.original_forward(*args, **kwargs)
+            out = forward(*args, **kwargs)
             ok = True
         finally:
             self.rt.finish_call(slot, ok)
         return out
 
 
-class _DeepHook(ModelHook):
+class _DeepHook(TechniqueHook):
     """On a deep module: runs and records on full calls; zeros (or the cache) on cached calls."""
 
     def __init__(self, runtime: _Runtime, name: str, is_cut: bool):
-        super().__init__()
+        super().__init__(runtime.state)
         self.rt = runtime
         self.name = name
         self.is_cut = is_cut
 
-    def new_forward(self, module, *args, **kwargs):
+    def run(self, module, forward, args, kwargs):
         rt = self.rt
         if rt.mode == "cached":
             if self.is_cut:
                 # a copy: FreeU scales the up path's input in place
                 return _map(rt.entry.feature, lambda t: t[rt.rows].clone())
             return _zeros(rt.entry.specs[self.name], rt.batch)
-        out = self.fn_ref.original_forward(*args, **kwargs)
+        out = forward(*args, **kwargs)
         if rt.mode == "full":
             if self.is_cut:
                 rt.entry.feature = _map(out, lambda t: t.clone())
@@ -370,6 +407,22 @@ def _deep_modules(unet, layout: _Layout, branch: int) -> list[tuple[str, torch.n
     return out
 
 
+def prepare(config: Config, target: Target) -> Config:
+    """Before anything changes: a calibrated point (file, or picked from a calibration folder)
+    replaces the settings; its file is checked here."""
+    if not (config.point or config.schedule_dir):
+        return config
+    if config.schedule_dir:
+        point = fronts.pick_deepcache(config.schedule_dir, config.max_quality_loss, target.preset)
+    else:
+        path = os.fspath(config.point)
+        if not os.path.isfile(path):
+            raise ValueError(f"{NAME}.point: file not found: {path}")
+        point = fronts.DeepCachePoint.load(path)
+    settings = {k: v for k, v in point.config.items() if k not in Config.LOOKUP}
+    return Config.from_dict({**settings, "point": os.fspath(point.metrics.get("path", config.point))})
+
+
 def apply(ctx: PatchContext, config: Config) -> PatchHandle:
     unet = ctx.denoiser
     if not all(hasattr(unet, a) for a in ("conv_in", "down_blocks", "up_blocks", "mid_block")):
@@ -381,11 +434,10 @@ def apply(ctx: PatchContext, config: Config) -> PatchHandle:
         raise ValueError(f"{NAME}.cache_branch: {config.cache_branch} is out of range for this UNet; "
                          f"allowed [0, {layout.max_branch}] (last live skip: {layout.describe()})")
     runtime = _Runtime(ctx, config)
-    ctx.state.on_reset(runtime.reset)
+    ctx.on_reset(runtime.reset)
+    ctx.on_remove(runtime.reset)
     deep = _deep_modules(unet, layout, config.cache_branch)
-
-    handle = PatchHandle(NAME, targets=[name for name, _, _ in deep], stats=runtime.stats)
     for name, module, is_cut in deep:
-        handle.undo.append(register_hook(module, _DeepHook(runtime, name, is_cut), HOOK))
-    handle.undo.append(register_hook(unet, _ControllerHook(runtime), HOOK))
-    return handle
+        ctx.hook(module, _DeepHook(runtime, name, is_cut), HOOK)
+    ctx.hook(unet, _ControllerHook(runtime), HOOK)
+    return PatchHandle(NAME, targets=[name for name, _, _ in deep], stats=runtime.stats)

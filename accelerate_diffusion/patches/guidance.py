@@ -39,12 +39,11 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
 from ..config import TechniqueConfig, check_choice, check_range
-from . import NotApplicable, PatchContext, PatchHandle
+from . import NotApplicable, PatchContext, PatchHandle, TechniqueHook
 
 NAME = "guidance"
 MODES = ("adaptive", "truncation", "interval", "linear")
@@ -63,6 +62,7 @@ class Config(TechniqueConfig):
     interval: tuple = (0.0, 0.7)     # interval: CFG while lo <= step/num_steps < hi
     per_sample: bool = True          # False: the batch switches when all samples have crossed
     coefficients: str | None = None  # linear: a JSON path or shipped name; None: match the model
+    record: bool = False             # keep every fully guided step's (cond, uncond) predictions (LinearAG fitting)
 
     def validate(self) -> None:
         check_choice(NAME, "mode", self.mode, MODES)
@@ -78,6 +78,7 @@ class Config(TechniqueConfig):
             raise ValueError(f"{NAME}.interval: lo must be < hi; got ({lo}, {hi})")
         self.interval = (lo, hi)
         check_choice(NAME, "per_sample", self.per_sample, (True, False))
+        check_choice(NAME, "record", self.record, (True, False))
         if self.coefficients is not None and not isinstance(self.coefficients, str):
             raise ValueError(f"{NAME}.coefficients: must be None or a path/name string, "
                              f"got {self.coefficients!r}")
@@ -149,69 +150,6 @@ def find_coefficients(denoiser: torch.nn.Module, scheduler) -> list[dict]:
     return found
 
 
-def record_trajectories(pipe, calls: Iterable[dict]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
-    """Run ``pipe(**kwargs)`` with full CFG for each kwargs; per call, per step (cond, uncond)."""
-    from ..api import accelerate
-
-    trajectories = []
-    accelerate(pipe, "off", guidance=Config(mode="adaptive", threshold=2.0))
-    try:
-        controller = pipe.acceleration.state.caches[NAME]
-        for kwargs in calls:
-            controller.recording = []
-            pipe(**kwargs)
-            if not controller.recording:
-                raise ValueError(f"{NAME}: no CFG step was recorded; does this call use "
-                                 f"classifier-free guidance (guidance_scale > 1)?")
-            trajectories.append(controller.recording)
-    finally:
-        pipe.acceleration.remove()
-    return trajectories
-
-
-def fit_linear_ag(trajectories, max_ratio: float = 0.5, max_fraction: float = 1.0) -> dict:
-    """Least-squares LinearAG coefficients per step from full-CFG trajectories.
-
-    For each step t >= 1: ``eps_u[t] ~ a*eps_c[t] + b*eps_c[t-1] + c*eps_u[t-1]`` over all
-    samples and elements. ``ratio[t]`` is the residual relative to ``|eps_u - eps_c|`` (the
-    error of simply dropping guidance). Steps are chosen for replacement alternately (the
-    previous step is a real evaluation), within ``max_fraction`` of the steps, when
-    ``ratio <= max_ratio``.
-    """
-    steps = len(trajectories[0])
-    if any(len(t) != steps for t in trajectories):
-        raise ValueError(f"{NAME}: all calibration runs must have the same number of steps")
-    coeffs, ratios, replace = [[0.0, 0.0, 0.0]], [None], []
-    for t in range(1, steps):
-        cols = [torch.cat([traj[t][0].flatten() for traj in trajectories]),
-                torch.cat([traj[t - 1][0].flatten() for traj in trajectories]),
-                torch.cat([traj[t - 1][1].flatten() for traj in trajectories])]
-        x = torch.stack(cols, 1).double()
-        y = torch.cat([traj[t][1].flatten() for traj in trajectories]).double()
-        w = torch.linalg.lstsq(x, y.unsqueeze(1)).solution.squeeze(1)
-        ratio = float((y - x @ w).norm() / (y - cols[0].double()).norm().clamp_min(1e-12))
-        coeffs.append([float(v) for v in w])
-        ratios.append(ratio)
-        if ratio <= max_ratio and t < max_fraction * steps and (t - 1) not in replace:
-            replace.append(t)
-    return {"steps": steps, "coefficients": coeffs, "ratio": ratios, "replace": replace,
-            "samples": sum(traj[0][0].shape[0] for traj in trajectories)}
-
-
-def fit_pipeline(pipe, calls: list[dict], path: str | Path | None = None, **fit_kwargs) -> dict:
-    """Record full-CFG runs of ``pipe``, fit LinearAG, tag it with the model, save as JSON."""
-    from ..families import find_denoiser
-
-    _, denoiser = find_denoiser(pipe)
-    data = fit_linear_ag(record_trajectories(pipe, calls), **fit_kwargs)
-    data = {"denoiser": type(denoiser).__name__, "fingerprint": model_fingerprint(denoiser),
-            "scheduler": type(pipe.scheduler).__name__, **data}
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(data, indent=1) + "\n")
-    return data
-
-
 # -- the controller -----------------------------------------------------------------------
 class _Generation:
     """What one generation has decided so far."""
@@ -234,10 +172,12 @@ class _Controller:
     def __init__(self, ctx: PatchContext, config: Config, linear: dict | None):
         self.ctx, self.state, self.config, self.linear = ctx, ctx.state, config, linear
         self.gen = _Generation()
-        self.recording: list | None = None
+        self.recording: list | None = [] if config.record else None
 
     def reset(self) -> None:
         self.gen = _Generation()
+        if self.recording is not None:
+            self.recording = []
 
     # which rows need what at this step ----------------------------------------------------
     def _cfg_window(self) -> bool:
@@ -281,14 +221,12 @@ class _Controller:
         name = getattr(self._context._context, "name", None)
         if name in ("cond", "uncond"):
             return name                                   # diffusers' cache_context says which
-        if gen.layout is None:
+        if gen.layout is None and call == 1 and self.state.cfg_flag and self.ctx.family.cfg == "batched":
+            # The pipeline's own CFG flag (its property, or the flag it gave encode_prompt) and the
+            # family's layout say the batch is [uncond, cond]; never inferred from the values.
             sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
-            # PixArt-style pipelines have no `do_classifier_free_guidance` flag: then the
-            # shared latents alone tell that the batch is [uncond, cond].
-            do_cfg = getattr(self.ctx.pipe, "do_classifier_free_guidance", True) is True
-            if (do_cfg and isinstance(sample, torch.Tensor) and sample.shape[0] % 2 == 0
-                    and torch.equal(*sample.chunk(2))):
-                return "batched"                          # [uncond, cond] share the latents
+            if isinstance(sample, torch.Tensor) and sample.shape[0] % 2 == 0:
+                return "batched"
         return {1: "cond", 2: "uncond"}.get(call, "single")
 
     # the hook body ------------------------------------------------------------------------
@@ -315,8 +253,7 @@ class _Controller:
 
     def step_end(self) -> None:
         """After step 0: CFG on but no layout we know is loud, not silent."""
-        if (self.state.step == 0 and self.gen.layout == "single"
-                and getattr(self.ctx.pipe, "do_classifier_free_guidance", False) is True):
+        if self.state.step == 0 and self.gen.layout == "single" and self.state.cfg_flag:
             self.gen.unrecognised = True
             warnings.warn("accelerate_diffusion: guidance: the pipeline uses classifier-free "
                           "guidance but its denoiser calls match no known layout ([uncond, cond] "
@@ -408,6 +345,15 @@ class _Controller:
                 gen.switched[i] = step + 1
 
     # report -------------------------------------------------------------------------------
+    def details(self) -> dict:
+        """Per step cos(eps_c, eps_u) of each guided sample, the switch steps, and (``record``)
+        the (cond, uncond) predictions of every fully guided step of the last generation."""
+        gen = self.gen
+        out = {"gammas": [list(row) for row in gen.gammas], "switched": list(gen.switched)}
+        if self.recording is not None:
+            out["trajectory"] = list(self.recording)
+        return out
+
     def stats(self) -> dict:
         gen, counters = self.gen, self.state.counters
         if self.state.generation == 0 or gen.layout is None:
@@ -433,30 +379,25 @@ class _Controller:
         return out
 
 
-def _make_hook(controller: _Controller):
-    from diffusers.hooks import ModelHook
-    from diffusers.hooks.hooks import StateManager
+class _GuidanceHook(TechniqueHook):
+    _is_stateful = True   # so diffusers' cache_context("cond"/"uncond") reaches us
 
-    class GuidanceHook(ModelHook):
-        _is_stateful = True   # so diffusers' cache_context("cond"/"uncond") reaches us
+    def __init__(self, controller: _Controller):
+        from diffusers.hooks.hooks import StateManager
 
-        def __init__(self):
-            super().__init__()
-            self.context = StateManager(dict)
-            controller._context = self.context
+        super().__init__(controller.state)
+        self.controller = controller
+        self.context = StateManager(dict)
+        controller._context = self.context
 
-        def new_forward(self, module, *args, **kwargs):
-            return controller.forward(self.fn_ref.original_forward, module, args, kwargs)
+    def run(self, module, forward, args, kwargs):
+        return self.controller.forward(forward, module, args, kwargs)
 
-        def reset_state(self, module):
-            return module   # pipelines reset cache hooks after the loop; the report must survive
-
-    return GuidanceHook()
+    def reset_state(self, module):
+        return module   # pipelines reset cache hooks after the loop; the report must survive
 
 
 def apply(ctx: PatchContext, config: Config) -> PatchHandle:
-    from diffusers.hooks import HookRegistry
-
     linear = None
     if config.mode == "linear":
         if config.coefficients is not None:
@@ -465,31 +406,20 @@ def apply(ctx: PatchContext, config: Config) -> PatchHandle:
             if linear.get("fingerprint") != fp:
                 raise NotApplicable(f"LinearAG coefficients {config.coefficients!r} were fitted for "
                                     f"another model ({linear.get('denoiser')}); refit with "
-                                    f"guidance.fit_pipeline")
+                                    f"accelerate_diffusion.schedules.linear_ag.fit_pipeline")
         else:
             found = find_coefficients(ctx.denoiser, ctx.pipe.scheduler)
             if not found:
                 raise NotApplicable(f"no LinearAG coefficients fitted for this "
                                     f"{type(ctx.denoiser).__name__} with "
                                     f"{type(ctx.pipe.scheduler).__name__}; fit them with "
-                                    f"accelerate_diffusion.patches.guidance.fit_pipeline")
+                                    f"accelerate_diffusion.schedules.linear_ag.fit_pipeline")
             linear = found[0]
         if linear.get("scheduler") != type(ctx.pipe.scheduler).__name__:
             raise NotApplicable(f"LinearAG coefficients were fitted with {linear.get('scheduler')}, "
                                 f"the pipeline uses {type(ctx.pipe.scheduler).__name__}")
     controller = _Controller(ctx, config, linear)
-    ctx.state.caches[NAME] = controller
-    ctx.state.on_reset(controller.reset)
-    ctx.state.on_step_end(controller.step_end)
-    registry = HookRegistry.check_if_exists_or_initialize(ctx.denoiser)
-    registry.register_hook(_make_hook(controller), HOOK)
-
-    def undo():
-        ctx.denoiser._diffusers_hook.remove_hook(HOOK, recurse=False)
-        ctx.state.caches.pop(NAME, None)
-        for hooks, fn in ((ctx.state._on_reset, controller.reset),
-                          (ctx.state._on_step_end, controller.step_end)):
-            if fn in hooks:
-                hooks.remove(fn)
-
-    return PatchHandle(NAME, targets=[ctx.denoiser_attr], undo=[undo], stats=controller.stats)
+    ctx.on_reset(controller.reset)
+    ctx.on_step_end(controller.step_end)
+    ctx.hook(ctx.denoiser, _GuidanceHook(controller), HOOK)
+    return PatchHandle(NAME, targets=[ctx.denoiser_attr], stats=controller.stats, details=controller.details)

@@ -45,13 +45,11 @@ import torch
 
 from ..config import TechniqueConfig, check_choice, check_range
 from ..kernels import ann, kv
-from ..state import set_on_instance
-from . import NotApplicable, PatchContext, PatchHandle, kv_cache_skyreels
+from . import NotApplicable, PatchContext, PatchHandle, TechniqueHook, kv_cache_skyreels
 
 NAME = "kv_cache"
 HOOK = "accelerate_diffusion.kv_cache"
 ENCODE = ("incremental", "compressed", "pipeline")
-SUPPORTED = ("AnyFlowFARTransformer3DModel", "SkyReelsV2Transformer3DModel")
 
 
 @dataclass
@@ -113,9 +111,10 @@ class Config(TechniqueConfig):
 class _Controller:
     """Shared state of one patched pipeline: the per-layer caches, geometry and statistics."""
 
-    def __init__(self, config: Config, transformer):
+    def __init__(self, config: Config, transformer, state=None):
         self.config = config
         self.transformer = transformer
+        self.state = state                      # the pipeline's AccelerationState: in_call gates the processors
         self.slots: dict[int, kv.Slots] = {}
         self.built: dict[int, tuple] = {}       # pipeline mode: layer -> (cache step, chunks) built for
         self.cache_steps = 0
@@ -173,6 +172,14 @@ class _Controller:
         row["cache_bytes"] = (sum(s.nbytes for s in self.slots.values())
                               + sum(k.nbytes + v.nbytes for k, v in self.full.values()))
 
+    def details(self) -> dict:
+        """Per chunk, the cache as it was once the chunk entered it (``cache_tokens`` per layer,
+        merges, evictions); tokens per frame; the slots held now per layer; the counters."""
+        return {"chunks": [dict(row) for row in self.chunks], "full_tokens_per_frame": self.full_tpf,
+                "compressed_tokens_per_frame": self.compressed_tpf,
+                "slots_per_layer": {layer: len(s) for layer, s in self.slots.items()},
+                "counters": dict(self.counters)}
+
     def stats(self) -> dict:
         if not self.chunks:
             return {"chunks": 0, **self.counters}
@@ -211,6 +218,9 @@ class TempCacheProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  rotary_emb=None, kv_cache=None, kv_cache_flag=None):
         ctrl, cfg = self.ctrl, self.ctrl.config
+        if not ctrl.state.in_call:      # another pipeline sharing the transformer
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb,
+                                 kv_cache, kv_cache_flag)
         if ctrl.window is not None:
             return self._window(attn, hidden_states, rotary_emb)
         args = dict(encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask,
@@ -332,7 +342,7 @@ class AnnCrossProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None):
         ctrl, cfg = self.ctrl, self.ctrl.config
         tpf, length = ctrl.full_tpf, hidden_states.shape[1]
-        if (attention_mask is not None or not tpf or length % tpf or ctrl.in_cache_step or ctrl.window is not None
+        if (not ctrl.state.in_call or attention_mask is not None or not tpf or length % tpf or ctrl.in_cache_step or ctrl.window is not None
                 or cfg.cross_topk >= encoder_hidden_states.shape[1]):
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask)
         q, k, v = attn.to_q(hidden_states), attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
@@ -413,11 +423,12 @@ def _encode_compressed(pipe, ctrl: _Controller):
         ctrl.window = {"token_chunk": torch.tensor(token_chunk, device=tokens.device), "chunk": n - 1,
                        "compressed_frames": frames, "compressed_tokens": (fc - f0) * ctrl.compressed_tpf}
         flag = {"num_cached_chunks": kv_cache_flag["num_cached_chunks"], "is_cache_step": False}
+        outer, ctrl.state.in_call = ctrl.state.in_call, True     # the blocks run here, not via the transformer
         try:
             for i, block in enumerate(tr.blocks):
                 tokens = block(tokens, embeds, tproj, rope, None, kv_cache[i], flag)
         finally:
-            ctrl.window = None
+            ctrl.window, ctrl.state.in_call = None, outer
         ctrl.compressed_chunks = n_comp
         kv_cache_flag["num_cached_chunks"] += 1
         return kv_cache
@@ -425,53 +436,43 @@ def _encode_compressed(pipe, ctrl: _Controller):
     return encode_kv_cache
 
 
-def apply(ctx: PatchContext, config: Config) -> PatchHandle:
-    from diffusers.hooks import HookRegistry, ModelHook
+class _ObserveHook(TechniqueHook):
+    def __init__(self, ctrl: _Controller):
+        super().__init__(ctrl.state)
+        self.ctrl = ctrl
 
-    denoiser = ctx.denoiser
-    names = [c.__name__ for c in type(denoiser).__mro__]
-    if any(n in kv_cache_skyreels.CLASSES for n in names):
+    def run(self, module, forward, args, kwargs):
+        self.ctrl.observe(kwargs)
+        return forward(*args, **kwargs)
+
+
+def apply(ctx: PatchContext, config: Config) -> PatchHandle:
+    adapter = ctx.family.kv_cache
+    if adapter == "skyreels":
         return kv_cache_skyreels.apply(ctx, config)      # diffusion forcing: history re-run each step
-    if not any(n in SUPPORTED for n in names):
-        raise NotApplicable(f"TempCache needs a chunk-wise KV-cached video transformer "
-                            f"({', '.join(SUPPORTED)}); got {type(denoiser).__name__}")
+    if adapter != "far":
+        raise NotApplicable(f"TempCache needs a chunk-wise KV-cached video transformer (the family table "
+                            f"names its kv-cache adapter); {ctx.family.name} has none")
     if not callable(getattr(ctx.pipe, "encode_kv_cache", None)):
         raise NotApplicable(f"{type(ctx.pipe).__name__} has no encode_kv_cache(): not an AnyFlow-FAR rollout")
-    ctrl = _Controller(config, denoiser)
-    handle = PatchHandle(NAME, stats=ctrl.stats)
-
-    class _Observe(ModelHook):
-        def pre_forward(self, module, *args, **kwargs):
-            ctrl.observe(kwargs)
-            return args, kwargs
-
-    registry = HookRegistry.check_if_exists_or_initialize(denoiser)
-    registry.register_hook(_Observe(), HOOK)
-
-    def unhook():
-        registry.remove_hook(HOOK, recurse=False)
-    handle.undo.append(unhook)
-
+    denoiser = ctx.denoiser
     for i, block in enumerate(denoiser.blocks):
-        attn = block.attn1
-        original = attn.processor
-        attn.set_processor(TempCacheProcessor(original, ctrl, i))
-        handle.undo.append(lambda attn=attn, original=original: attn.set_processor(original))
+        if isinstance(block.attn1.processor, TempCacheProcessor):
+            raise NotApplicable(f"blocks.{i}.attn1 already runs a TempCache (another pipeline sharing this "
+                                f"transformer is accelerated with kv_cache)")
+    ctrl = _Controller(config, denoiser, ctx.state)
+    handle = PatchHandle(NAME, stats=ctrl.stats, details=ctrl.details)
+    ctx.hook(denoiser, _ObserveHook(ctrl), HOOK)
+    for i, block in enumerate(denoiser.blocks):
+        ctx.set_processor(block.attn1, TempCacheProcessor(block.attn1.processor, ctrl, i))
         handle.targets.append(f"blocks.{i}.attn1")
-
     if config.cross_topk:
         for i, block in enumerate(denoiser.blocks):
-            attn = block.attn2
-            original = attn.processor
-            attn.set_processor(AnnCrossProcessor(original, ctrl))
-            handle.undo.append(lambda attn=attn, original=original: attn.set_processor(original))
+            ctx.set_processor(block.attn2, AnnCrossProcessor(block.attn2.processor, ctrl))
             handle.targets.append(f"blocks.{i}.attn2")
-
     if config.encode in ("incremental", "compressed"):
         encode = _encode_incremental if config.encode == "incremental" else _encode_compressed
-        handle.undo.append(set_on_instance(ctx.pipe, "encode_kv_cache", encode(ctx.pipe, ctrl)))
+        ctx.set_attr(ctx.pipe, "encode_kv_cache", encode(ctx.pipe, ctrl))
         handle.targets.append("pipeline.encode_kv_cache")
-    handle.undo.append(ctrl.reset)
-    ctx.pipe._kv_cache_controller = ctrl       # for benchmarks: per-chunk cache statistics
-    handle.undo.append(lambda: vars(ctx.pipe).pop("_kv_cache_controller", None))
+    ctx.on_remove(ctrl.reset)
     return handle

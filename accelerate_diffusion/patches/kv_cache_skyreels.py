@@ -32,8 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import kv
-from ..state import set_on_instance
-from . import NotApplicable, PatchContext, PatchHandle, register_hook
+from . import NotApplicable, PatchContext, PatchHandle, TechniqueHook
 
 CLASSES = ("SkyReelsV2Transformer3DModel",)
 HOOK = "accelerate_diffusion.kv_cache.skyreels"
@@ -96,10 +95,11 @@ class _Run:
 
 
 class _Controller:
-    def __init__(self, config, transformer, pipe):
+    def __init__(self, config, transformer, pipe, state=None):
         self.config = config
         self.transformer = transformer
         self.pipe = pipe
+        self.state = state
         self.plan: _Plan | None = None
         self.calls = 0
         self.windows: dict[int, _Window] = {}
@@ -141,6 +141,14 @@ class _Controller:
         if window is self.windows.get(0):
             row["cache_tokens"][layer] = len(window.slots[layer])
             row["cache_bytes"] = sum(s.nbytes for s in window.slots.values())
+
+    def details(self) -> dict:
+        """Per commit (finished frame count), the cache row; tokens per frame; per window, the
+        frames committed and the slots held per layer; the counters."""
+        return {"rows": {k: dict(v) for k, v in self.rows.items()}, "tokens_per_frame": self.tpf,
+                "windows": {i: {"frames": w.frames, "slots_per_layer": {layer: len(s) for layer, s in w.slots.items()}}
+                            for i, w in self.windows.items()},
+                "counters": dict(self.counters)}
 
     def stats(self) -> dict:
         rows = [self.rows[k] for k in sorted(self.rows)]
@@ -261,7 +269,7 @@ class TempCacheProcessor:
                  **kwargs):
         run = self.ctrl.run
         args = (encoder_hidden_states, attention_mask, rotary_emb)
-        if run is None or encoder_hidden_states is not None:
+        if run is None or encoder_hidden_states is not None or not self.ctrl.state.in_call:
             return self.original(attn, hidden_states, *args, **kwargs)
         if run.pipeline:
             return self._pipeline(attn, hidden_states, args, kwargs, run)
@@ -362,9 +370,16 @@ def _wrap_plan(pipe, ctrl: _Controller):
     return generate_timestep_matrix
 
 
-def apply(ctx: PatchContext, config) -> PatchHandle:
-    from diffusers.hooks import ModelHook
+class _Hook(TechniqueHook):
+    def __init__(self, ctrl: _Controller):
+        super().__init__(ctrl.state)
+        self.forward_fn = _Forward(ctrl)
 
+    def run(self, module, forward, args, kwargs):
+        return self.forward_fn(forward, module, args, kwargs)
+
+
+def apply(ctx: PatchContext, config) -> PatchHandle:
     pipe = ctx.pipe
     if not callable(getattr(pipe, "generate_timestep_matrix", None)):
         raise NotApplicable(f"{type(pipe).__name__} is not a SkyReels-V2 diffusion-forcing pipeline "
@@ -377,26 +392,18 @@ def apply(ctx: PatchContext, config) -> PatchHandle:
         raise ValueError("kv_cache.encode: 'compressed' is AnyFlow-FAR's compressed history; allowed on "
                          "SkyReels-V2: incremental, pipeline")
     denoiser = ctx.denoiser
-    ctrl = _Controller(config, denoiser, pipe)
-    handle = PatchHandle("kv_cache", stats=ctrl.stats)
-    forward = _Forward(ctrl)
-
-    class _Hook(ModelHook):
-        def new_forward(self, module, *args, **kwargs):
-            return forward(self.fn_ref.original_forward, module, args, kwargs)
-
-    handle.undo.append(register_hook(denoiser, _Hook(), HOOK))
     for i, block in enumerate(denoiser.blocks):
-        attn, original = block.attn1, block.attn1.processor
-        attn.set_processor(TempCacheProcessor(original, ctrl, i))
-        handle.undo.append(lambda attn=attn, original=original: attn.set_processor(original))
+        if isinstance(block.attn1.processor, TempCacheProcessor):
+            raise NotApplicable(f"blocks.{i}.attn1 already runs a TempCache (another pipeline sharing this "
+                                f"transformer is accelerated with kv_cache)")
+    ctrl = _Controller(config, denoiser, pipe, ctx.state)
+    handle = PatchHandle("kv_cache", stats=ctrl.stats, details=ctrl.details)
+    ctx.hook(denoiser, _Hook(ctrl), HOOK)
+    for i, block in enumerate(denoiser.blocks):
+        ctx.set_processor(block.attn1, TempCacheProcessor(block.attn1.processor, ctrl, i))
         handle.targets.append(f"blocks.{i}.attn1")
-
-    handle.undo.append(set_on_instance(pipe, "generate_timestep_matrix", _wrap_plan(pipe, ctrl)))
+    ctx.set_attr(pipe, "generate_timestep_matrix", _wrap_plan(pipe, ctrl))
     handle.targets.append("pipeline.generate_timestep_matrix")
-    ctx.state.on_reset(ctrl.reset)
-    handle.undo.append(lambda: ctrl.reset in ctx.state._on_reset and ctx.state._on_reset.remove(ctrl.reset))
-    handle.undo.append(ctrl.reset)
-    pipe._kv_cache_controller = ctrl
-    handle.undo.append(lambda: vars(pipe).pop("_kv_cache_controller", None))
+    ctx.on_reset(ctrl.reset)
+    ctx.on_remove(ctrl.reset)
     return handle

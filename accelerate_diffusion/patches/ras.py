@@ -33,10 +33,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers.hooks import ModelHook
 
 from ..config import TechniqueConfig, check_choice, check_range
-from . import NotApplicable, PatchContext, PatchHandle, register_hook
+from . import NotApplicable, OutputHook, PatchContext, PatchHandle, TechniqueHook
 
 NAME = "ras"
 HOOK = "accelerate_diffusion.ras"
@@ -44,10 +43,6 @@ METRICS = ("std", "l2")
 # Schedulers whose step is x_{t+1} = x_t + (sigma_{t+1} - sigma_t) * v_t: reusing v_t for
 # slowly changing tokens is the update RAS was designed for.
 SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
-# Attention processors whose image keys/values come from ``to_k``/``to_v`` of the image
-# tokens and whose outputs are split by the query length (so full-length K/V are safe).
-SD3_PROCESSORS = ("JointAttnProcessor2_0", "AttnProcessor2_0")
-FLUX_PROCESSORS = ("FluxAttnProcessor",)
 
 
 @dataclass
@@ -145,14 +140,11 @@ class _Call:
 class _Runtime:
     """Scores, selection and the per-call stores of one accelerated pipeline."""
 
-    def __init__(self, ctx: PatchContext, config: Config, family: str):
+    def __init__(self, ctx: PatchContext, config: Config):
         self.ctx = ctx
         self.state = ctx.state
         self.config = config
-        self.family = family
-        self.patch = ctx.family.patch_size[-1] if ctx.family.patch_size else 2
-        if family == "sd3":
-            self.patch = int(ctx.denoiser.config.patch_size)
+        self.patch = ctx.family.patch(ctx.denoiser)[-1]
         self.call: _Call | None = None
         self.reset()
 
@@ -182,15 +174,8 @@ class _Runtime:
                               f"{name} is not supported (supported: {', '.join(SCHEDULERS)})",
                               stacklevel=4)
         rows = hidden.shape[0]
-        if self.family == "sd3":
-            n = (hidden.shape[-2] // self.patch) * (hidden.shape[-1] // self.patch)
-            self.grid = (hidden.shape[-2] // self.patch, hidden.shape[-1] // self.patch)
-        else:
-            n = hidden.shape[1]
-            ids = kwargs.get("img_ids")
-            if isinstance(ids, torch.Tensor):
-                ids = ids[0] if ids.ndim == 3 else ids
-                self.grid = (int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1)
+        self.grid = self.ctx.family.token_grid_of(self.ctx.denoiser, args, kwargs)
+        n = self.grid[0] * self.grid[1]
         key = max(state.call_in_step - 1, 0)
         call = _Call(key=key, sparse=False, n=n, rows=rows)
         sel = self.selection
@@ -299,6 +284,11 @@ class _Runtime:
             "tokens recomputed": f"{done} of {total}" + (f" ({done / total:.0%})" if total else ""),
         }
 
+    def details(self) -> dict:
+        """The token grid, and per step of the last generation the recomputed token indices
+        ([B, k], None for dense steps) and sample 0's [h, w] map of them."""
+        return {"grid": self.grid, "history": list(self.history), "active_maps": self.active_maps(0)}
+
     def active_maps(self, sample: int = 0) -> list[torch.Tensor]:
         """Per step of the last generation, a [h, w] bool map of the recomputed tokens."""
         if self.grid is None:
@@ -334,29 +324,20 @@ def _scheduler_ok(scheduler) -> bool:
 
 
 # -- hooks ----------------------------------------------------------------------------------
-class _DenoiserHook(ModelHook):
+class _DenoiserHook(TechniqueHook):
     """Decides dense or sparse for this call and exposes it to the inner hooks."""
 
     def __init__(self, runtime: _Runtime):
-        super().__init__()
+        super().__init__(runtime.state)
         self.runtime = runtime
 
-    def new_forward(self, module, *args, **kwargs):
+    def run(self, module, forward, args, kwargs):
         rt = self.runtime
         previous, rt.call = rt.call, rt.begin_call(args, kwargs)
         try:
-            return self.fn_ref.original_forward(*args, **kwargs)
+            return forward(*args, **kwargs)
         finally:
             rt.call = previous
-
-
-class _PostHook(ModelHook):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def post_forward(self, module, output):
-        return self.fn(module, output)
 
 
 class _FluxSparseProcessor:
@@ -371,7 +352,7 @@ class _FluxSparseProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  image_rotary_emb=None):
         call = self.runtime.call
-        if call is None or not call.sparse:
+        if call is None or not call.sparse or not self.runtime.state.in_call:
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask,
                               image_rotary_emb)
         query = attn.to_q(hidden_states).unflatten(-1, (-1, attn.head_dim))
@@ -413,8 +394,8 @@ def _rope_rows(x, cos, sin, n_text, idx):
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
 
-def _register(module: torch.nn.Module, hook: ModelHook, undo: list) -> None:
-    undo.append(register_hook(module, hook, HOOK))
+# Processors that wrap the model's own to rotate only the active queries (RasLayout.query_rope).
+QUERY_ROPE = {"flux": _FluxSparseProcessor}
 
 
 def _foreign_block_hooks(denoiser) -> list[str]:
@@ -429,21 +410,10 @@ def _foreign_block_hooks(denoiser) -> list[str]:
     return found
 
 
-def _image_attentions(ctx: PatchContext, family: str) -> list[tuple[str, torch.nn.Module]]:
-    """Attention modules whose keys/values include the image tokens."""
-    out = []
-    for name, block in ctx.family.blocks(ctx.denoiser):
-        for attr in ("attn", "attn2") if family == "sd3" else ("attn",):
-            attn = getattr(block, attr, None)
-            if attn is not None:
-                out.append((f"{name}.{attr}", attn))
-    return out
-
-
 def apply(ctx: PatchContext, config: Config) -> PatchHandle:
-    family = ctx.family.name
-    if family not in ("sd3", "flux"):
-        raise NotApplicable(f"ras supports the SD3 and Flux transformers, not {family}")
+    layout = ctx.family.ras
+    if layout is None:
+        raise NotApplicable(f"the {ctx.family.name} family has no region-adaptive sampling layout in the family table")
     denoiser = ctx.denoiser
     if not _scheduler_ok(ctx.pipe.scheduler):
         raise NotApplicable(f"ras needs a flow-matching Euler scheduler ({', '.join(SCHEDULERS)}); "
@@ -455,46 +425,26 @@ def apply(ctx: PatchContext, config: Config) -> PatchHandle:
                             f"(found hooks {', '.join(foreign[:3])}): cached block outputs have the "
                             "full token count, RAS steps run fewer tokens; use block_cache=False "
                             "or ras=False")
-    attentions = _image_attentions(ctx, family)
-    allowed = SD3_PROCESSORS if family == "sd3" else FLUX_PROCESSORS
+    attentions = [(name, attn) for _, name, attn, _ in ctx.family.self_attentions(denoiser)]
     for name, attn in attentions:
         proc = type(attn.processor).__name__
-        if proc not in allowed or getattr(attn, "fused_projections", False) or hasattr(attn, "to_qkv"):
+        if proc not in layout.processors or getattr(attn, "fused_projections", False) or hasattr(attn, "to_qkv"):
             raise NotApplicable(f"ras: attention {name} uses {proc}"
                                 f"{' with fused projections' if hasattr(attn, 'to_qkv') else ''}; "
-                                f"ras needs {' or '.join(allowed)} with separate to_k/to_v "
+                                f"ras needs {' or '.join(layout.processors)} with separate to_k/to_v "
                                 "(the attention technique and fused QKV cannot be combined with ras)")
-    entry = denoiser.pos_embed if family == "sd3" else denoiser.x_embedder
 
-    runtime = _Runtime(ctx, config, family)
-    undo: list = []
-    handle = PatchHandle(NAME, targets=[], undo=undo, stats=runtime.stats)
-    handle.runtime = runtime
-    try:
-        _register(entry, _PostHook(runtime.gather), undo)
-        for name, attn in attentions:
-            _register(attn.to_k, _PostHook(runtime.expand), undo)
-            _register(attn.to_v, _PostHook(runtime.expand), undo)
-            if family == "flux":
-                original = attn.processor
-                attn.processor = _FluxSparseProcessor(original, runtime)
-                undo.append(lambda attn=attn, original=original: setattr(attn, "processor", original))
-        _register(denoiser.proj_out, _PostHook(runtime.scatter), undo)
-        _register(denoiser, _DenoiserHook(runtime), undo)
-    except BaseException:
-        handle.remove()
-        raise
-    ctx.state.on_reset(runtime.reset)
-    ctx.state.on_scheduler_step(runtime.after_step)
-
-    def detach():
-        for lst, fn in ((ctx.state._on_reset, runtime.reset),
-                        (ctx.state._on_scheduler_step, runtime.after_step)):
-            if fn in lst:
-                lst.remove(fn)
-        runtime.reset()
-
-    undo.insert(0, detach)
-    handle.targets = ([("pos_embed" if family == "sd3" else "x_embedder")]
-                      + [f"{n}.to_k/to_v" for n, _ in attentions] + ["proj_out"])
-    return handle
+    runtime = _Runtime(ctx, config)
+    ctx.hook(getattr(denoiser, layout.embed), OutputHook(ctx.state, runtime.gather), HOOK)
+    for name, attn in attentions:
+        ctx.hook(attn.to_k, OutputHook(ctx.state, runtime.expand), HOOK)
+        ctx.hook(attn.to_v, OutputHook(ctx.state, runtime.expand), HOOK)
+        if layout.query_rope:
+            ctx.set_processor(attn, QUERY_ROPE[layout.query_rope](attn.processor, runtime))
+    ctx.hook(getattr(denoiser, layout.output), OutputHook(ctx.state, runtime.scatter), HOOK)
+    ctx.hook(denoiser, _DenoiserHook(runtime), HOOK)
+    ctx.on_reset(runtime.reset)
+    ctx.on_scheduler_step(runtime.after_step)
+    ctx.on_remove(runtime.reset)
+    targets = [layout.embed] + [f"{n}.to_k/to_v" for n, _ in attentions] + [layout.output]
+    return PatchHandle(NAME, targets=targets, stats=runtime.stats, details=runtime.details)

@@ -272,12 +272,13 @@ def measure_component_macs(pipe, call_kwargs: dict, family=None) -> tuple[np.nda
     """MACs of one denoiser call: per component [blocks, components], and the whole call.
 
     Runs the pipeline once with one step (``call_kwargs`` are its usual arguments), counting
-    each component with ``eval.macs.MacCounter``. Weights for :meth:`CacheSchedule.macs_fraction`.
+    each component with ``macs.MacCounter``. Weights for :meth:`CacheSchedule.macs_fraction`.
     """
-    from diffusers.hooks import HookRegistry, ModelHook
+    from diffusers.hooks import ModelHook
 
-    from ..eval.macs import MacCounter
     from ..families import family_of, find_denoiser
+    from ..journal import Journal
+    from ..macs import MacCounter
 
     denoiser = find_denoiser(pipe)[1]
     family = family or family_of(denoiser)
@@ -308,19 +309,13 @@ def measure_component_macs(pipe, call_kwargs: dict, family=None) -> tuple[np.nda
             module = getattr(block, c, None)
             if module is not None:
                 hooked.append((module, (b, comps.index(c))))
-    had_forward = {id(m): "forward" in vars(m) for m, _ in hooked}
-    for module, slot in hooked:
-        HookRegistry.check_if_exists_or_initialize(module).register_hook(_Count(slot), name)
+    journal = Journal()
     try:
+        for module, slot in hooked:
+            journal.register_hook(module, _Count(slot), name)
         pipe(**{**call_kwargs, "num_inference_steps": 1})
     finally:
-        for module, _ in hooked:
-            registry = module._diffusers_hook
-            registry.remove_hook(name, recurse=False)
-            if not registry.hooks:
-                del module._diffusers_hook
-                if "forward" in vars(module) and not had_forward[id(module)]:
-                    del module.forward
+        journal.rollback()
     calls = max(total[1], 1)
     return macs / calls, total[0] // calls
 
@@ -333,39 +328,3 @@ def shipped() -> list[str]:
     if not os.path.isdir(DATA_DIR):
         return []
     return sorted(f[:-5] for f in os.listdir(DATA_DIR) if f.endswith(".json"))
-
-
-def is_heuristic(value) -> bool:
-    """True when a config value names a heuristic (built per step count), not a fixed schedule."""
-    return (isinstance(value, str) and not os.path.isfile(value) and value not in shipped()
-            and not value.endswith(".json"))
-
-
-def resolve_schedule(value, layout: ScheduleLayout, num_steps: int) -> CacheSchedule:
-    """A schedule for this model and step count from a config value: a CacheSchedule, a dict
-    (JSON form), a file path, a shipped name, or a heuristic spec like ``"fora:2"``.
-
-    Fixed schedules (object, dict, file) are checked against the layout (ValueError naming
-    what differs) and returned as they are; the caller resamples them to the step count.
-    """
-    from .heuristics import from_spec
-
-    if isinstance(value, CacheSchedule):
-        sched = value
-    elif isinstance(value, dict):
-        sched = CacheSchedule.from_dict(value)
-    elif isinstance(value, (str, os.PathLike)):
-        text = os.fspath(value)
-        if os.path.isfile(text):
-            sched = CacheSchedule.load(text)
-        elif text in shipped():
-            sched = CacheSchedule.load(os.path.join(DATA_DIR, text + ".json"))
-        elif text.endswith(".json"):
-            raise ValueError(f"block_cache.schedule: file {text!r} not found")
-        else:
-            return from_spec(text, layout, num_steps)
-    else:
-        raise ValueError(f"block_cache.schedule: expected a CacheSchedule, dict, file path or heuristic "
-                         f"name, got {type(value).__name__}")
-    sched.check_compatible(layout)
-    return sched

@@ -13,9 +13,11 @@ Each generator takes a :class:`ScheduleLayout` and a step count and returns a
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-from .cache_schedule import CacheSchedule, ScheduleLayout
+from .cache_schedule import DATA_DIR, CacheSchedule, ScheduleLayout, shipped
 
 HEURISTICS = ("full", "fora", "component", "tgate")
 
@@ -154,3 +156,37 @@ def _check_int(who, name, value, lo=None, hi=None):
 def _check_frac(who, name, value):
     if not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise ValueError(f"{who}.{name}: {value!r} must be a number in [0, 1]")
+
+
+def is_heuristic(value) -> bool:
+    """True when a config value names a heuristic (built per step count), not a fixed schedule."""
+    return (isinstance(value, str) and not os.path.isfile(value) and value not in shipped()
+            and not value.endswith(".json"))
+
+
+def resolve_schedule(value, layout: ScheduleLayout, num_steps: int) -> CacheSchedule:
+    """A schedule for this model and step count from a config value: a CacheSchedule, a dict
+    (JSON form), a file path, a shipped name, or a heuristic spec like ``"fora:2"``.
+
+    Fixed schedules (object, dict, file) are checked against the layout (ValueError naming
+    what differs) and returned as they are; the caller resamples them to the step count.
+    """
+    if isinstance(value, CacheSchedule):
+        sched = value
+    elif isinstance(value, dict):
+        sched = CacheSchedule.from_dict(value)
+    elif isinstance(value, (str, os.PathLike)):
+        text = os.fspath(value)
+        if os.path.isfile(text):
+            sched = CacheSchedule.load(text)
+        elif text in shipped():
+            sched = CacheSchedule.load(os.path.join(DATA_DIR, text + ".json"))
+        elif text.endswith(".json"):
+            raise ValueError(f"block_cache.schedule: file {text!r} not found")
+        else:
+            return from_spec(text, layout, num_steps)
+    else:
+        raise ValueError(f"block_cache.schedule: expected a CacheSchedule, dict, file path or heuristic "
+                         f"name, got {type(value).__name__}")
+    sched.check_compatible(layout)
+    return sched

@@ -37,7 +37,9 @@ import torch
 
 from ..patches import NotApplicable
 from ..patches.deepcache import Config, _layout, full_step_indices
-from .search import METRICS, _Evaluator, _front_rows, _images, front_points, pick_point, resolve_front_dir
+from .fronts import DeepCachePoint
+from .fronts import deepcache_label as _label
+from .search import METRICS, _Evaluator, _front_rows, _images
 
 TECHNIQUE = "deepcache"
 META_FILE = "search-meta.json"
@@ -88,41 +90,6 @@ class DeepCacheSearchConfig:
 
 
 @dataclass
-class DeepCachePoint:
-    """A calibrated DeepCache configuration with its measured metrics (one front-NN.json)."""
-
-    name: str
-    config: dict                       # deepcache Config fields
-    num_steps: int
-    full_step_indices: list
-    metrics: dict = field(default_factory=dict)
-    model_family: str = "unet"
-
-    def to_dict(self) -> dict:
-        return {"technique": TECHNIQUE, "name": self.name, "model_family": self.model_family,
-                "num_inference_steps": self.num_steps, "deepcache": self.config,
-                "full_step_indices": list(self.full_step_indices), "metrics": self.metrics}
-
-    def save(self, path: str | os.PathLike) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
-            f.write("\n")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "DeepCachePoint":
-        with open(path) as f:
-            data = json.load(f)
-        if data.get("technique") != TECHNIQUE:
-            raise ValueError(f"{path}: not a DeepCache calibration file (no \"technique\": \"deepcache\")")
-        Config.from_dict(data["deepcache"])               # a bad file fails here, with the field named
-        return cls(data["name"], data["deepcache"], data["num_inference_steps"], data.get("full_step_indices", []),
-                   data.get("metrics", {}), data.get("model_family", "unet"))
-
-    def label(self) -> str:
-        return _label(self.config)
-
-
-@dataclass
 class DeepCacheSearchResult:
     front: list[DeepCachePoint]
     evaluations: int                  # distinct configurations run (reference not counted)
@@ -133,18 +100,6 @@ class DeepCacheSearchResult:
 
 
 # -- the grid ---------------------------------------------------------------------------------
-
-def _label(config: dict) -> str:
-    c = config
-    text = f"N={c['cache_interval']} b={c['cache_branch']}"
-    if c.get("schedule") == "nonuniform":
-        text += f" nonuni c={c['center']}"
-    if c.get("always_full_start", 1) > 1:
-        text += f" first={c['always_full_start']}"
-    if c.get("always_full_end", 0):
-        text += f" last={c['always_full_end']}"
-    return text
-
 
 def _key(config: Config, steps: int) -> str:
     """Configurations with the same key run the same steps the same way: identical outputs."""
@@ -280,7 +235,7 @@ def search_deepcache(pipe, prompts: Sequence[str] | str | os.PathLike, out_dir: 
     for c, origin in caching:
         key = _key(c, config.steps)
         if key not in rows:
-            rows[key] = {"key": key, "config": c.to_dict(), "origins": []}
+            rows[key] = {"key": key, "config": c.settings(), "origins": []}
         if origin not in rows[key]["origins"]:
             rows[key]["origins"].append(origin)
 
@@ -415,61 +370,6 @@ def plot_front(rows: list[dict], front_rows: list[dict], metric: str, path: str,
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-# -- using a front -------------------------------------------------------------------------------
-
-def _is_point_file(path: str) -> bool:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-        return data.get("technique") == TECHNIQUE and isinstance(data.get(TECHNIQUE), dict)
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def is_deepcache(target) -> bool:
-    """Whether ``target`` (a front folder, a front file, or a point) is a DeepCache calibration."""
-    if isinstance(target, DeepCachePoint):
-        return True
-    if not isinstance(target, (str, os.PathLike)):
-        return False
-    path = os.fspath(target)
-    if path.endswith(".json") and os.path.isfile(path):
-        return _is_point_file(path)
-    folder = resolve_front_dir(path)
-    return os.path.isdir(folder) and any(_is_point_file(p) for p in glob.glob(os.path.join(folder, "front-*.json")))
-
-
-def load_deepcache_front(schedule_dir: str | os.PathLike) -> list[DeepCachePoint]:
-    """The DeepCache points (with ``quality_loss`` and ``macs_ratio``) in a calibration folder."""
-    return front_points(schedule_dir, lambda path: DeepCachePoint.load(path) if _is_point_file(path) else None,
-                        "DeepCache point")
-
-
-def pick_deepcache(schedule_dir: str | os.PathLike, max_quality_loss: float | None = None,
-                   preset: str = "balanced") -> DeepCachePoint:
-    """A front point, by the DiT search's rule (``search.pick``): the fastest with
-    ``quality_loss <= max_quality_loss`` or, with no budget, the most faithful at least as fast
-    as the preset's MACs target."""
-    return pick_point(load_deepcache_front(schedule_dir), schedule_dir, max_quality_loss, preset, "DeepCache point")
-
-
-def deepcache_override(overrides: dict, preset: str, schedule=None, schedule_dir=None,
-                       max_quality_loss: float | None = None) -> dict:
-    """Map ``accelerate(..., schedule=, schedule_dir=, max_quality_loss=)`` onto the deepcache
-    override when they name a DeepCache calibration. The point's settings replace the preset's
-    and the user's DeepCache fields (the point defines the whole configuration)."""
-    current = overrides.get(TECHNIQUE, True)
-    if current is False or (current is None and TECHNIQUE in overrides):
-        raise ValueError("accelerate(): a DeepCache calibration was given but deepcache is disabled")
-    if not isinstance(current, dict) and current is not True:
-        raise ValueError("accelerate(): schedule/schedule_dir cannot be combined with a deepcache Config object")
-    if schedule_dir is not None:
-        point = pick_deepcache(schedule_dir, max_quality_loss, preset)
-    else:
-        point = schedule if isinstance(schedule, DeepCachePoint) else DeepCachePoint.load(schedule)
-    return {**overrides, TECHNIQUE: {**(current if isinstance(current, dict) else {}), **point.config}}
 
 
 # -- command line -------------------------------------------------------------------------------

@@ -1,0 +1,85 @@
+"""Pipelines by name, for the command line, the app, eval and search.
+
+A name is a tiny built-in test pipeline (``sd``, ``sdxl``, ``pixart``, ``sd3``, ``flux``,
+``wan``), a shipped demo model (``demo-dit``, ``demo-unet``, ``demo-ar_video``), a local
+folder, or a diffusers model id in the local Hugging Face cache. A name that is none of these
+is refused in one line that lists what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from .families import TECHNIQUES
+
+
+def demo_names() -> list[str]:
+    from . import demo
+
+    return [f"demo-{kind}" for kind in (*demo.KINDS, *demo.VIDEO_KINDS)]
+
+
+def known_names() -> list[str]:
+    from . import testing
+
+    return [*testing.PIPELINES, *demo_names()]
+
+
+def load_pipeline(name: str, size: str = "micro", device: str = "cpu", dtype: str = "float32"):
+    """A tiny test pipeline by short name, a demo model, or a diffusers id / local path."""
+    from . import demo, testing
+
+    if name in testing.PIPELINES:
+        return testing.make_pipeline(name, size)
+    kinds = (*demo.KINDS, *demo.VIDEO_KINDS)
+    if name == "demo" or name.startswith("demo-") or name in kinds:
+        kind = name[len("demo-"):] if name.startswith("demo-") else name
+        if not name.startswith("demo-") or kind not in kinds:
+            hint = f" (did you mean demo-{kind}?)" if kind in kinds else ""
+            raise ValueError(f"--model: unknown demo model {name!r}{hint}; demo models: {', '.join(demo_names())}")
+        pipe = demo.load_pipeline(kind)
+    else:
+        pipe = _from_pretrained(name, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def _from_pretrained(name: str, dtype: str):
+    from diffusers import DiffusionPipeline
+
+    try:
+        return DiffusionPipeline.from_pretrained(name, torch_dtype=getattr(torch, dtype))
+    except (OSError, ValueError, EnvironmentError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = "local folder" if os.path.isdir(name) else "diffusers model id (not in the local cache, or misspelled)"
+        raise ValueError(f"--model: cannot load {name!r} as a {where}: {first[:200]}; built-in names: "
+                         f"{', '.join(known_names())}") from None
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """``["guidance.threshold=0.99", "deepcache=off"]`` -> ``{"guidance": {"threshold": 0.99}, ...}``."""
+    overrides: dict[str, dict | bool] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set: expected technique.field=value or technique=on|off, got {item!r}")
+        technique, _, fieldname = key.partition(".")
+        if technique not in TECHNIQUES:
+            raise ValueError(f"--set: unknown technique {technique!r}; allowed: {', '.join(TECHNIQUES)}")
+        if not fieldname:
+            if raw not in ("on", "off"):
+                raise ValueError(f"--set {technique}: expected on or off, got {raw!r}")
+            overrides[technique] = raw == "on"
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        entry = overrides.setdefault(technique, {})
+        if not isinstance(entry, dict):
+            raise ValueError(f"--set {technique}: cannot mix on/off with field values")
+        entry[fieldname] = value
+    return overrides
