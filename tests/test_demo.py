@@ -37,7 +37,10 @@ def test_captions_match_drawing(split):
         attrs = ds.parse_caption(cap)
         # the caption decodes back to the drawn attributes
         assert attrs["shapes"] == [(s.size, s.color, s.kind) for s in scene.shapes]
-        assert attrs["background"] == scene.background and attrs["texture"] == scene.texture
+        if scene.named_background:
+            assert attrs["background"] == scene.background and attrs["texture"] == scene.texture
+        else:
+            assert attrs["background"] is None and attrs["texture"] is None and " background" not in cap
         assert attrs["layout"] == scene.layout
         n = len(scene.shapes)
         n_checked[n] += 1
@@ -72,7 +75,7 @@ def test_captions_match_drawing(split):
             axis = 0 if scene.layout == "from left to right" else 1
             coords = [c[axis] for c in cents]
             assert coords == sorted(coords) and min(np.diff(coords)) > 10, (cap, coords)
-    assert all(v > 5 for v in n_checked.values())
+    assert n_checked[1] > 30 and n_checked[2] > 30 and n_checked[3] == 0  # three shapes: no longer in the splits
 
 
 def test_tokenizer_words_are_single_tokens():

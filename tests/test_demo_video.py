@@ -76,7 +76,8 @@ def test_dense_training_attention_equals_flex():
     part = [1, 2, 1, 1]                                  # 4 chunks > full_chunk_limit: compressed context too
     b, t = 2, sum(part)
     hidden, clean = torch.randn(b, t, 4, 16, 16), torch.randn(b, 4, 4, 16, 16)
-    kw = dict(hidden_states=hidden, timestep=torch.rand(b, t) * 1000, encoder_hidden_states=torch.randn(b, 8, 64),
+    kw = dict(hidden_states=hidden, timestep=torch.rand(b, t) * 1000,
+              encoder_hidden_states=torch.randn(b, 8, model.config.text_dim),
               chunk_partition=part, clean_hidden_states=clean, clean_timestep=torch.zeros(b, 4), return_dict=False)
     kw["r_timestep"] = kw["timestep"]
     with torch.no_grad():
@@ -114,7 +115,8 @@ def test_trained_model_beats_random_weights(pipe):
 
     trained_step, trained_dist = measure(pipe)
     torch.manual_seed(0)
-    random_pipe = video.build_pipeline(video.new_transformer(), *demo.load_clip(), demo.load_vae(),
+    random = type(pipe.transformer).from_config(pipe.transformer.config)
+    random_pipe = video.build_pipeline(random, *demo.load_clip(), demo.load_vae(),
                                        dict(pipe.vae.config), pipe.scheduler)
     random_step, random_dist = measure(random_pipe)
     assert trained_step < random_step / 2, (trained_step, random_step)       # measured 0.026 vs 0.097

@@ -1,13 +1,20 @@
 """Procedural "shapes" dataset: 64x64 RGB scenes with a caption each.
 
-Everything is generated from a seed (no downloads). A scene holds one to three
+Everything is generated from a seed (no downloads). A scene holds one or two
 coloured shapes (circle, square, triangle, star, diamond, cross) of two sizes,
 on a plain, striped or checkered background of a named colour. Captions name
 every attribute, including where the shapes are::
 
     a small red circle in the top left on a gray background
     a large blue star above a small yellow square on a striped black background
-    a small green cross, a large purple circle and a small orange triangle from left to right on a white background
+    a small red circle above a large blue square
+
+One caption in five leaves the background out (the picture still has one), so that
+prompts written without it, as in the README, are in the training distribution.
+Three-shape scenes ("..., ... and ... from left to right") can still be drawn with
+``sample_scene(rng, n_shapes=3)`` but are no longer part of the splits: the demo
+models are asked to follow captions of up to two shapes, and the small denoisers
+learn those better without them.
 
 `sample_scene(rng)` draws the attributes, `render(scene, rng)` draws the image
 (4x supersampled, so edges are anti-aliased) and returns per-shape masks as well,
@@ -62,6 +69,8 @@ GRID_POSITIONS = {
 RELATIONS = ("above", "below", "to the left of", "to the right of")
 ORDERS = ("from left to right", "from top to bottom")
 SPLIT_IDS = {"train": 0, "test": 1, "val": 2}
+SHAPE_COUNT_SPLIT = 0.45     # P(one shape); two shapes otherwise
+UNNAMED_BACKGROUND = 0.2     # P(the caption leaves the background out)
 
 
 @dataclass
@@ -81,6 +90,7 @@ class Scene:
     texture: str
     layout: str  # grid position (1 shape), relation (2 shapes) or order (3 shapes)
     caption: str = ""
+    named_background: bool = True  # whether the caption names the background
     extra: dict = field(default_factory=dict)
 
 
@@ -96,6 +106,8 @@ def make_caption(scene: Scene) -> str:
         body = f"{_phrase(sh[0])} {scene.layout} {_phrase(sh[1])}"
     else:
         body = f"{_phrase(sh[0])}, {_phrase(sh[1])} and {_phrase(sh[2])} {scene.layout}"
+    if not scene.named_background:
+        return body
     bg = scene.background if scene.texture == "plain" else f"{scene.texture} {scene.background}"
     return f"{body} on a {bg} background"
 
@@ -117,14 +129,17 @@ def _new_shape(rng, colors, x=0.0, y=0.0) -> Shape:
     )
 
 
-def sample_scene(rng: np.random.Generator) -> Scene:
-    """Draw the attributes of one scene (shapes, colours, sizes, layout, background)."""
+def sample_scene(rng: np.random.Generator, n_shapes: int | None = None) -> Scene:
+    """Draw the attributes of one scene (shapes, colours, sizes, layout, background).
+
+    ``n_shapes`` forces the number of shapes (1, 2 or 3) without changing the other draws.
+    """
     background = _choice(rng, tuple(BACKGROUNDS))
     texture = _choice(rng, TEXTURES) if rng.random() < 0.4 else "plain"
     # a shape never has the colour of the background it sits on
     colors = tuple(c for c in COLORS if c != background)
     u = rng.random()
-    n = 1 if u < 0.4 else (2 if u < 0.85 else 3)
+    n = n_shapes or (1 if u < SHAPE_COUNT_SPLIT else 2)
     shapes = [_new_shape(rng, colors) for _ in range(n)]
     if n == 2:  # two shapes of the same kind and colour would make the caption ambiguous
         while (shapes[1].kind, shapes[1].color) == (shapes[0].kind, shapes[0].color):
@@ -172,7 +187,8 @@ def sample_scene(rng: np.random.Generator) -> Scene:
                 s.x, s.y = along, across
             else:
                 s.x, s.y = across, along
-    scene = Scene(shapes=shapes, background=background, texture=texture, layout=layout)
+    named = bool(rng.random() >= UNNAMED_BACKGROUND)
+    scene = Scene(shapes=shapes, background=background, texture=texture, layout=layout, named_background=named)
     scene.caption = make_caption(scene)
     return scene
 
@@ -288,12 +304,16 @@ _SHAPE_RE = r"a (small|large) (\w+) (\w+)"
 
 
 def parse_caption(caption: str) -> dict:
-    """Decode a caption into ``{"shapes": [(size, color, kind), ...], "layout", "background", "texture"}``."""
+    """Decode a caption into ``{"shapes": [(size, color, kind), ...], "layout", "background", "texture"}``
+    (``background`` and ``texture`` are None when the caption does not name them)."""
     m = re.fullmatch(r"(.*) on a (?:(striped|checkered) )?(\w+) background", caption)
-    if not m:
-        raise ValueError(f"not a caption of this dataset: {caption!r}")
-    body, texture, background = m.group(1), m.group(2) or "plain", m.group(3)
+    if m:
+        body, texture, background = m.group(1), m.group(2) or "plain", m.group(3)
+    else:
+        body, texture, background = caption, None, None
     shapes = [tuple(t) for t in re.findall(_SHAPE_RE, body)]
+    if not shapes:
+        raise ValueError(f"not a caption of this dataset: {caption!r}")
     rest = re.sub(_SHAPE_RE, "#", body)
     if len(shapes) == 1:
         layout = rest.replace("#", "").strip()

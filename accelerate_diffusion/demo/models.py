@@ -21,7 +21,7 @@ from .tokenizer import MAX_LENGTH
 IMAGE_SIZE = 64
 LATENT_SIZE = 16
 LATENT_CHANNELS = 4
-TEXT_DIM = 64  # CLIP text hidden size
+TEXT_DIM = 128  # CLIP text hidden size
 PROJ_DIM = 64  # CLIP joint embedding size
 # StableDiffusion3Pipeline pads the prompt with `max_sequence_length` zero "T5" tokens
 # when text_encoder_3 is None (256 by default); see `ZeroTokenBiasProcessor`.
@@ -33,8 +33,8 @@ def clip_config(vocab_size: int) -> CLIPConfig:
         vocab_size=vocab_size,
         hidden_size=TEXT_DIM,
         intermediate_size=4 * TEXT_DIM,
-        num_hidden_layers=3,
-        num_attention_heads=2,
+        num_hidden_layers=4,
+        num_attention_heads=4,
         max_position_embeddings=MAX_LENGTH,
         projection_dim=PROJ_DIM,
         bos_token_id=0,
@@ -64,10 +64,10 @@ def new_vae() -> AutoencoderKL:
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(8, 16, 32),
+        block_out_channels=(16, 32, 64),
         layers_per_block=1,
         latent_channels=LATENT_CHANNELS,
-        norm_num_groups=4,
+        norm_num_groups=8,
         sample_size=IMAGE_SIZE,
         mid_block_add_attention=False,
         scaling_factor=1.0,  # set from data after training
@@ -82,11 +82,15 @@ def new_unet() -> UNet2DConditionModel:
         out_channels=LATENT_CHANNELS,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(32, 64, 96),
+        block_out_channels=(32, 64, 128),
         layers_per_block=1,
         cross_attention_dim=TEXT_DIM,
         attention_head_dim=4,  # number of heads per attention layer (diffusers' naming)
         norm_num_groups=16,
+        # an attention-pooled summary of the prompt added to the time embedding: global
+        # conditioning for every block (what the DiT gets from its pooled projection)
+        addition_embed_type="text",
+        addition_embed_type_num_heads=4,
     )
 
 
@@ -96,7 +100,7 @@ def new_dit() -> SD3Transformer2DModel:
         patch_size=2,
         in_channels=LATENT_CHANNELS,
         out_channels=LATENT_CHANNELS,
-        num_layers=4,
+        num_layers=6,
         attention_head_dim=32,
         num_attention_heads=4,
         joint_attention_dim=2 * TEXT_DIM,  # both CLIP slots hold the demo text encoder

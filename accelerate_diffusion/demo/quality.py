@@ -30,7 +30,7 @@ GRID_PROMPTS = [
     "a large white cross above a small orange circle on a gray background",
     "a small purple diamond to the left of a large yellow square on a black background",
     "a large blue circle below a small red star on a striped white background",
-    "a small red square, a small green circle and a small blue triangle from left to right on a gray background",
+    "a small red circle above a large blue square",
 ]
 
 
@@ -68,14 +68,11 @@ def generate(pipe, prompts, steps, guidance, seed=0, batch=32) -> np.ndarray:
 
 
 def untrained_copy(pipe, kind: str, seed: int = 0):
-    """The same pipeline with a freshly initialised denoiser."""
-    from .models import new_dit, new_unet
-
+    """The same pipeline with a freshly initialised denoiser (same configuration)."""
     torch.manual_seed(seed)
-    if kind == "unet":
-        comps = dict(pipe.components, unet=new_unet().eval())
-    else:
-        comps = dict(pipe.components, transformer=new_dit().eval())
+    name = "unet" if kind == "unet" else "transformer"
+    den = getattr(pipe, name)
+    comps = dict(pipe.components, **{name: type(den).from_config(den.config).eval()})
     p = type(pipe)(**comps)
     p.set_progress_bar_config(disable=True)
     return p

@@ -1,8 +1,9 @@
 """Train the demo autoregressive video model (``AnyFlowFARTransformer3DModel``) on moving-shape clips.
 
-    python -m accelerate_diffusion.demo.train_video [--max-minutes 50] [--resume]
+    python -m accelerate_diffusion.demo.train_video --out runs/weights --run-dir runs/ar_video [--max-minutes 60] [--resume]
 
-Needs the demo ``clip`` and ``vae`` weights. The clips (`video.make_clip`) are encoded once,
+Needs the demo ``clip`` and ``vae`` weights in ``--out``. Checkpoints, log, pause file and
+time cap work as in `train` (shared loop). The clips (`video.make_clip`) are encoded once,
 key frame by key frame, with the demo VAE and cached under ``$DEMO_CACHE`` (not committed).
 
 Teacher forcing through the transformer's own training path (``kv_cache=None``): a window of
@@ -22,6 +23,7 @@ function, tested against the flex path). Inference uses diffusers' processor unc
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 from pathlib import Path
 
@@ -30,9 +32,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import video
-from .train import EMA, _maybe_resume, loop, save_fp16, seed_all
+from .train import EMA, add_run_args, loop, save_fp16, seed_all
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
 CACHE_DIR = Path(os.environ.get("DEMO_CACHE", "/tmp/accelerate_diffusion_demo_cache"))
 NAME = "ar_video"
 
@@ -96,15 +97,17 @@ def clip_data(args, wd: Path):
     them (N + 1, 32, 64; the last row is the empty prompt), and the adapter config."""
     from . import load_clip, load_vae
 
-    cache = CACHE_DIR / f"video_{args.data_seed}_{args.n_clips}.pt"
-    if cache.exists() and cache.stat().st_mtime > max((wd / "vae").stat().st_mtime, (wd / "clip").stat().st_mtime):
+    key = hashlib.sha1(str(wd.resolve()).encode()).hexdigest()[:8]  # one cache per weights folder
+    cache = CACHE_DIR / f"video_v2_{key}_{args.data_seed}_{args.n_clips}_{args.clip_frames}.pt"
+    newest = max((wd / n / "config.json").stat().st_mtime for n in ("vae", "clip"))
+    if cache.exists() and cache.stat().st_mtime > newest:
         return torch.load(cache)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     vae = load_vae(weights_dir=wd)
     clip, tok = load_clip(weights_dir=wd)
     lat, caps = [], []
     for i in tqdm(range(args.n_clips), desc="render + encode clips", mininterval=10):
-        frames, cap = video.make_clip(i, args.data_seed, "train")
+        frames, cap = video.make_clip(i, args.data_seed, "train", frames=args.clip_frames)
         x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(127.5).sub(1)
         lat.append(vae.encode(x).latent_dist.mean.half())
         caps.append(cap)
@@ -137,11 +140,10 @@ def random_partition(frames: int, gen) -> list[int]:
 
 def train(args):
     out = Path(args.out) / NAME
-    out.mkdir(parents=True, exist_ok=True)
     data = clip_data(args, Path(args.out))
     lat, emb = data["latents"], data["embeds"]
     n, t_max = lat.shape[:2]
-    model = _maybe_resume(args, video.new_transformer(), out).train()
+    model = video.new_transformer().train()
     use_dense_attention(model)
     ema = EMA(model, args.ema)
     limit = model.config.full_chunk_limit
@@ -189,34 +191,31 @@ def train(args):
         video.new_scheduler().save_pretrained(out / "scheduler")
         video.DemoVideoVAE(**data["vae_config"]).save_config(out / "vae")
 
-    args.stage = NAME
-    loop(args, out, model, list(model.parameters()), loss_fn, ema=ema, save_fn=save)
+    loop(args, out, {NAME: model}, list(model.parameters()), loss_fn, ema=ema, save_fn=save)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(WEIGHTS_DIR))
-    p.add_argument("--steps", type=int, default=4000)
+    add_run_args(p)
+    p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--warmup", type=int, default=150)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--n-clips", type=int, default=2000)
-    p.add_argument("--max-frames", type=int, default=video.CLIP_FRAMES)
-    p.add_argument("--short-frac", type=float, default=0.0, help="share of windows of <= full_chunk_limit frames")
+    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--n-clips", type=int, default=3000)
+    p.add_argument("--clip-frames", type=int, default=32, help="key frames rendered per training clip")
+    p.add_argument("--max-frames", type=int, default=32, help="longest training window")
+    p.add_argument("--short-frac", type=float, default=0.3, help="share of windows of <= full_chunk_limit frames")
     p.add_argument("--sigma-mean", type=float, default=0.0)
     p.add_argument("--sigma-std", type=float, default=1.0)
     p.add_argument("--context-noise", type=float, default=0.1)
-    p.add_argument("--data-seed", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--max-minutes", type=float, default=0.0)
-    p.add_argument("--log-every", type=int, default=25)
-    p.add_argument("--save-every", type=int, default=200)
-    p.add_argument("--ema", type=float, default=0.998)
+    p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--cfg-drop", type=float, default=0.1)
-    p.add_argument("--resume", action="store_true", help="start from the weights already in --out")
     args = p.parse_args(argv)
+    args.stage = NAME
+    args.run_dir = args.run_dir or f"demo-runs/{NAME}"
+    if (Path(args.run_dir) / "DONE").exists():
+        print(f"{NAME}: {args.run_dir}/DONE exists, nothing to do (delete it to train further)")
+        return
     torch.set_num_threads(args.threads)
     seed_all(args.seed)
     train(args)

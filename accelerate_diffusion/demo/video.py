@@ -34,6 +34,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
 from . import dataset as ds
+from .models import TEXT_DIM
 from .tokenizer import MAX_LENGTH
 
 MAX_SEQUENCE_LENGTH = MAX_LENGTH  # pass as the pipeline's max_sequence_length
@@ -49,7 +50,7 @@ DEFAULT_SHIFT = 2.0               # scheduler shift used for sampling
 TRANSFORMER_CONFIG = dict(
     patch_size=(1, 2, 2), compressed_patch_size=(1, 4, 4), full_chunk_limit=3,
     num_attention_heads=4, attention_head_dim=36,  # head dim a multiple of 6: 3-axis RoPE
-    in_channels=4, out_channels=4, text_dim=64, freq_dim=64, ffn_dim=384, num_layers=4,
+    in_channels=4, out_channels=4, text_dim=TEXT_DIM, freq_dim=64, ffn_dim=384, num_layers=4,
     rope_max_seq_len=256, gate_value=0.0, chunk_partition=(1,) * 21,
 )
 
