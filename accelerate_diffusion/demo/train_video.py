@@ -95,7 +95,7 @@ def use_dense_attention(transformer) -> DenseMaskProcessor:
 def clip_data(args, wd: Path):
     """Normalised key-frame latents (N, T, 4, 16, 16), caption embeddings as the pipeline makes
     them (N + 1, 32, 64; the last row is the empty prompt), and the adapter config."""
-    from . import load_clip, load_vae
+    from .loaders import load_clip, load_vae
 
     key = hashlib.sha1(str(wd.resolve()).encode()).hexdigest()[:8]  # one cache per weights folder
     cache = CACHE_DIR / f"video_v2_{key}_{args.data_seed}_{args.n_clips}_{args.clip_frames}.pt"

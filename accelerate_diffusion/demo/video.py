@@ -270,7 +270,7 @@ def build_pipeline(transformer, clip, tokenizer, image_vae, vae_config: dict, sc
 def load_video_pipeline(directory: Path, dtype: torch.dtype = torch.float32, weights_dir=None):
     from diffusers import AnyFlowFARTransformer3DModel, FlowMapEulerDiscreteScheduler
 
-    from . import load_clip, load_vae
+    from .loaders import load_clip, load_vae
 
     clip, tok = load_clip(dtype=dtype, weights_dir=weights_dir)
     transformer = AnyFlowFARTransformer3DModel.from_pretrained(directory, torch_dtype=dtype, local_files_only=True)
