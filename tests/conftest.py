@@ -9,6 +9,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 warnings.filterwarnings("ignore", message=".*torchvision.*")
 
+import torch  # noqa: E402
+
+# Tiny models: one thread is as fast, and two threads on a shared 2-core machine can be 80x slower
+# (OpenMP threads spinning at barriers while another process holds a core).
+torch.set_num_threads(1)
+
 from accelerate_diffusion import patches  # noqa: E402  (after the offline switches)
 from accelerate_diffusion.config import TechniqueConfig, check_range  # noqa: E402
 
