@@ -128,6 +128,8 @@ class Report:
         else:
             counters = ", ".join(f"{k} {v}" for k, v in sorted(gen["counters"].items()))
             lines.append(f"  last generation: {gen['steps']} steps, {counters}")
+            for technique, why in gen.get("paused", {}).items():
+                lines.append(f"  {technique} sat this generation out: {why}")
             if gen.get("macs") is not None:
                 ratio = ""
                 if gen.get("baseline_macs"):
@@ -171,7 +173,10 @@ class Acceleration:
             modules = patches.available()
             # TECHNIQUES lists techniques outermost first; apply innermost first so that each
             # later (outer) hook wraps the earlier ones on a shared module.
+            self.state.min_steps = {name: config.min_steps for name, config in self.plan.items()
+                                    if getattr(config, "min_steps", 1) > 1}
             for name, config in reversed(list(self.plan.items())):
+                ctx.technique = name
                 mark = journal.mark()
                 try:
                     handle = modules[name].apply(ctx, config)
@@ -214,11 +219,13 @@ class Acceleration:
         state = self.state
         return {"generations": state.generation, "steps": state.step, "num_steps": state.num_steps,
                 "cfg_layout": state.cfg_layout, "counters": dict(state.counters), "macs": state.macs,
-                "baseline_macs": self.baseline_macs}
+                "baseline_macs": self.baseline_macs, "paused": dict(state.paused)}
 
     def report(self) -> Report:
-        applied = [{"technique": h.technique, "config": self.plan[h.technique].to_dict(),
-                    "targets": h.targets, "stats": h.statistics()} for h in self.handles]
+        paused = self.state.paused
+        applied = [{"technique": h.technique, "config": self.plan[h.technique].to_dict(), "targets": h.targets,
+                    "stats": {"status": f"sat out: {paused[h.technique]}"} if h.technique in paused else h.statistics()}
+                   for h in self.handles]
         return Report(type(self.pipe).__name__, type(self.denoiser).__name__, self.family.name,
                       self.preset, applied, list(self.skipped), self._generation())
 

@@ -34,36 +34,39 @@ class Preset:
 # DeepCache's non-uniform full steps, centred at 32 % of the steps: calibrated on the demo UNet
 # (`accelerate-diffusion search`, docs/presets.md#deepcache), next to DeepCache's own 15 of 50.
 NONUNIFORM = dict(schedule="nonuniform", center=0.32)
+# Few-step models (LCM, turbo, distilled; 1-7 steps) have no steps to spare: below this every
+# preset runs them untouched, and the report says so (docs/compatibility.md).
+MIN_STEPS = 8
 
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
         Preset("off", "No acceleration: bit-identical to the unpatched pipeline."),
         Preset("quality", "Visually lossless: small, safe savings (fidelity first).", {
-            "dit": {"block_cache": dict(mode="schedule", schedule="fora:2,first=7,last=1")},  # docs/presets.md#block_cache
-            "unet": {"deepcache": dict(cache_interval=2, cache_branch=2, **NONUNIFORM, always_full_start=3)},  # docs/presets.md#deepcache
+            "dit": {"block_cache": dict(mode="schedule", min_steps=MIN_STEPS, schedule="fora:2,first=7,last=1")},  # docs/presets.md#block_cache
+            "unet": {"deepcache": dict(min_steps=MIN_STEPS, cache_interval=2, cache_branch=2, **NONUNIFORM, always_full_start=3)},  # docs/presets.md#deepcache
             "anyflow_far": {"kv_cache": dict(encode="compressed", merge_threshold=1.5, budget_frames=12)},  # docs/presets.md#kv_cache
             "skyreels_v2": {"kv_cache": dict(merge_threshold=1.5, budget_frames=0)},  # docs/presets.md#kv_cache
         }),
         Preset("balanced", "Good default: clear speedup with outputs close to the original.", {
-            "*": {"guidance": dict(mode="truncation", cfg_fraction=0.5)},  # docs/presets.md#guidance
-            "dit": {"block_cache": dict(mode="schedule", schedule="fora:3,first=7,last=1")},  # docs/presets.md#block_cache
+            "*": {"guidance": dict(mode="truncation", cfg_fraction=0.5, min_steps=MIN_STEPS)},  # docs/presets.md#guidance
+            "dit": {"block_cache": dict(mode="schedule", min_steps=MIN_STEPS, schedule="fora:3,first=7,last=1")},  # docs/presets.md#block_cache
             # On the demo UNet CFG truncation cost 23 dB PSNR and 1.6 CLIP here: UNet balanced keeps full CFG.
-            "unet": {"deepcache": dict(cache_interval=2, cache_branch=0, **NONUNIFORM), "guidance": None},  # docs/presets.md#deepcache
+            "unet": {"deepcache": dict(min_steps=MIN_STEPS, cache_interval=2, cache_branch=0, **NONUNIFORM), "guidance": None},  # docs/presets.md#deepcache
             "anyflow_far": {"kv_cache": dict(encode="compressed", merge_threshold=0.95, budget_frames=1.5)},
             "skyreels_v2": {"kv_cache": dict(merge_threshold=1.5, budget_frames=0)},
         }),
         Preset("fast", "About 2x or more: visible but small differences from the original.", {
-            "*": {"guidance": dict(mode="truncation", cfg_fraction=0.5)},  # docs/presets.md#guidance
-            "dit": {"block_cache": dict(mode="schedule", schedule="fora:3,first=3,last=1")},  # docs/presets.md#block_cache
-            "unet": {"deepcache": dict(cache_interval=3, cache_branch=0, **NONUNIFORM)},  # docs/presets.md#deepcache
+            "*": {"guidance": dict(mode="truncation", cfg_fraction=0.5, min_steps=MIN_STEPS)},  # docs/presets.md#guidance
+            "dit": {"block_cache": dict(mode="schedule", min_steps=MIN_STEPS, schedule="fora:3,first=3,last=1")},  # docs/presets.md#block_cache
+            "unet": {"deepcache": dict(min_steps=MIN_STEPS, cache_interval=3, cache_branch=0, **NONUNIFORM)},  # docs/presets.md#deepcache
             "anyflow_far": {"kv_cache": dict(encode="compressed", merge_threshold=0.9, budget_frames=1)},
             "skyreels_v2": {"kv_cache": dict(merge_threshold=0.9, budget_frames=12)},
         }),
         Preset("max", "Largest speedup the techniques allow; quality may degrade noticeably.", {
-            "*": {"guidance": dict(mode="truncation", cfg_fraction=0.5)},  # docs/presets.md#guidance
-            "dit": {"block_cache": dict(mode="schedule", schedule="fora:4,first=3,last=1")},  # docs/presets.md#block_cache
-            "unet": {"deepcache": dict(cache_interval=5, cache_branch=0, **NONUNIFORM)},  # docs/presets.md#deepcache
+            "*": {"guidance": dict(mode="truncation", cfg_fraction=0.5, min_steps=MIN_STEPS)},  # docs/presets.md#guidance
+            "dit": {"block_cache": dict(mode="schedule", min_steps=MIN_STEPS, schedule="fora:4,first=3,last=1")},  # docs/presets.md#block_cache
+            "unet": {"deepcache": dict(min_steps=MIN_STEPS, cache_interval=5, cache_branch=0, **NONUNIFORM)},  # docs/presets.md#deepcache
             "anyflow_far": {"kv_cache": dict(encode="compressed", merge_threshold=0.9, budget_frames=1)},  # = fast: nothing smaller pays here
             "skyreels_v2": {"kv_cache": dict(merge_threshold=0.5, budget_frames=4)},
             "wan": {"attention": dict(window=0.5)},  # docs/presets.md#attention

@@ -49,6 +49,8 @@ class AccelerationState:
         self.encode_cfg_flag: bool | None = None   # seen in encode_prompt, for pipelines without the property
         self.input_shape: tuple[int, ...] | None = None
         self.in_call = False            # a denoiser call of this pipeline's own generation is running
+        self.min_steps: dict[str, int] = {}   # technique -> fewest steps it acts on
+        self.paused: dict[str, str] = {}      # techniques sitting this generation out, and why
         self.counters: collections.Counter = collections.Counter()
         self.macs: int | None = None
         self.caches: dict[str, Any] = {}
@@ -274,6 +276,8 @@ class Clock:
                 state.num_steps = planned
             state.cfg_flag = self.pipeline_cfg_flag()
             state._pending_layout = "batched" if state.cfg_flag else "none"
+            state.paused = {name: f"{state.num_steps} steps < min_steps {least}: every step ran in full"
+                            for name, least in state.min_steps.items() if state.num_steps < least}
         state.call_in_step += 1
         state.count("denoiser_calls")
 

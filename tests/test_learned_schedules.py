@@ -15,7 +15,7 @@ from accelerate_diffusion.presets import PRESETS
 from accelerate_diffusion.schedules import CacheSchedule, ScheduleLayout, learned
 from accelerate_diffusion.schedules.learned import MODEL_FILE, fingerprint, folder_for, preset_schedule
 
-STEPS = 4
+STEPS = 8        # the presets leave generations of fewer than 8 steps untouched
 PRESET = "fast"
 
 
@@ -62,7 +62,7 @@ def test_preset_uses_the_models_pick_and_falls_back_at_other_step_counts(shipped
         stats = _stats(pipe)
         assert stats["resampled"] == "no"
         assert pipe.acceleration.state.counters["components_reused"] > 0
-        pipe("a red circle", num_inference_steps=6, output_type="latent", generator=torch.Generator().manual_seed(0))
+        pipe("a red circle", num_inference_steps=10, output_type="latent", generator=torch.Generator().manual_seed(0))
         assert "fallback" in _stats(pipe)["resampled"] and heuristic in _stats(pipe)["resampled"]
     finally:
         pipe.acceleration.remove()

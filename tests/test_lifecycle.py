@@ -174,19 +174,19 @@ def test_a_failed_call_keeps_the_previous_acceleration(pipelines):
 
 def test_nested_accelerated_restores_the_outer_acceleration(pipelines):
     pipe = pipelines("sd")
-    reference = run(pipe, "sd", steps=4)
+    reference = run(pipe, "sd", steps=10)
     accelerate(pipe, "fast")
-    fast = run(pipe, "sd", steps=4)
+    fast = run(pipe, "sd", steps=10)
     with accelerated(pipe, "max"):
         assert pipe.acceleration.preset == "max"
-        assert not torch.equal(run(pipe, "sd", steps=4), fast)
+        assert not torch.equal(run(pipe, "sd", steps=10), fast)
     assert pipe.acceleration.preset == "fast" and pipe.acceleration.active
-    assert torch.equal(run(pipe, "sd", steps=4), fast)
+    assert torch.equal(run(pipe, "sd", steps=10), fast)
     pipe.acceleration.remove()
     with accelerated(pipe, "max"):
         pass
     assert not hasattr(pipe, "acceleration")
-    assert torch.equal(run(pipe, "sd", steps=4), reference)
+    assert torch.equal(run(pipe, "sd", steps=10), reference)
 
 
 def test_per_technique_entry_points_compose(pipelines):

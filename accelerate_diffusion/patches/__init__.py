@@ -67,9 +67,11 @@ class PatchContext:
     family: Family
     state: AccelerationState
     journal: Journal
+    technique: str = ""                 # the technique being applied (set by the API)
 
     def hook(self, module: torch.nn.Module, hook, name: str) -> None:
         """Register a diffusers ``hook`` on ``module``."""
+        hook.technique = self.technique
         self.journal.register_hook(module, hook, name)
 
     def set_attr(self, obj, name: str, value) -> None:
@@ -119,14 +121,17 @@ class PatchHandle:
 
 class TechniqueHook(ModelHook):
     """Base of every technique's hook. Calls that are not this pipeline's own (another pipeline
-    sharing the module) pass through untouched; the others go to :meth:`run`."""
+    sharing the module), and every call of a generation the technique sits out (fewer steps
+    than its ``min_steps``), pass through untouched; the others go to :meth:`run`."""
+
+    technique = ""
 
     def __init__(self, state: AccelerationState):
         super().__init__()
         self.state = state
 
     def new_forward(self, module, *args, **kwargs):
-        if not self.state.in_call:
+        if not self.state.in_call or self.technique in self.state.paused:
             return self.fn_ref.original_forward(*args, **kwargs)
         return self.run(module, self.fn_ref.original_forward, args, kwargs)
 
@@ -137,12 +142,16 @@ class TechniqueHook(ModelHook):
 class OutputHook(ModelHook):
     """A hook that edits a module's output with ``fn(module, output)`` in this pipeline's calls."""
 
+    technique = ""
+
     def __init__(self, state: AccelerationState, fn: Callable):
         super().__init__()
         self.state, self.fn = state, fn
 
     def post_forward(self, module, output):
-        return self.fn(module, output) if self.state.in_call else output
+        if not self.state.in_call or self.technique in self.state.paused:
+            return output
+        return self.fn(module, output)
 
 
 def available() -> dict[str, Any]:

@@ -67,12 +67,14 @@ class Config(TechniqueConfig):
     fallback: str = ""                # heuristic used instead of resampling a fixed schedule ("" = resample)
     schedule_dir: str = ""            # a searched front to pick the schedule from
     max_quality_loss: float | None = None
+    min_steps: int = 1                # generations with fewer steps run untouched (few-step models)
 
     def validate(self) -> None:
         check_choice(self.NAME, "mode", self.mode, MODES)
         check_range(self.NAME, "threshold", self.threshold, 0.0, None)
         check_range(self.NAME, "warmup_steps", self.warmup_steps, 1, None, integer=True)
         check_range(self.NAME, "max_reuse", self.max_reuse, 0, None, integer=True)
+        check_range(self.NAME, "min_steps", self.min_steps, 1, None, integer=True)
         if not isinstance(self.fallback, str):
             raise ValueError(f"{self.NAME}.fallback: expected a heuristic name like 'fora:2' or '', "
                              f"got {type(self.fallback).__name__}")

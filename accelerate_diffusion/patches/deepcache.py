@@ -62,6 +62,7 @@ class Config(TechniqueConfig):
     point: str = ""                    # a calibrated point (front-NN.json): its settings replace these
     schedule_dir: str = ""             # a calibration folder: the point is picked from its front
     max_quality_loss: float | None = None   # with schedule_dir: the fastest point within this loss
+    min_steps: int = 1                # generations with fewer steps run untouched (few-step models)
 
     LOOKUP = ("point", "schedule_dir", "max_quality_loss")   # where settings come from, not settings
 
@@ -77,6 +78,7 @@ class Config(TechniqueConfig):
         check_range(NAME, "power", self.power, 1.0, 10.0, lo_open=True)
         check_range(NAME, "always_full_start", self.always_full_start, 0, integer=True)
         check_range(NAME, "always_full_end", self.always_full_end, 0, integer=True)
+        check_range(NAME, "min_steps", self.min_steps, 1, integer=True)
         for name in ("point", "schedule_dir"):
             if not isinstance(getattr(self, name), (str, os.PathLike)):
                 raise ValueError(f"{NAME}.{name}: expected a path, got {getattr(self, name)!r}")

@@ -63,6 +63,7 @@ class Config(TechniqueConfig):
     per_sample: bool = True          # False: the batch switches when all samples have crossed
     coefficients: str | None = None  # linear: a JSON path or shipped name; None: match the model
     record: bool = False             # keep every fully guided step's (cond, uncond) predictions (LinearAG fitting)
+    min_steps: int = 1                # generations with fewer steps run untouched (few-step models)
 
     def validate(self) -> None:
         check_choice(NAME, "mode", self.mode, MODES)
@@ -79,6 +80,7 @@ class Config(TechniqueConfig):
         self.interval = (lo, hi)
         check_choice(NAME, "per_sample", self.per_sample, (True, False))
         check_choice(NAME, "record", self.record, (True, False))
+        check_range(NAME, "min_steps", self.min_steps, 1, integer=True)
         if self.coefficients is not None and not isinstance(self.coefficients, str):
             raise ValueError(f"{NAME}.coefficients: must be None or a path/name string, "
                              f"got {self.coefficients!r}")

@@ -65,6 +65,7 @@ class Config(TechniqueConfig):
     start_step: int = 4
     error_reset_steps: Any = (0.4, 0.75)
     starvation_scale: float = 0.5
+    min_steps: int = 1                # generations with fewer steps run untouched (few-step models)
 
     def __post_init__(self):
         if isinstance(self.sample_ratio, list):
@@ -90,6 +91,7 @@ class Config(TechniqueConfig):
         for s in self.error_reset_steps:
             check_range(NAME, "error_reset_steps", s, 0, None)
         check_range(NAME, "starvation_scale", self.starvation_scale, -5.0, 5.0)
+        check_range(NAME, "min_steps", self.min_steps, 1, integer=True)
 
     # -- the per-step plan ------------------------------------------------------------
     def ratio_at(self, step: int) -> float:

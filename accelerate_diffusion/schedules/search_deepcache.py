@@ -122,14 +122,15 @@ def grid_configs(config: DeepCacheSearchConfig, max_branch: int) -> list[Config]
 
 
 def preset_configs(family) -> list[tuple[str, Config]]:
-    """(preset name, DeepCache Config) for the presets that set DeepCache on this family."""
+    """(preset name, DeepCache Config) for the presets that set DeepCache on this family, with the
+    few-step guard off: a calibration compares the presets' settings at its own step count."""
     from ..presets import PRESETS
 
     out = []
     for name in PRESET_ORDER:
         params = PRESETS[name].for_family(family).get(TECHNIQUE)
         if params is not None:
-            out.append((name, Config.from_dict(params)))
+            out.append((name, Config.from_dict({**params, "min_steps": 1})))
     return out
 
 
