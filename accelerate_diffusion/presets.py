@@ -69,7 +69,7 @@ PRESETS: dict[str, Preset] = {
             "unet": {"deepcache": dict(min_steps=MIN_STEPS, cache_interval=5, cache_branch=0, **NONUNIFORM)},  # docs/presets.md#deepcache
             "anyflow_far": {"kv_cache": dict(encode="compressed", merge_threshold=0.9, budget_frames=1)},  # = fast: nothing smaller pays here
             "skyreels_v2": {"kv_cache": dict(merge_threshold=0.5, budget_frames=4)},
-            "wan": {"attention": dict(window=0.5)},  # docs/presets.md#attention
+            "wan": {"attention": dict(window=0.5, min_steps=MIN_STEPS)},  # docs/presets.md#attention
         }),
     )
 }

@@ -156,7 +156,7 @@ def _build_pixart(size: str):
     )
 
 
-def _build_sd3(size: str):
+def _build_sd3(size: str, latent_channels: int = 4):
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     if size == "micro":
@@ -166,13 +166,14 @@ def _build_sd3(size: str):
         tkw = dict(sample_size=32, num_layers=12, attention_head_dim=64, num_attention_heads=6)
         hidden, vae_ch = 64, (16, 32, 32, 32)
     transformer = SD3Transformer2DModel(
-        patch_size=2, in_channels=4, out_channels=4, caption_projection_dim=tkw["attention_head_dim"]
+        patch_size=2, in_channels=latent_channels, out_channels=latent_channels,
+        caption_projection_dim=tkw["attention_head_dim"]
         * tkw["num_attention_heads"], joint_attention_dim=hidden, pooled_projection_dim=hidden * 2,
         pos_embed_max_size=96, **tkw,
     )
     return StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=_vae(4, vae_ch, shift_factor=0.0609, scaling_factor=1.5035),
+        vae=_vae(latent_channels, vae_ch, shift_factor=0.0609, scaling_factor=1.5035),
         text_encoder=_clip_text(hidden, 2, projection=True), tokenizer=_clip_tokenizer(),
         text_encoder_2=_clip_text(hidden, 2, projection=True), tokenizer_2=_clip_tokenizer(),
         text_encoder_3=None, tokenizer_3=None,
@@ -250,14 +251,15 @@ _BUILDERS = {
 }
 
 
-def make_pipeline(name: str, size: str = "micro", seed: int = 0):
-    """Build a tiny pipeline of the real class with deterministic random weights (CPU, fp32)."""
+def make_pipeline(name: str, size: str = "micro", seed: int = 0, **options):
+    """Build a tiny pipeline of the real class with deterministic random weights (CPU, fp32).
+    ``options``: builder settings (``latent_channels`` for sd3: its inpaint pipeline needs 16)."""
     if name not in _BUILDERS:
         raise ValueError(f"pipeline: unknown name {name!r}; allowed: {', '.join(PIPELINES)}")
     if size not in SIZES:
         raise ValueError(f"size: unknown size {size!r}; allowed: {', '.join(SIZES)}")
     torch.manual_seed(seed)
-    return _ready(_BUILDERS[name](size))
+    return _ready(_BUILDERS[name](size, **options))
 
 
 def call_kwargs(name: str, size: str = "micro", steps: int = 4, seed: int = 0, **overrides):

@@ -61,10 +61,12 @@ class Config(TechniqueConfig):
     dense_steps: float = 0
     dense_layers: Any = ()
     backend: str = "auto"
+    min_steps: int = 1               # generations with fewer steps run dense (few-step models)
 
     def validate(self) -> None:
         check_choice(NAME, "pattern", self.pattern, PATTERNS)
         check_choice(NAME, "backend", self.backend, BACKENDS)
+        check_range(NAME, "min_steps", self.min_steps, 1, integer=True)
         self.window = _tuple(self.window)
         windows = self.window if isinstance(self.window, tuple) else (self.window,)
         if not 1 <= len(windows) <= 3:
