@@ -66,9 +66,10 @@ def build_plan(family: Family, denoiser, preset: str, overrides: dict[str, Any])
                 raise ValueError(f"{name}: this technique is not available in this version; "
                                  f"available: {', '.join(available) or 'none'}")
             if name not in family.techniques:
+                why = family.reason_not(name)
                 raise ValueError(f"{name}: does not apply to the {family.name} family "
-                                 f"({', '.join(family.classes) or 'unknown denoiser'}); "
-                                 f"applicable: {', '.join(family.techniques)}")
+                                 f"({', '.join(family.classes) or 'unknown denoiser'})"
+                                 + (f": {why}" if why else "") + f"; applicable: {', '.join(family.techniques)}")
             config_cls = available[name].Config
             if isinstance(override, config_cls):
                 config, user_fields = override, frozenset(config_cls.field_names())

@@ -58,14 +58,19 @@ class Family:
     block_groups: tuple[BlockGroup, ...] = ()
     grid: str = "2d"                      # "2d" image tokens or "3d" video tokens
     patch_size: tuple[int, ...] = ()      # token patch on the latent grid (t, h, w) or (h, w)
-    token_grid: str = "latent"            # how a call's token grid is read: "latent" (input / config patch) | "ids" (Flux img_ids)
+    token_grid: str = "latent"            # how a call's token grid is read: "latent" (input / config patch) | "ids" (Flux img_ids) | "img_shapes" (Qwen-Image's per-sample (frames, h, w) in tokens)
     text_tokens: str = "cross"            # "cross" (cross-attention) | "joint" (concatenated)
     pos_embed: str = "none"               # "absolute" | "rope" | "none" (UNet)
     cfg: str = "batched"                  # how its pipelines run CFG: "batched" ([uncond, cond] in one call) | "separate"
     ras: RasLayout | None = None
     kv_cache: str = ""                    # kv-cache adapter: "far" | "skyreels"
     techniques: tuple[str, ...] = field(default=("guidance",))
+    why_not: tuple[tuple[str, str], ...] = ()   # (technique, why it does not apply to this family)
     notes: str = ""
+
+    def reason_not(self, technique: str) -> str:
+        """Why ``technique`` is not among this family's techniques ("" if the row does not say)."""
+        return dict(self.why_not).get(technique, "")
 
     def blocks(self, denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
         """All blocks of the denoiser as (qualified name, module), in execution order."""
@@ -100,6 +105,17 @@ class Family:
     def token_grid_of(self, denoiser, args, kwargs) -> tuple[int, ...]:
         """The token grid of one denoiser call, read from its input (never guessed from lengths)."""
         x = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
+        if self.token_grid == "img_shapes":
+            shapes = kwargs.get("img_shapes")
+            if not shapes:
+                raise ValueError(f"{type(denoiser).__name__} was called without img_shapes: the token grid is unknown")
+            first = shapes[0]
+            first = [first] if isinstance(first[0], int) else list(first)
+            if len(first) != 1:
+                raise ValueError(f"{type(denoiser).__name__} was called with {len(first)} images in one sequence "
+                                 f"(an edit pipeline's reference images): its tokens form no single grid")
+            frames, h, w = (int(v) for v in first[0])
+            return (h, w) if self.grid == "2d" and frames == 1 else (frames, h, w)
         if self.token_grid == "ids":
             ids = kwargs.get("img_ids")
             if ids is None:
@@ -149,6 +165,22 @@ FAMILIES: tuple[Family, ...] = (
         techniques=("guidance", "ras", "block_cache", "attention"),
         notes="FLUX.1 (latents packed 2x2 by the pipeline: one token per 2x2 latent patch; true CFG "
               "runs a separate negative call)",
+    ),
+    Family(
+        name="qwenimage", classes=("QwenImageTransformer2DModel",), kind="dit", denoiser_attr="transformer",
+        # attn: one joint attention over [text, image] returning both streams; img_mlp / txt_mlp: the
+        # image and text streams' feed-forwards. Each block's adaLN gates and residuals stay live.
+        block_groups=(BlockGroup("transformer_blocks", ("attn", "img_mlp", "txt_mlp"),
+                                 (SelfAttention("attn", "prefix"),)),),
+        patch_size=(2, 2), token_grid="img_shapes", text_tokens="joint", pos_embed="rope", cfg="separate",
+        techniques=("guidance", "block_cache", "attention"),
+        why_not=(("ras", "its RAS layout is not written: RAS patches SD3's and Flux's attention processors, "
+                         "and Qwen's double-stream processor rotates queries with its own complex RoPE"),
+                 ("deepcache", "DeepCache caches a UNet's skip branches; this is a DiT (block_cache applies)"),
+                 ("kv_cache", "no autoregressive rollout: every step attends over the whole image")),
+        notes="Qwen-Image text-to-image, img2img, inpaint and edit (latents packed 2x2 by the pipeline: one "
+              "token per 2x2 latent patch; true CFG, true_cfg_scale > 1 with a negative prompt, runs a separate "
+              "negative call). Sparse attention needs one token grid: not the edit pipelines' several images",
     ),
     Family(
         name="wan", classes=("WanTransformer3DModel",), kind="dit", denoiser_attr="transformer",

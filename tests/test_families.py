@@ -1,0 +1,103 @@
+"""Families added from the family table alone: Qwen-Image (true CFG as separate calls, joint
+text-first attention, tokens packed 2x2) and Wan 2.2 (two experts taking turns). Tiny configs of
+the real classes; `off` exactness and `remove()` are also covered by test_foundation's PIPELINES."""
+
+import math
+
+import pytest
+import torch
+
+from accelerate_diffusion import PRESETS, accelerate, family_of
+from accelerate_diffusion.testing import call_kwargs, run, run_counted, surface
+
+STEPS = 8          # presets leave fewer steps untouched (min_steps)
+
+
+def _macs(pipe, name, **acceleration):
+    return run_counted(pipe, call_kwargs(name, steps=STEPS), **acceleration)
+
+
+# -- Qwen-Image ---------------------------------------------------------------------------------------
+def test_qwenimage_row_matches_the_real_class(pipelines):
+    pipe = pipelines("qwenimage")
+    family = family_of(pipe.transformer)
+    assert family.name == "qwenimage" and family.cfg == "separate"
+    blocks = family.blocks(pipe.transformer)
+    assert len(blocks) == pipe.transformer.config.num_layers
+    for _, block in blocks:
+        for component in family.block_groups[0].components:
+            assert isinstance(getattr(block, component), torch.nn.Module)
+    # the token grid is read from the call's img_shapes (packed tokens: no spatial axes to read)
+    h = call_kwargs("qwenimage")["height"] // 16
+    assert family.token_grid_of(pipe.transformer, (), {"img_shapes": [[(1, h, h)]]}) == (h, h)
+    with pytest.raises(ValueError, match="2 images in one sequence"):
+        family.token_grid_of(pipe.transformer, (), {"img_shapes": [[(1, h, h), (1, h, h)]]})
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p != "off"])
+def test_qwenimage_every_preset_runs_and_remove_is_exact(pipelines, preset):
+    pipe = pipelines("qwenimage")
+    reference = run(pipe, "qwenimage", steps=12)        # quality keeps its first 7 steps full
+    before = surface(pipe)
+    accelerate(pipe, preset)
+    out = run(pipe, "qwenimage", steps=12)
+    report = pipe.acceleration.report()
+    applied = {item["technique"] for item in report.applied}
+    assert torch.isfinite(out).all() and out.shape == reference.shape
+    assert "block_cache" in applied and not report.skipped
+    assert report.generation["counters"]["components_reused"] > 0
+    pipe.acceleration.remove()
+    assert surface(pipe) == before
+    assert torch.equal(run(pipe, "qwenimage", steps=12), reference)
+
+
+def test_qwenimage_block_cache_skips_work(pipelines):
+    pipe = pipelines("qwenimage")
+    reference, full = _macs(pipe, "qwenimage")
+    out, cached = _macs(pipe, "qwenimage", block_cache={"schedule": "fora:2"})
+    assert cached < 0.75 * full and not torch.equal(out, reference)
+    # "full" plans no reuse: exactly the original, at the original MACs
+    out, same = _macs(pipe, "qwenimage", block_cache={"schedule": "full"})
+    assert torch.equal(out, reference) and same == full
+
+
+def test_qwenimage_guidance_skips_the_separate_negative_call(pipelines):
+    pipe = pipelines("qwenimage")
+    accelerate(pipe, "off", guidance={"mode": "truncation", "cfg_fraction": 0.5})
+    run(pipe, "qwenimage", steps=STEPS)
+    generation = pipe.acceleration.report().generation
+    stats = pipe.acceleration.stats()["guidance"]
+    pipe.acceleration.remove()
+    assert generation["cfg_layout"] == "separate"
+    counters = generation["counters"]
+    assert counters["guidance_nfe"] == STEPS + STEPS // 2           # cond every step, uncond in the first half
+    assert counters["guidance_nfe_saved"] == STEPS // 2
+    assert stats["status"] == "active (truncation, separate CFG)"
+    # without a negative prompt the pipeline runs no CFG and guidance says so
+    accelerate(pipe, "off", guidance={"mode": "truncation"})
+    run(pipe, "qwenimage", steps=STEPS, negative_prompt=None)
+    assert pipe.acceleration.stats()["guidance"]["status"].startswith("inactive")
+    pipe.acceleration.remove()
+
+
+def test_qwenimage_sparse_attention_on_the_joint_sequence(pipelines):
+    pipe = pipelines("qwenimage")
+    reference = run(pipe, "qwenimage", steps=2)
+    accelerate(pipe, "off", attention={"window": 1.0})           # a dense mask: same result
+    assert torch.allclose(run(pipe, "qwenimage", steps=2), reference, atol=1e-5)
+    pipe.acceleration.remove()
+    accelerate(pipe, "off", attention={"window": 0.5})
+    out = run(pipe, "qwenimage", steps=2)
+    stats = pipe.acceleration.stats()["attention"]
+    pipe.acceleration.remove()
+    grid = call_kwargs("qwenimage")["height"] // 16
+    assert stats["token grid"] == (grid, grid) and 0 < stats["mean attention density"] < 1
+    assert torch.isfinite(out).all() and not torch.equal(out, reference)
+
+
+def test_qwenimage_says_why_a_technique_does_not_apply(pipelines):
+    pipe = pipelines("qwenimage")
+    with pytest.raises(ValueError, match="ras: does not apply to the qwenimage family .*double-stream"):
+        accelerate(pipe, "off", ras=True)
+    assert not hasattr(pipe, "acceleration")
+    assert math.isfinite(float(run(pipe, "qwenimage", steps=1).abs().mean()))
