@@ -55,6 +55,8 @@ class Family:
     classes: tuple[str, ...]              # denoiser class names (matched along the MRO)
     kind: str                             # "unet" | "dit"
     denoiser_attr: str                    # pipeline attribute holding the denoiser
+    experts: tuple[str, ...] = ()         # further pipeline attributes whose denoisers (same class) take turns with it
+    expert_boundary: str = ""             # pipeline config entry: the timestep, as a fraction of num_train_timesteps, below which the next expert runs
     block_groups: tuple[BlockGroup, ...] = ()
     grid: str = "2d"                      # "2d" image tokens or "3d" video tokens
     patch_size: tuple[int, ...] = ()      # token patch on the latent grid (t, h, w) or (h, w)
@@ -184,9 +186,15 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         name="wan", classes=("WanTransformer3DModel",), kind="dit", denoiser_attr="transformer",
+        # Wan 2.2 A14B: `transformer` denoises the high-noise steps (t >= boundary_ratio * 1000),
+        # `transformer_2` the rest; each expert gets its own hooks, caches and schedule.
+        experts=("transformer_2",), expert_boundary="boundary_ratio",
         block_groups=_WAN_BLOCKS, grid="3d", patch_size=(1, 2, 2), text_tokens="cross", pos_embed="rope",
         cfg="separate", techniques=("guidance", "block_cache", "attention"),
-        notes="Wan 2.x text-to-video",
+        why_not=(("ras", "no RAS layout: Wan's video tokens and cross-attention text are not wired into RAS"),
+                 ("deepcache", "DeepCache caches a UNet's skip branches; this is a DiT (block_cache applies)"),
+                 ("kv_cache", "no autoregressive rollout (AnyFlow-FAR and SkyReels-V2 have their own rows)")),
+        notes="Wan 2.1 and Wan 2.2 text-to-video (2.2 A14B: two experts switched at the pipeline's boundary_ratio)",
     ),
     Family(
         name="anyflow_far", classes=("AnyFlowFARTransformer3DModel",), kind="dit",
@@ -225,6 +233,17 @@ def find_denoiser(pipe) -> tuple[str, torch.nn.Module] | None:
         if isinstance(module, torch.nn.Module):
             return attr, module
     return None
+
+
+def find_denoisers(pipe, family: Family, attr: str, module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The denoiser and the family's further experts this pipeline holds (Wan 2.2's
+    ``transformer_2``), as (attribute name, module), in the order they take turns."""
+    found = [(attr, module)]
+    for name in family.experts:
+        other = getattr(pipe, name, None)
+        if isinstance(other, torch.nn.Module) and all(other is not m for _, m in found):
+            found.append((name, other))
+    return found
 
 
 def supported_summary() -> str:

@@ -43,6 +43,8 @@ class AccelerationState:
         self.num_steps = 0
         self.timesteps: torch.Tensor | None = None
         self.call_in_step = 0
+        self.expert = 0                 # which of the pipeline's denoisers runs this call (Wan 2.2: 0 or 1)
+        self.segments: dict[int, tuple[int, int]] = {}   # expert -> (first step, steps) in this generation
         self.cfg_layout = "unknown"     # "batched" | "separate" | "none" once step 0 is seen
         self._pending_layout = "none"   # what the pipeline's own CFG flag said at step 0
         self.cfg_flag = False           # does this generation use CFG (the pipeline's own flag)
@@ -66,6 +68,8 @@ class AccelerationState:
         self.timesteps = timesteps
         self.num_steps = 0 if timesteps is None else max(len(timesteps) - begin_index, 0)
         self.call_in_step = 0
+        self.expert = 0
+        self.segments = {}
         self.cfg_layout = "unknown"
         self._pending_layout = "none"
         self.input_shape = None
@@ -104,6 +108,17 @@ class AccelerationState:
         self.counters[name] += n
 
     @property
+    def expert_step(self) -> int:
+        """The step in progress counted from the first step of the expert running it: per-expert
+        schedules (Wan 2.2) start afresh at the switch. Equal to ``step`` with one denoiser."""
+        return self.step - self.segments.get(self.expert, (0, 0))[0]
+
+    @property
+    def expert_num_steps(self) -> int:
+        """The steps the expert running this call denoises in this generation (``num_steps`` with one)."""
+        return self.segments.get(self.expert, (0, self.num_steps))[1]
+
+    @property
     def progress(self) -> float:
         """Fraction of the generation done at the start of this step, in [0, 1)."""
         return self.step / self.num_steps if self.num_steps else 0.0
@@ -138,9 +153,11 @@ class Clock:
     behaviour, never a mix. A second thread entering this pipeline while a first one runs it
     raises :class:`ConcurrentUseError` (diffusers pipelines are not thread-safe either)."""
 
-    def __init__(self, pipe, denoiser: torch.nn.Module, state: AccelerationState, journal: Journal):
+    def __init__(self, pipe, denoiser, state: AccelerationState, journal: Journal, boundary: str = ""):
         self.pipe = pipe
-        self.denoiser = denoiser
+        self.denoisers = list(denoiser) if isinstance(denoiser, (list, tuple)) else [denoiser]
+        self.denoiser = self.denoisers[0]
+        self.boundary = boundary        # pipeline config entry where the experts switch (families.Family.expert_boundary)
         self.state = state
         self.journal = journal
         self.scheduler = None
@@ -218,7 +235,24 @@ class Clock:
 
     # -- denoiser hook -----------------------------------------------------------------------
     def hook_denoiser(self) -> None:
-        self.journal.register_hook(self.denoiser, _ClockHook(self), CLOCK_HOOK)
+        for expert, denoiser in enumerate(self.denoisers):
+            self.journal.register_hook(denoiser, _ClockHook(self, expert), CLOCK_HOOK)
+
+    def segment(self, expert: int) -> tuple[int, int]:
+        """(first step, steps) of ``expert`` in this generation, at its first call. The first expert
+        starts at step 0, a later one at the step it is first called; an expert runs until the
+        pipeline's boundary (``boundary_ratio * num_train_timesteps``: the first expert takes the
+        timesteps at or above it) or else to the end."""
+        state = self.state
+        start = 0 if expert == 0 else state.step
+        steps = state.num_steps - start
+        ratio = getattr(getattr(self.pipe, "config", None), self.boundary, None) if self.boundary else None
+        timesteps, n = state.timesteps, state.num_steps
+        train = getattr(getattr(self.pipe.scheduler, "config", None), "num_train_timesteps", None)
+        if expert == 0 and len(self.denoisers) > 1 and ratio is not None and train and timesteps is not None \
+                and 0 < n <= len(timesteps):
+            steps = int((timesteps[len(timesteps) - n:] >= ratio * train).sum())
+        return start, steps
 
     def pipeline_cfg_flag(self) -> bool:
         """The pipeline's CFG switch: its `do_classifier_free_guidance` property where it has
@@ -256,8 +290,8 @@ class Clock:
         self.wrap_scheduler()
         self.wrap_encode_prompt()
 
-    def before_call(self, args, kwargs) -> None:
-        """Bookkeeping at every denoiser call: scheduler swaps, layout, counters."""
+    def before_call(self, args, kwargs, expert: int = 0) -> None:
+        """Bookkeeping at every denoiser call: scheduler swaps, layout, counters, which expert runs."""
         state = self.state
         if self.pipe.scheduler is not self.scheduler:
             warnings.warn("accelerate_diffusion: the pipeline's scheduler was replaced after "
@@ -278,6 +312,9 @@ class Clock:
             state._pending_layout = "batched" if state.cfg_flag else "none"
             state.paused = {name: f"{state.num_steps} steps < min_steps {least}: every step ran in full"
                             for name, least in state.min_steps.items() if state.num_steps < least}
+        state.expert = expert
+        if expert not in state.segments:
+            state.segments[expert] = self.segment(expert)
         state.call_in_step += 1
         state.count("denoiser_calls")
 
@@ -292,9 +329,9 @@ class _ClockHook(_ModelHook):
     """Outermost hook on the denoiser: says whether a call is this pipeline's (``state.in_call``,
     which every technique hook checks), counts calls and, when asked, the MACs they run."""
 
-    def __init__(self, clock: Clock):
+    def __init__(self, clock: Clock, expert: int = 0):
         super().__init__()
-        self.clock = clock
+        self.clock, self.expert = clock, expert
 
     def new_forward(self, module, *args, **kwargs):
         clock, state = self.clock, self.clock.state
@@ -305,7 +342,7 @@ class _ClockHook(_ModelHook):
             if not ours:
                 return self.fn_ref.original_forward(*args, **kwargs)
             clock.claim()
-            clock.before_call(args, kwargs)
+            clock.before_call(args, kwargs, self.expert)
             if not state.measure_macs:
                 return self.fn_ref.original_forward(*args, **kwargs)
             with MacCounter() as counter:

@@ -101,3 +101,79 @@ def test_qwenimage_says_why_a_technique_does_not_apply(pipelines):
         accelerate(pipe, "off", ras=True)
     assert not hasattr(pipe, "acceleration")
     assert math.isfinite(float(run(pipe, "qwenimage", steps=1).abs().mean()))
+
+
+# -- Wan 2.2: two experts taking turns ---------------------------------------------------------------
+def _runs_per_step(pipe, attr):
+    """Steps at which each block's self-attention of ``pipe.<attr>`` really ran (not reused)."""
+    seen, handles = [], []
+    state = pipe.acceleration.state
+    for i, block in enumerate(getattr(pipe, attr).blocks):
+        handles.append(block.attn1.to_q.register_forward_pre_hook(
+            lambda mod, args, i=i: seen.append((state.step, i))))
+    return seen, handles
+
+
+def test_wan22_both_experts_are_found_and_each_gets_its_own_segment(pipelines):
+    pipe = pipelines("wan22")
+    assert pipe.transformer_2 is not None and pipe.transformer_2 is not pipe.transformer
+    accelerate(pipe, "off", measure_macs=True)
+    run(pipe, "wan22", steps=STEPS)
+    acc = pipe.acceleration
+    segments, calls = dict(acc.state.segments), acc.state.counters["denoiser_calls"]
+    acc.remove()
+    assert [attr for attr, _ in acc.denoisers] == ["transformer", "transformer_2"]
+    # the tiny pipeline's 8 flow-matching timesteps: 1000, 968, 926 at or above 0.875 * 1000
+    pipe.scheduler.set_timesteps(STEPS)
+    high = int((pipe.scheduler.timesteps >= 875).sum())
+    assert high == 3 and segments == {0: (0, high), 1: (high, STEPS - high)}
+    assert calls == 2 * STEPS          # cond + uncond at every step, both experts counted
+
+
+def test_wan22_fast_preset_runs_on_both_experts_and_remove_is_exact(pipelines):
+    pipe = pipelines("wan22")
+    reference = run(pipe, "wan22", steps=STEPS)
+    before = surface(pipe)
+    accelerate(pipe, "fast")
+    out = run(pipe, "wan22", steps=STEPS)
+    report = pipe.acceleration.report()
+    targets = {item["technique"]: item["targets"] for item in report.applied}
+    assert torch.isfinite(out).all() and not torch.equal(out, reference)
+    assert targets["guidance"] == ["transformer", "transformer_2"]
+    assert any(t.startswith("transformer_2.blocks.") for t in targets["block_cache"])
+    # truncation at half the steps: the uncond calls of steps 4-7 (all the second expert's) are skipped
+    assert report.generation["counters"]["guidance_nfe_saved"] == STEPS // 2
+    pipe.acceleration.remove()
+    assert surface(pipe) == before
+    assert torch.equal(run(pipe, "wan22", steps=STEPS), reference)
+
+
+def test_wan22_second_expert_starts_with_a_full_step_and_never_reuses_the_first(pipelines):
+    pipe = pipelines("wan22")
+    accelerate(pipe, "off", block_cache={"schedule": "fora:2"})      # even steps of each expert recompute
+    first, h1 = _runs_per_step(pipe, "transformer")
+    second, h2 = _runs_per_step(pipe, "transformer_2")
+    try:
+        out = run(pipe, "wan22", steps=STEPS, guidance_scale=1.0)
+        counters = pipe.acceleration.report().generation["counters"]
+    finally:
+        for h in h1 + h2:
+            h.remove()
+        pipe.acceleration.remove()
+    blocks = len(pipe.transformer.blocks)
+    assert torch.isfinite(out).all()
+    # expert 1 runs steps 0-2, expert 2 steps 3-7; each counts its own steps from 0
+    assert sorted(first) == [(s, b) for s in (0, 2) for b in range(blocks)]
+    assert sorted(second) == [(s, b) for s in (3, 5, 7) for b in range(blocks)]
+    # step 3 is a full compute of expert 2: no reuse was planned on an empty cache, none came from expert 1
+    assert "components_cache_miss" not in counters
+    assert counters["components_reused"] == 3 * blocks * 3           # steps 1, 4, 6 x blocks x (attn1, attn2, ffn)
+
+
+def test_wan22_block_cache_cuts_macs_on_both_experts(pipelines):
+    pipe = pipelines("wan22")
+    reference, full = _macs(pipe, "wan22")
+    out, same = _macs(pipe, "wan22", block_cache={"schedule": "full"})
+    assert torch.equal(out, reference) and same == full
+    out, cached = _macs(pipe, "wan22", block_cache={"schedule": "fora:2"})
+    assert cached < 0.8 * full and torch.isfinite(out).all()      # 3 of 8 steps reuse the blocks
