@@ -95,6 +95,52 @@ def test_qwenimage_sparse_attention_on_the_joint_sequence(pipelines):
     assert torch.isfinite(out).all() and not torch.equal(out, reference)
 
 
+def _edit_loop(pipe, steps=STEPS, tokens=4):
+    """The Qwen-Image edit pipelines' denoising loop (pipeline_qwenimage_edit.py), driven by hand:
+    the noise tokens and the reference image's tokens in one sequence, img_shapes listing both, true
+    CFG as a separate call, only the noise tokens' prediction kept. (The edit pipeline itself resizes
+    its reference image to 1024x1024: 4096 reference tokens, too many for a CPU test.)"""
+    g = torch.Generator().manual_seed(0)
+    n = tokens * tokens
+    latents, reference = torch.randn(1, n, 64, generator=g), torch.randn(1, n, 64, generator=g)
+    cond, cond_mask = pipe.encode_prompt("make the circle blue", device="cpu")
+    neg, neg_mask = pipe.encode_prompt(" ", device="cpu")
+    shapes = [[(1, tokens, tokens), (1, tokens, tokens)]]
+    pipe.scheduler.set_timesteps(steps)
+    pipe._num_timesteps = steps
+    for t in pipe.scheduler.timesteps:
+        x, timestep = torch.cat([latents, reference], dim=1), t.expand(1) / 1000
+        preds = []
+        for name, embeds, mask in (("cond", cond, cond_mask), ("uncond", neg, neg_mask)):
+            with pipe.transformer.cache_context(name):
+                out = pipe.transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=embeds,
+                                       encoder_hidden_states_mask=mask, img_shapes=shapes, return_dict=False)[0]
+            preds.append(out[:, :n])
+        latents = pipe.scheduler.step(preds[1] + 4.0 * (preds[0] - preds[1]), t, latents, return_dict=False)[0]
+    return latents
+
+
+def test_qwenimage_edit_call_pattern(pipelines):
+    pipe = pipelines("qwenimage")
+    with torch.no_grad():
+        reference = _edit_loop(pipe)
+        before = surface(pipe)
+        accelerate(pipe, "off")
+        assert torch.equal(_edit_loop(pipe), reference)
+        accelerate(pipe, "fast")
+        out = _edit_loop(pipe)
+        counters = pipe.acceleration.report().generation["counters"]
+        assert torch.isfinite(out).all() and not torch.equal(out, reference)
+        assert counters["components_reused"] > 0 and counters["guidance_nfe_saved"] == STEPS // 2
+        pipe.acceleration.remove()
+        assert surface(pipe) == before and torch.equal(_edit_loop(pipe), reference)
+        # sparse attention needs one token grid: two images in one sequence is refused, loudly
+        accelerate(pipe, "off", attention={"window": 0.5})
+        with pytest.raises(ValueError, match="2 images in one sequence"):
+            _edit_loop(pipe, steps=1)
+        pipe.acceleration.remove()
+
+
 def test_qwenimage_says_why_a_technique_does_not_apply(pipelines):
     pipe = pipelines("qwenimage")
     with pytest.raises(ValueError, match="ras: does not apply to the qwenimage family .*double-stream"):
