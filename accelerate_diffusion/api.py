@@ -171,7 +171,7 @@ class Acceleration:
         # one context per denoiser: a technique is applied to each expert on its own (own hooks and caches)
         contexts = [patches.PatchContext(self.pipe, module, attr, self.family, self.state, journal)
                     for attr, module in self.denoisers]
-        clock = Clock(self.pipe, [m for _, m in self.denoisers], self.state, journal, self.family.expert_boundary)
+        clock = Clock(self.pipe, [m for _, m in self.denoisers], self.state, journal)
         try:
             clock.install()
             modules = patches.available()

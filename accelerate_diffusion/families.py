@@ -56,7 +56,6 @@ class Family:
     kind: str                             # "unet" | "dit"
     denoiser_attr: str                    # pipeline attribute holding the denoiser
     experts: tuple[str, ...] = ()         # further pipeline attributes whose denoisers (same class) take turns with it
-    expert_boundary: str = ""             # pipeline config entry: the timestep, as a fraction of num_train_timesteps, below which the next expert runs
     block_groups: tuple[BlockGroup, ...] = ()
     grid: str = "2d"                      # "2d" image tokens or "3d" video tokens
     patch_size: tuple[int, ...] = ()      # token patch on the latent grid (t, h, w) or (h, w)
@@ -187,8 +186,8 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         name="wan", classes=("WanTransformer3DModel",), kind="dit", denoiser_attr="transformer",
         # Wan 2.2 A14B: `transformer` denoises the high-noise steps (t >= boundary_ratio * 1000),
-        # `transformer_2` the rest; each expert gets its own hooks, caches and schedule.
-        experts=("transformer_2",), expert_boundary="boundary_ratio",
+        # `transformer_2` the rest; each expert gets its own hooks and caches.
+        experts=("transformer_2",),
         block_groups=_WAN_BLOCKS, grid="3d", patch_size=(1, 2, 2), text_tokens="cross", pos_embed="rope",
         cfg="separate", techniques=("guidance", "block_cache", "attention"),
         why_not=(("ras", "no RAS layout: Wan's video tokens and cross-attention text are not wired into RAS"),

@@ -44,7 +44,7 @@ class AccelerationState:
         self.timesteps: torch.Tensor | None = None
         self.call_in_step = 0
         self.expert = 0                 # which of the pipeline's denoisers runs this call (Wan 2.2: 0 or 1)
-        self.segments: dict[int, tuple[int, int]] = {}   # expert -> (first step, steps) in this generation
+        self.expert_start: dict[int, int] = {}   # expert -> the step of its first call in this generation
         self.cfg_layout = "unknown"     # "batched" | "separate" | "none" once step 0 is seen
         self._pending_layout = "none"   # what the pipeline's own CFG flag said at step 0
         self.cfg_flag = False           # does this generation use CFG (the pipeline's own flag)
@@ -69,7 +69,7 @@ class AccelerationState:
         self.num_steps = 0 if timesteps is None else max(len(timesteps) - begin_index, 0)
         self.call_in_step = 0
         self.expert = 0
-        self.segments = {}
+        self.expert_start = {}
         self.cfg_layout = "unknown"
         self._pending_layout = "none"
         self.input_shape = None
@@ -109,14 +109,9 @@ class AccelerationState:
 
     @property
     def expert_step(self) -> int:
-        """The step in progress counted from the first step of the expert running it: per-expert
-        schedules (Wan 2.2) start afresh at the switch. Equal to ``step`` with one denoiser."""
-        return self.step - self.segments.get(self.expert, (0, 0))[0]
-
-    @property
-    def expert_num_steps(self) -> int:
-        """The steps the expert running this call denoises in this generation (``num_steps`` with one)."""
-        return self.segments.get(self.expert, (0, self.num_steps))[1]
+        """The step in progress counted from the first call of the expert running it (Wan 2.2's
+        second expert: 0 at the switch, where its caches are empty). ``step`` with one denoiser."""
+        return self.step - self.expert_start.get(self.expert, 0)
 
     @property
     def progress(self) -> float:
@@ -153,11 +148,10 @@ class Clock:
     behaviour, never a mix. A second thread entering this pipeline while a first one runs it
     raises :class:`ConcurrentUseError` (diffusers pipelines are not thread-safe either)."""
 
-    def __init__(self, pipe, denoiser, state: AccelerationState, journal: Journal, boundary: str = ""):
+    def __init__(self, pipe, denoiser, state: AccelerationState, journal: Journal):
         self.pipe = pipe
-        self.denoisers = list(denoiser) if isinstance(denoiser, (list, tuple)) else [denoiser]
+        self.denoisers = list(denoiser) if isinstance(denoiser, (list, tuple)) else [denoiser]   # experts: several
         self.denoiser = self.denoisers[0]
-        self.boundary = boundary        # pipeline config entry where the experts switch (families.Family.expert_boundary)
         self.state = state
         self.journal = journal
         self.scheduler = None
@@ -238,22 +232,6 @@ class Clock:
         for expert, denoiser in enumerate(self.denoisers):
             self.journal.register_hook(denoiser, _ClockHook(self, expert), CLOCK_HOOK)
 
-    def segment(self, expert: int) -> tuple[int, int]:
-        """(first step, steps) of ``expert`` in this generation, at its first call. The first expert
-        starts at step 0, a later one at the step it is first called; an expert runs until the
-        pipeline's boundary (``boundary_ratio * num_train_timesteps``: the first expert takes the
-        timesteps at or above it) or else to the end."""
-        state = self.state
-        start = 0 if expert == 0 else state.step
-        steps = state.num_steps - start
-        ratio = getattr(getattr(self.pipe, "config", None), self.boundary, None) if self.boundary else None
-        timesteps, n = state.timesteps, state.num_steps
-        train = getattr(getattr(self.pipe.scheduler, "config", None), "num_train_timesteps", None)
-        if expert == 0 and len(self.denoisers) > 1 and ratio is not None and train and timesteps is not None \
-                and 0 < n <= len(timesteps):
-            steps = int((timesteps[len(timesteps) - n:] >= ratio * train).sum())
-        return start, steps
-
     def pipeline_cfg_flag(self) -> bool:
         """The pipeline's CFG switch: its `do_classifier_free_guidance` property where it has
         one, else the flag it passed to `encode_prompt` (PixArt has no property)."""
@@ -313,8 +291,7 @@ class Clock:
             state.paused = {name: f"{state.num_steps} steps < min_steps {least}: every step ran in full"
                             for name, least in state.min_steps.items() if state.num_steps < least}
         state.expert = expert
-        if expert not in state.segments:
-            state.segments[expert] = self.segment(expert)
+        state.expert_start.setdefault(expert, 0 if expert == 0 else state.step)
         state.call_in_step += 1
         state.count("denoiser_calls")
 

@@ -24,9 +24,9 @@ resolution change recomputes. If an outer technique (guidance) shrinks a batched
 ``[uncond, cond]`` call to the cond half, a reused output is sliced to its cond half (the
 second half of the batch) rather than recomputed (unless the CFG layout is "separate",
 where a batch never holds both halves: then it recomputes). Everything is dropped between generations.
-A pipeline with several experts (Wan 2.2) gets one runtime per expert, and steps are counted from
-the expert's first step (``state.expert_step``): its schedule starts afresh at the switch and never
-reuses the other expert's outputs.
+A pipeline with several experts (Wan 2.2) gets one runtime (cache) per expert: an expert never reuses
+another's outputs, and its first step is a full compute; the schedule stays indexed by the
+generation's step (the noise level), which is what its full first and last steps protect.
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ class _Runtime:
         self.generation = state.generation
         self.clear()
         if self.config.mode == "schedule":
-            self.schedule = self._schedule_for(max(state.expert_num_steps, 1))   # this expert's steps
+            self.schedule = self._schedule_for(max(state.num_steps, 1))
 
     def _schedule_for(self, num_steps: int) -> CacheSchedule:
         fallback = (self.fixed is not None and self.config.fallback and num_steps != self.fixed.num_steps)
@@ -232,7 +232,8 @@ class _Runtime:
     # -- decisions ----------------------------------------------------------------------
     def _wants_reuse(self, block: int, component: int, slot: int) -> bool:
         if self.config.mode == "schedule":
-            return not self.schedule.recompute_at(self.state.expert_step, block, component)
+            # an expert's first step recomputes: its cache is empty (Wan 2.2's second expert at the switch)
+            return self.state.expert_step > 0 and not self.schedule.recompute_at(self.state.step, block, component)
         if block == 0:
             return False
         return self.dynamic.get(slot, {}).get("reuse", False)
@@ -269,7 +270,7 @@ class _Runtime:
         slot = self.dynamic.setdefault(self._slot(), {"prev": None, "run": 0, "reuse": False})
         reuse = False
         prev = slot["prev"]
-        if (state.expert_step >= config.warmup_steps and prev is not None
+        if (state.step >= config.warmup_steps and prev is not None
                 and (config.max_reuse == 0 or slot["run"] < config.max_reuse)):
             if prev.shape != residual.shape and _is_halved(((tuple(prev.shape), prev.dtype, None),),
                                                            ((tuple(residual.shape), residual.dtype, None),)):
