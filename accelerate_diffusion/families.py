@@ -196,6 +196,20 @@ FAMILIES: tuple[Family, ...] = (
         notes="Wan 2.1 and Wan 2.2 text-to-video (2.2 A14B: two experts switched at the pipeline's boundary_ratio)",
     ),
     Family(
+        name="cogvideox", classes=("CogVideoXTransformer3DModel",), kind="dit", denoiser_attr="transformer",
+        # attn1: one joint attention over [text, video] returning both streams; ff: one feed-forward over
+        # the joint sequence. Each block's LayerNormZero gates and residuals stay live.
+        block_groups=(BlockGroup("transformer_blocks", ("attn1", "ff"), (SelfAttention("attn1", "prefix"),)),),
+        grid="3d", text_tokens="joint", pos_embed="absolute", cfg="batched",   # pos_embed: 2B sincos, 5B RoPE
+        techniques=("guidance", "block_cache"),
+        why_not=(("attention", "its latents are laid out (batch, frames, channels, h, w) and CogVideoX 1.5 patches "
+                               "time too: the token-grid reader for that layout is not written"),
+                 ("ras", "no RAS layout: RAS patches SD3's and Flux's image-token processors"),
+                 ("deepcache", "DeepCache caches a UNet's skip branches; this is a DiT (block_cache applies)"),
+                 ("kv_cache", "no autoregressive rollout: every step attends over the whole clip")),
+        notes="CogVideoX text-to-video (batched CFG; the pipeline's CFG flag is the one it gives encode_prompt)",
+    ),
+    Family(
         name="anyflow_far", classes=("AnyFlowFARTransformer3DModel",), kind="dit",
         denoiser_attr="transformer", block_groups=_WAN_BLOCKS, grid="3d", patch_size=(1, 2, 2),
         text_tokens="cross", pos_embed="rope", cfg="separate", kv_cache="far", techniques=("kv_cache",),

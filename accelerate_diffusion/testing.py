@@ -13,7 +13,7 @@ import string
 
 import torch
 
-PIPELINES = ("sd", "sdxl", "pixart", "sd3", "flux", "wan", "qwenimage", "wan22")
+PIPELINES = ("sd", "sdxl", "pixart", "sd3", "flux", "wan", "qwenimage", "wan22", "cogvideox")
 SIZES = ("micro", "small")
 
 # Default call arguments per pipeline and size: resolution and frames kept tiny.
@@ -34,6 +34,8 @@ CALL_DEFAULTS = {
     ("qwenimage", "small"): dict(height=256, width=256),
     ("wan22", "micro"): dict(height=16, width=16, num_frames=9),
     ("wan22", "small"): dict(height=128, width=128, num_frames=9),
+    ("cogvideox", "micro"): dict(height=32, width=32, num_frames=9),
+    ("cogvideox", "small"): dict(height=128, width=128, num_frames=9),
 }
 
 
@@ -330,6 +332,27 @@ def _build_qwenimage(size: str):
                              transformer=transformer)
 
 
+def _build_cogvideox(size: str):
+    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline,
+                           CogVideoXTransformer3DModel)
+
+    if size == "micro":
+        tkw = dict(num_attention_heads=2, attention_head_dim=16, num_layers=2, time_embed_dim=8)
+        d, latent = 32, 4
+    else:
+        tkw = dict(num_attention_heads=6, attention_head_dim=64, num_layers=8, time_embed_dim=64)
+        d, latent = 64, 16
+    transformer = CogVideoXTransformer3DModel(
+        in_channels=4, out_channels=4, text_embed_dim=d, sample_width=latent, sample_height=latent,
+        sample_frames=9, patch_size=2, temporal_compression_ratio=4, max_text_seq_length=48, **tkw)
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
+        layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4)
+    return CogVideoXPipeline(tokenizer=_t5_tokenizer(), text_encoder=_t5(d, 2), vae=vae, transformer=transformer,
+                             scheduler=CogVideoXDDIMScheduler())
+
+
 _BUILDERS = {
     "sd": lambda size: _build_sd(size),
     "sdxl": lambda size: _build_sd(size, xl=True),
@@ -339,6 +362,7 @@ _BUILDERS = {
     "wan": _build_wan,
     "wan22": lambda size: _build_wan(size, experts=2),
     "qwenimage": _build_qwenimage,
+    "cogvideox": _build_cogvideox,
 }
 
 
@@ -358,12 +382,12 @@ def call_kwargs(name: str, size: str = "micro", steps: int = 4, seed: int = 0, *
     kw = dict(CALL_DEFAULTS[(name, size)])
     kw.update(prompt="a red circle above a blue square", num_inference_steps=steps,
               generator=torch.Generator("cpu").manual_seed(seed), output_type="latent")
-    if name in ("sd", "sdxl", "pixart", "sd3", "wan", "wan22"):
+    if name in ("sd", "sdxl", "pixart", "sd3", "wan", "wan22", "cogvideox"):
         kw["guidance_scale"] = 5.0
     if name == "flux":
         kw["guidance_scale"] = 1.0
         kw["max_sequence_length"] = 48
-    if name in ("pixart", "sd3", "wan", "wan22"):
+    if name in ("pixart", "sd3", "wan", "wan22", "cogvideox"):
         kw["max_sequence_length"] = 48
     if name == "pixart":
         kw.update(use_resolution_binning=False, clean_caption=False)

@@ -223,3 +223,36 @@ def test_wan22_block_cache_cuts_macs_on_both_experts(pipelines):
     assert torch.equal(out, reference) and same == full
     out, cached = _macs(pipe, "wan22", block_cache={"schedule": "fora:2"})
     assert cached < 0.8 * full and torch.isfinite(out).all()      # 3 of 8 steps reuse the blocks
+
+
+# -- CogVideoX: batched CFG, joint attention and a joint feed-forward ---------------------------------
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p != "off"])
+def test_cogvideox_every_preset_runs_and_remove_is_exact(pipelines, preset):
+    pipe = pipelines("cogvideox")
+    reference = run(pipe, "cogvideox", steps=12)
+    before = surface(pipe)
+    accelerate(pipe, preset)
+    out = run(pipe, "cogvideox", steps=12)
+    report = pipe.acceleration.report()
+    assert torch.isfinite(out).all() and out.shape == reference.shape and not report.skipped
+    assert report.generation["counters"]["components_reused"] > 0
+    assert report.generation["cfg_layout"] == "batched"          # from the flag it gave encode_prompt
+    pipe.acceleration.remove()
+    assert surface(pipe) == before
+    assert torch.equal(run(pipe, "cogvideox", steps=12), reference)
+
+
+def test_cogvideox_block_cache_and_guidance_cut_macs(pipelines):
+    pipe = pipelines("cogvideox")
+    reference, full = _macs(pipe, "cogvideox")
+    out, same = _macs(pipe, "cogvideox", block_cache={"schedule": "full"})
+    assert torch.equal(out, reference) and same == full
+    _, cached = _macs(pipe, "cogvideox", block_cache={"schedule": "fora:2"})
+    _, halved = _macs(pipe, "cogvideox", guidance={"mode": "truncation", "cfg_fraction": 0.5})
+    assert cached < 0.75 * full
+    assert halved == pytest.approx(0.75 * full, rel=0.02)        # half the steps run the cond half only
+
+
+def test_cogvideox_says_why_sparse_attention_does_not_apply(pipelines):
+    with pytest.raises(ValueError, match="attention: does not apply to the cogvideox family .*frames, channels"):
+        accelerate(pipelines("cogvideox"), "off", attention=True)
