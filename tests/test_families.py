@@ -17,6 +17,25 @@ def _macs(pipe, name, **acceleration):
     return run_counted(pipe, call_kwargs(name, steps=STEPS), **acceleration)
 
 
+@pytest.mark.parametrize("name", ["qwenimage", "cogvideox"])
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p != "off"])
+def test_every_preset_runs_and_remove_is_exact(pipelines, name, preset):
+    pipe = pipelines(name)
+    reference = run(pipe, name, steps=12)        # quality keeps its first 7 steps full
+    before = surface(pipe)
+    accelerate(pipe, preset)
+    out = run(pipe, name, steps=12)
+    report = pipe.acceleration.report()
+    assert torch.isfinite(out).all() and out.shape == reference.shape
+    assert "block_cache" in {item["technique"] for item in report.applied} and not report.skipped
+    assert report.generation["counters"]["components_reused"] > 0
+    # the CFG layout the clock saw is the row's (CogVideoX: from the flag it gave encode_prompt)
+    assert report.generation["cfg_layout"] == family_of(pipe.transformer).cfg
+    pipe.acceleration.remove()
+    assert surface(pipe) == before
+    assert torch.equal(run(pipe, name, steps=12), reference)
+
+
 # -- Qwen-Image ---------------------------------------------------------------------------------------
 def test_qwenimage_row_matches_the_real_class(pipelines):
     pipe = pipelines("qwenimage")
@@ -32,23 +51,6 @@ def test_qwenimage_row_matches_the_real_class(pipelines):
     assert family.token_grid_of(pipe.transformer, (), {"img_shapes": [[(1, h, h)]]}) == (h, h)
     with pytest.raises(ValueError, match="2 images in one sequence"):
         family.token_grid_of(pipe.transformer, (), {"img_shapes": [[(1, h, h), (1, h, h)]]})
-
-
-@pytest.mark.parametrize("preset", [p for p in PRESETS if p != "off"])
-def test_qwenimage_every_preset_runs_and_remove_is_exact(pipelines, preset):
-    pipe = pipelines("qwenimage")
-    reference = run(pipe, "qwenimage", steps=12)        # quality keeps its first 7 steps full
-    before = surface(pipe)
-    accelerate(pipe, preset)
-    out = run(pipe, "qwenimage", steps=12)
-    report = pipe.acceleration.report()
-    applied = {item["technique"] for item in report.applied}
-    assert torch.isfinite(out).all() and out.shape == reference.shape
-    assert "block_cache" in applied and not report.skipped
-    assert report.generation["counters"]["components_reused"] > 0
-    pipe.acceleration.remove()
-    assert surface(pipe) == before
-    assert torch.equal(run(pipe, "qwenimage", steps=12), reference)
 
 
 def test_qwenimage_block_cache_skips_work(pipelines):
@@ -226,22 +228,6 @@ def test_wan22_block_cache_cuts_macs_on_both_experts(pipelines):
 
 
 # -- CogVideoX: batched CFG, joint attention and a joint feed-forward ---------------------------------
-@pytest.mark.parametrize("preset", [p for p in PRESETS if p != "off"])
-def test_cogvideox_every_preset_runs_and_remove_is_exact(pipelines, preset):
-    pipe = pipelines("cogvideox")
-    reference = run(pipe, "cogvideox", steps=12)
-    before = surface(pipe)
-    accelerate(pipe, preset)
-    out = run(pipe, "cogvideox", steps=12)
-    report = pipe.acceleration.report()
-    assert torch.isfinite(out).all() and out.shape == reference.shape and not report.skipped
-    assert report.generation["counters"]["components_reused"] > 0
-    assert report.generation["cfg_layout"] == "batched"          # from the flag it gave encode_prompt
-    pipe.acceleration.remove()
-    assert surface(pipe) == before
-    assert torch.equal(run(pipe, "cogvideox", steps=12), reference)
-
-
 def test_cogvideox_block_cache_and_guidance_cut_macs(pipelines):
     pipe = pipelines("cogvideox")
     reference, full = _macs(pipe, "cogvideox")
