@@ -210,6 +210,23 @@ FAMILIES: tuple[Family, ...] = (
         notes="CogVideoX text-to-video (batched CFG; the pipeline's CFG flag is the one it gives encode_prompt)",
     ),
     Family(
+        name="hunyuan_video", classes=("HunyuanVideoTransformer3DModel",), kind="dit", denoiser_attr="transformer",
+        # Flux-like: dual-stream blocks (joint attn, ff, ff_context), then single-stream blocks; video first,
+        # text appended in every joint attention.
+        block_groups=(BlockGroup("transformer_blocks", ("attn", "ff", "ff_context"), (SelfAttention("attn", "suffix"),)),
+                      BlockGroup("single_transformer_blocks", ("attn", "proj_mlp", "proj_out"),
+                                 (SelfAttention("attn", "suffix"),))),
+        grid="3d", text_tokens="joint", pos_embed="rope", cfg="separate",
+        techniques=("guidance", "block_cache"),
+        why_not=(("attention", "every call gives its attention a text padding mask; sparse attention replaces "
+                               "plain (unmasked) self-attention only"),
+                 ("ras", "no RAS layout: RAS patches SD3's and Flux's image-token processors"),
+                 ("deepcache", "DeepCache caches a UNet's skip branches; this is a DiT (block_cache applies)"),
+                 ("kv_cache", "no autoregressive rollout: every step attends over the whole clip")),
+        notes="HunyuanVideo text-to-video (guidance-distilled: guidance_scale is an embedding, not CFG; true CFG, "
+              "true_cfg_scale > 1 with a negative prompt, runs a separate negative call)",
+    ),
+    Family(
         name="anyflow_far", classes=("AnyFlowFARTransformer3DModel",), kind="dit",
         denoiser_attr="transformer", block_groups=_WAN_BLOCKS, grid="3d", patch_size=(1, 2, 2),
         text_tokens="cross", pos_embed="rope", cfg="separate", kv_cache="far", techniques=("kv_cache",),

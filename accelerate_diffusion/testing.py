@@ -13,7 +13,7 @@ import string
 
 import torch
 
-PIPELINES = ("sd", "sdxl", "pixart", "sd3", "flux", "wan", "qwenimage", "wan22", "cogvideox")
+PIPELINES = ("sd", "sdxl", "pixart", "sd3", "flux", "wan", "qwenimage", "wan22", "cogvideox", "hunyuan_video")
 SIZES = ("micro", "small")
 
 # Default call arguments per pipeline and size: resolution and frames kept tiny.
@@ -36,6 +36,8 @@ CALL_DEFAULTS = {
     ("wan22", "small"): dict(height=128, width=128, num_frames=9),
     ("cogvideox", "micro"): dict(height=32, width=32, num_frames=9),
     ("cogvideox", "small"): dict(height=128, width=128, num_frames=9),
+    ("hunyuan_video", "micro"): dict(height=32, width=32, num_frames=9),
+    ("hunyuan_video", "small"): dict(height=128, width=128, num_frames=9),
 }
 
 
@@ -115,6 +117,32 @@ def _qwen_vl(hidden: int, layers: int):
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )
     return Qwen2_5_VLForConditionalGeneration(cfg)
+
+
+LLAMA_SPECIAL = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+
+
+def _llama_tokenizer():
+    """A byte-per-token Llama tokenizer built in memory, with the header tokens of HunyuanVideo's
+    prompt template (spaces are the tokenizer's own "\u2581")."""
+    from transformers import LlamaTokenizer
+
+    vocab = {c: i for i, c in enumerate(_byte_chars() + ["\u2581"])}
+    for token in LLAMA_SPECIAL:
+        vocab[token] = len(vocab)
+    tok = LlamaTokenizer(vocab=vocab, merges=[], bos_token=LLAMA_SPECIAL[0], eos_token=LLAMA_SPECIAL[1],
+                         pad_token=LLAMA_SPECIAL[1], unk_token=None)
+    tok.add_special_tokens({"additional_special_tokens": list(LLAMA_SPECIAL[2:])})
+    return tok
+
+
+def _llama(hidden: int, layers: int):
+    from transformers import LlamaConfig, LlamaModel
+
+    tok = _llama_tokenizer()
+    return LlamaModel(LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
+                                  num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                  max_position_embeddings=1024, pad_token_id=tok.pad_token_id))
 
 
 def _clip_text(hidden: int, layers: int, projection: bool = False, proj_dim: int | None = None):
@@ -353,6 +381,30 @@ def _build_cogvideox(size: str):
                              scheduler=CogVideoXDDIMScheduler())
 
 
+def _build_hunyuan_video(size: str):
+    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline,
+                           HunyuanVideoTransformer3DModel)
+
+    if size == "micro":
+        tkw = dict(num_attention_heads=2, attention_head_dim=16, num_layers=1, num_single_layers=1,
+                   rope_axes_dim=(4, 6, 6))
+        d = 32
+    else:
+        tkw = dict(num_attention_heads=6, attention_head_dim=64, num_layers=4, num_single_layers=8,
+                   rope_axes_dim=(16, 24, 24))
+        d = 64
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_refiner_layers=1, patch_size=2, patch_size_t=1, guidance_embeds=True,
+        text_embed_dim=d, pooled_projection_dim=d, **tkw)
+    vae = AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=4, down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+        up_block_types=("HunyuanVideoUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+        norm_num_groups=4, spatial_compression_ratio=8, temporal_compression_ratio=4)
+    return HunyuanVideoPipeline(text_encoder=_llama(d, 2), tokenizer=_llama_tokenizer(), transformer=transformer,
+                                vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+                                text_encoder_2=_clip_text(d, 2), tokenizer_2=_clip_tokenizer())
+
+
 _BUILDERS = {
     "sd": lambda size: _build_sd(size),
     "sdxl": lambda size: _build_sd(size, xl=True),
@@ -363,6 +415,7 @@ _BUILDERS = {
     "wan22": lambda size: _build_wan(size, experts=2),
     "qwenimage": _build_qwenimage,
     "cogvideox": _build_cogvideox,
+    "hunyuan_video": _build_hunyuan_video,
 }
 
 
@@ -387,12 +440,14 @@ def call_kwargs(name: str, size: str = "micro", steps: int = 4, seed: int = 0, *
     if name == "flux":
         kw["guidance_scale"] = 1.0
         kw["max_sequence_length"] = 48
-    if name in ("pixart", "sd3", "wan", "wan22", "cogvideox"):
+    if name in ("pixart", "sd3", "wan", "wan22", "cogvideox", "hunyuan_video"):
         kw["max_sequence_length"] = 48
     if name == "pixart":
         kw.update(use_resolution_binning=False, clean_caption=False)
-    if name == "qwenimage":
+    if name in ("qwenimage", "hunyuan_video"):
         kw.update(negative_prompt=" ", true_cfg_scale=4.0)   # true CFG: a separate negative call
+    if name == "hunyuan_video":
+        kw["guidance_scale"] = 6.0                           # guidance-distilled: an embedding, not CFG
     kw.update(overrides)
     return kw
 

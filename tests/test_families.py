@@ -17,7 +17,7 @@ def _macs(pipe, name, **acceleration):
     return run_counted(pipe, call_kwargs(name, steps=STEPS), **acceleration)
 
 
-@pytest.mark.parametrize("name", ["qwenimage", "cogvideox"])
+@pytest.mark.parametrize("name", ["qwenimage", "cogvideox", "hunyuan_video"])
 @pytest.mark.parametrize("preset", [p for p in PRESETS if p != "off"])
 def test_every_preset_runs_and_remove_is_exact(pipelines, name, preset):
     pipe = pipelines(name)
@@ -242,3 +242,24 @@ def test_cogvideox_block_cache_and_guidance_cut_macs(pipelines):
 def test_cogvideox_says_why_sparse_attention_does_not_apply(pipelines):
     with pytest.raises(ValueError, match="attention: does not apply to the cogvideox family .*frames, channels"):
         accelerate(pipelines("cogvideox"), "off", attention=True)
+
+
+# -- HunyuanVideo: guidance-distilled, true CFG as a separate call, Flux-like blocks ----------------
+def test_hunyuan_video_caches_both_block_kinds_and_skips_true_cfg_calls(pipelines):
+    pipe = pipelines("hunyuan_video")
+    reference, full = _macs(pipe, "hunyuan_video")
+    _, cached = _macs(pipe, "hunyuan_video", block_cache={"schedule": "fora:2"})
+    assert cached < 0.75 * full
+    accelerate(pipe, "fast")
+    run(pipe, "hunyuan_video", steps=STEPS)
+    report = pipe.acceleration.report()
+    targets = {item["technique"]: item["targets"] for item in report.applied}["block_cache"]
+    assert {t.split(".")[0] for t in targets} == {"transformer_blocks", "single_transformer_blocks"}
+    assert report.generation["cfg_layout"] == "separate"
+    assert report.generation["counters"]["guidance_nfe_saved"] == STEPS // 2
+    # the distilled model's usual call: no negative prompt, guidance_scale is an embedding: no CFG to cut
+    run(pipe, "hunyuan_video", steps=STEPS, negative_prompt=None, true_cfg_scale=1.0)
+    assert pipe.acceleration.stats()["guidance"]["status"].startswith("inactive")
+    pipe.acceleration.remove()
+    with pytest.raises(ValueError, match="attention: does not apply to the hunyuan_video family .*padding mask"):
+        accelerate(pipe, "off", attention=True)

@@ -29,11 +29,12 @@ from ..families import find_denoiser
 from ..testing import call_kwargs, make_pipeline, surface
 from ..testing_video import far_call_kwargs, make_far_pipeline, make_skyreels_df_pipeline, run_skyreels
 
-ROWS = ("sd", "sdxl", "pixart", "sd3", "flux", "qwenimage", "wan", "wan22", "cogvideox", "anyflow_far", "skyreels_v2")
+ROWS = ("sd", "sdxl", "pixart", "sd3", "flux", "qwenimage", "wan", "wan22", "cogvideox", "hunyuan_video",
+        "anyflow_far", "skyreels_v2")
 PRESETS = ("fast", "max")
 STEPS = 8                      # the presets leave fewer steps untouched
 IMAGE_ROWS = ("sd", "sdxl", "pixart", "sd3", "flux", "qwenimage")
-VIDEO_ROWS = ("wan", "wan22", "cogvideox")            # text-to-video pipelines called like the image ones
+VIDEO_ROWS = ("wan", "wan22", "cogvideox", "hunyuan_video")            # text-to-video pipelines called like the image ones
 UNET_ROWS = ("sd", "sdxl")
 
 
@@ -330,8 +331,6 @@ def legacy_callback(row):
 
 # pipelines whose own code cannot run the batch usage (checked unaccelerated)
 _NO_BATCH = {
-    "qwenimage": "diffusers 0.42.1's QwenImagePipeline itself fails on prompt lists with num_images_per_prompt=2 "
-                 "(tensor size mismatch 2 vs 4, unaccelerated)",
     "cogvideox": "diffusers 0.42.1's CogVideoXPipeline sets num_videos_per_prompt = 1 whatever it is given",
 }
 
@@ -349,7 +348,11 @@ def batch(row):
     call = case.call
     per_prompt = "num_images_per_prompt" if "num_images_per_prompt" in inspect.signature(
         type(case.pipe).__call__).parameters else "num_videos_per_prompt"
-    return Case(case.pipe, lambda p: call(p, prompt=["a red circle", "a blue square"], **{per_prompt: 2},
+    prompts = ["a red circle", "a blue square"]
+    # true-CFG pipelines (Qwen-Image, HunyuanVideo) take one negative prompt per prompt: a single
+    # string is not broadcast to the batch there (diffusers 0.42.1)
+    extra = {"negative_prompt": [" "] * len(prompts)} if "negative_prompt" in call_kwargs(row) else {}
+    return Case(case.pipe, lambda p: call(p, prompt=prompts, **{per_prompt: 2}, **extra,
                                           generator=[g.manual_seed(s) for s, g in enumerate(gens)]))
 
 
