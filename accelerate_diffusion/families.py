@@ -59,7 +59,9 @@ class Family:
     block_groups: tuple[BlockGroup, ...] = ()
     grid: str = "2d"                      # "2d" image tokens or "3d" video tokens
     patch_size: tuple[int, ...] = ()      # token patch on the latent grid (t, h, w) or (h, w)
-    token_grid: str = "latent"            # how a call's token grid is read: "latent" (input / config patch) | "ids" (Flux img_ids) | "img_shapes" (Qwen-Image's per-sample (frames, h, w) in tokens)
+    # how a call's token grid is read: "latent" (input / config patch) | "ids" (Flux img_ids) |
+    # "img_shapes" (Qwen-Image's per-sample (frames, h, w) in tokens)
+    token_grid: str = "latent"
     text_tokens: str = "cross"            # "cross" (cross-attention) | "joint" (concatenated)
     pos_embed: str = "none"               # "absolute" | "rope" | "none" (UNet)
     cfg: str = "batched"                  # how its pipelines run CFG: "batched" ([uncond, cond] in one call) | "separate"
@@ -131,6 +133,11 @@ class Family:
         return math.prod(self.token_grid_of(denoiser, args, kwargs))
 
 
+# why_not entries shared by rows: DeepCache is for UNets; RAS and kv_cache by the video DiTs' reasons
+_DIT_NOT_DEEPCACHE = ("deepcache", "DeepCache caches a UNet's skip branches; this is a DiT (block_cache applies)")
+_VIDEO_DIT_NOT = (("ras", "no RAS layout: RAS patches SD3's and Flux's image-token processors"), _DIT_NOT_DEEPCACHE,
+                  ("kv_cache", "no autoregressive rollout: every step attends over the whole clip"))
+
 _WAN_BLOCKS = (BlockGroup("blocks", ("attn1", "attn2", "ffn"), (SelfAttention("attn1"),)),)
 
 FAMILIES: tuple[Family, ...] = (
@@ -177,7 +184,7 @@ FAMILIES: tuple[Family, ...] = (
         techniques=("guidance", "block_cache", "attention"),
         why_not=(("ras", "its RAS layout is not written: RAS patches SD3's and Flux's attention processors, "
                          "and Qwen's double-stream processor rotates queries with its own complex RoPE"),
-                 ("deepcache", "DeepCache caches a UNet's skip branches; this is a DiT (block_cache applies)"),
+                 _DIT_NOT_DEEPCACHE,
                  ("kv_cache", "no autoregressive rollout: every step attends over the whole image")),
         notes="Qwen-Image text-to-image, img2img, inpaint and edit (latents packed 2x2 by the pipeline: one "
               "token per 2x2 latent patch; true CFG, true_cfg_scale > 1 with a negative prompt, runs a separate "
@@ -191,7 +198,7 @@ FAMILIES: tuple[Family, ...] = (
         block_groups=_WAN_BLOCKS, grid="3d", patch_size=(1, 2, 2), text_tokens="cross", pos_embed="rope",
         cfg="separate", techniques=("guidance", "block_cache", "attention"),
         why_not=(("ras", "no RAS layout: Wan's video tokens and cross-attention text are not wired into RAS"),
-                 ("deepcache", "DeepCache caches a UNet's skip branches; this is a DiT (block_cache applies)"),
+                 _DIT_NOT_DEEPCACHE,
                  ("kv_cache", "no autoregressive rollout (AnyFlow-FAR and SkyReels-V2 have their own rows)")),
         notes="Wan 2.1 and Wan 2.2 text-to-video (2.2 A14B: two experts switched at the pipeline's boundary_ratio)",
     ),
@@ -204,9 +211,7 @@ FAMILIES: tuple[Family, ...] = (
         techniques=("guidance", "block_cache"),
         why_not=(("attention", "its latents are laid out (batch, frames, channels, h, w) and CogVideoX 1.5 patches "
                                "time too: the token-grid reader for that layout is not written"),
-                 ("ras", "no RAS layout: RAS patches SD3's and Flux's image-token processors"),
-                 ("deepcache", "DeepCache caches a UNet's skip branches; this is a DiT (block_cache applies)"),
-                 ("kv_cache", "no autoregressive rollout: every step attends over the whole clip")),
+                 *_VIDEO_DIT_NOT),
         notes="CogVideoX text-to-video (batched CFG; the pipeline's CFG flag is the one it gives encode_prompt)",
     ),
     Family(
@@ -220,9 +225,7 @@ FAMILIES: tuple[Family, ...] = (
         techniques=("guidance", "block_cache"),
         why_not=(("attention", "every call gives its attention a text padding mask; sparse attention replaces "
                                "plain (unmasked) self-attention only"),
-                 ("ras", "no RAS layout: RAS patches SD3's and Flux's image-token processors"),
-                 ("deepcache", "DeepCache caches a UNet's skip branches; this is a DiT (block_cache applies)"),
-                 ("kv_cache", "no autoregressive rollout: every step attends over the whole clip")),
+                 *_VIDEO_DIT_NOT),
         notes="HunyuanVideo text-to-video (guidance-distilled: guidance_scale is an embedding, not CFG; true CFG, "
               "true_cfg_scale > 1 with a negative prompt, runs a separate negative call)",
     ),
