@@ -144,6 +144,10 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         name="unet", classes=("UNet2DConditionModel",), kind="unet", denoiser_attr="unet",
         techniques=("guidance", "deepcache"),
+        why_not=(("block_cache", "a UNet has no list of transformer blocks here: DeepCache caches its skip branches"),
+                 ("ras", "RAS selects a DiT's image tokens; a UNet works on feature maps at several resolutions"),
+                 ("attention", "the sparse masks are for one DiT token grid; a UNet attends at several resolutions"),
+                 ("kv_cache", "no autoregressive rollout")),
         notes="SD 1.x/2.x, SDXL and their img2img/inpaint/ControlNet variants",
     ),
     Family(
@@ -151,6 +155,8 @@ FAMILIES: tuple[Family, ...] = (
         block_groups=(BlockGroup("transformer_blocks", ("attn1", "attn2", "ff"), (SelfAttention("attn1"),)),),
         patch_size=(2, 2), text_tokens="cross", pos_embed="absolute",
         techniques=("guidance", "block_cache", "attention"),
+        why_not=(("ras", "no RAS layout: RAS patches SD3's and Flux's joint-attention processors"),
+                 _DIT_NOT_DEEPCACHE, ("kv_cache", "no autoregressive rollout")),
         notes="PixArt-alpha / PixArt-sigma",
     ),
     Family(
@@ -161,6 +167,7 @@ FAMILIES: tuple[Family, ...] = (
         patch_size=(2, 2), text_tokens="joint", pos_embed="absolute",
         ras=RasLayout(embed="pos_embed", processors=("JointAttnProcessor2_0", "AttnProcessor2_0")),
         techniques=("guidance", "ras", "block_cache", "attention"),
+        why_not=(_DIT_NOT_DEEPCACHE, ("kv_cache", "no autoregressive rollout")),
         notes="SD3 / SD3.5 (MMDiT)",
     ),
     Family(
@@ -171,6 +178,7 @@ FAMILIES: tuple[Family, ...] = (
         patch_size=(2, 2), token_grid="ids", text_tokens="joint", pos_embed="rope", cfg="separate",
         ras=RasLayout(embed="x_embedder", processors=("FluxAttnProcessor",), query_rope="flux"),
         techniques=("guidance", "ras", "block_cache", "attention"),
+        why_not=(_DIT_NOT_DEEPCACHE, ("kv_cache", "no autoregressive rollout")),
         notes="FLUX.1 (latents packed 2x2 by the pipeline: one token per 2x2 latent patch; true CFG "
               "runs a separate negative call)",
     ),

@@ -36,6 +36,16 @@ def test_every_preset_runs_and_remove_is_exact(pipelines, name, preset):
     assert torch.equal(run(pipe, name, steps=12), reference)
 
 
+def test_the_table_says_why_each_technique_does_not_apply():
+    from accelerate_diffusion.families import FAMILIES, TECHNIQUES
+
+    for family in FAMILIES:
+        named = [t for t, _ in family.why_not]
+        assert all(t in TECHNIQUES and t not in family.techniques for t in named), family.name
+        if not family.kv_cache:        # the AR video rows (kv_cache only) do not list theirs yet
+            assert sorted(named) == sorted(set(TECHNIQUES) - set(family.techniques)), family.name
+
+
 # -- Qwen-Image ---------------------------------------------------------------------------------------
 def test_qwenimage_row_matches_the_real_class(pipelines):
     pipe = pipelines("qwenimage")
