@@ -60,12 +60,21 @@ def main() -> None:
     print(f"size {args.size}, {args.steps} steps, latent output, seed 0; MACs on the denoiser(s)\n")
     print("| pipeline | preset | denoiser MACs | vs off | uncond evaluations skipped | block outputs reused | techniques |")
     print("|---|---|---|---|---|---|---|")
+    rows = []
     for name in args.pipelines.split(","):
         for r in measure(name, args.size, args.steps):
             if not r["finite"]:
                 raise SystemExit(f"{name} / {r['preset']}: the output is not finite")
+            rows.append(r)
             print(f"| {r['pipeline']} | {r['preset']} | {format_macs(r['macs'])} | {r['ratio']:.2f}x | "
                   f"{r['skipped']} | {r['reused']} | {r['techniques']} |", flush=True)
+    presets = [p for p in PRESETS if p != "off"]
+    print("\n| pipeline | `off` MACs | " + " | ".join(f"`{p}`" for p in presets) + " |")
+    print("|---|---|" + "---|" * len(presets))
+    for name in args.pipelines.split(","):
+        mine = {r["preset"]: r for r in rows if r["pipeline"] == name}
+        print(f"| {name} | {format_macs(mine['off']['macs'])} | "
+              + " | ".join(f"{mine[p]['ratio']:.2f}x" for p in presets) + " |")
 
 
 if __name__ == "__main__":
