@@ -211,6 +211,18 @@ FAMILIES: tuple[Family, ...] = (
         notes="Wan 2.1 and Wan 2.2 text-to-video (2.2 A14B: two experts switched at the pipeline's boundary_ratio)",
     ),
     Family(
+        name="wan_vace", classes=("WanVACETransformer3DModel",), kind="dit", denoiser_attr="transformer",
+        experts=("transformer_2",),
+        # the control blocks run first (on the control video's tokens), then the main blocks; both attend
+        # over one (frames, h, w) token grid
+        block_groups=(BlockGroup("vace_blocks", ("attn1", "attn2", "ffn"), (SelfAttention("attn1"),)), *_WAN_BLOCKS),
+        grid="3d", patch_size=(1, 2, 2), text_tokens="cross", pos_embed="rope", cfg="separate",
+        techniques=("guidance", "block_cache", "attention"),
+        why_not=(("ras", "no RAS layout: Wan's video tokens and cross-attention text are not wired into RAS"),
+                 _DIT_NOT_DEEPCACHE, ("kv_cache", "no autoregressive rollout: every step attends over the whole clip")),
+        notes="Wan VACE (2.1, and 2.2 with two experts): control and reference video conditioning",
+    ),
+    Family(
         name="cogvideox", classes=("CogVideoXTransformer3DModel",), kind="dit", denoiser_attr="transformer",
         # attn1: one joint attention over [text, video] returning both streams; ff: one feed-forward over
         # the joint sequence. Each block's LayerNormZero gates and residuals stay live.

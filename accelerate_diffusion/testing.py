@@ -13,7 +13,8 @@ import string
 
 import torch
 
-PIPELINES = ("sd", "sdxl", "pixart", "sd3", "flux", "wan", "qwenimage", "wan22", "cogvideox", "hunyuan_video")
+PIPELINES = ("sd", "sdxl", "pixart", "sd3", "flux", "wan", "qwenimage", "wan22", "cogvideox", "hunyuan_video",
+             "wan_vace")
 SIZES = ("micro", "small")
 
 # Default call arguments per pipeline and size: resolution and frames kept tiny.
@@ -38,6 +39,8 @@ CALL_DEFAULTS = {
     ("cogvideox", "small"): dict(height=128, width=128, num_frames=9),
     ("hunyuan_video", "micro"): dict(height=32, width=32, num_frames=9),
     ("hunyuan_video", "small"): dict(height=128, width=128, num_frames=9),
+    ("wan_vace", "micro"): dict(height=16, width=16, num_frames=9),
+    ("wan_vace", "small"): dict(height=128, width=128, num_frames=9),
 }
 
 
@@ -308,14 +311,16 @@ def _ready(pipe):
     return pipe
 
 
-def _wan_transformer(size: str):
-    from diffusers import WanTransformer3DModel
+def _wan_transformer(size: str, vace: bool = False):
+    from diffusers import WanTransformer3DModel, WanVACETransformer3DModel
 
     if size == "micro":
         tkw = dict(num_attention_heads=2, attention_head_dim=12, num_layers=2, ffn_dim=32)
     else:
         tkw = dict(num_attention_heads=6, attention_head_dim=64, num_layers=8, ffn_dim=1024)
-    return WanTransformer3DModel(
+    if vace:     # control blocks feeding every other block (Wan2.1-VACE: every other of 30/40)
+        tkw["vace_layers"] = list(range(0, tkw["num_layers"], 2))
+    return (WanVACETransformer3DModel if vace else WanTransformer3DModel)(
         patch_size=(1, 2, 2), in_channels=16, out_channels=16, text_dim=_WAN_TEXT[size], freq_dim=32,
         cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32, **tkw,
     )
@@ -326,16 +331,17 @@ _WAN_TEXT = {"micro": 32, "small": 64}
 WAN22_BOUNDARY = 0.875
 
 
-def _build_wan(size: str, experts: int = 1):
+def _build_wan(size: str, experts: int = 1, vace: bool = False):
     """Wan 2.1 (one transformer) or, with ``experts=2``, Wan 2.2's two experts: ``transformer`` for
-    the high-noise steps (t >= boundary), ``transformer_2`` (other weights) for the rest."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+    the high-noise steps (t >= boundary), ``transformer_2`` (other weights) for the rest; ``vace``:
+    Wan VACE (control blocks beside the main ones), called here without a control video."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanVACEPipeline
 
-    transformer = _wan_transformer(size)
-    transformer_2 = _wan_transformer(size) if experts == 2 else None
+    transformer = _wan_transformer(size, vace)
+    transformer_2 = _wan_transformer(size, vace) if experts == 2 else None
     vae = _wan_vae()     # built before the text encoder: the seeded weights depend on the order
     extra = dict(transformer_2=transformer_2, boundary_ratio=WAN22_BOUNDARY) if experts == 2 else {}
-    return WanPipeline(
+    return (WanVACEPipeline if vace else WanPipeline)(
         tokenizer=_t5_tokenizer(), text_encoder=_t5(_WAN_TEXT[size], 2, umt5=True), vae=vae,
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0), **extra,
     )
@@ -413,6 +419,7 @@ _BUILDERS = {
     "flux": _build_flux,
     "wan": _build_wan,
     "wan22": lambda size: _build_wan(size, experts=2),
+    "wan_vace": lambda size: _build_wan(size, vace=True),
     "qwenimage": _build_qwenimage,
     "cogvideox": _build_cogvideox,
     "hunyuan_video": _build_hunyuan_video,
@@ -435,12 +442,12 @@ def call_kwargs(name: str, size: str = "micro", steps: int = 4, seed: int = 0, *
     kw = dict(CALL_DEFAULTS[(name, size)])
     kw.update(prompt="a red circle above a blue square", num_inference_steps=steps,
               generator=torch.Generator("cpu").manual_seed(seed), output_type="latent")
-    if name in ("sd", "sdxl", "pixart", "sd3", "wan", "wan22", "cogvideox"):
+    if name in ("sd", "sdxl", "pixart", "sd3", "wan", "wan22", "wan_vace", "cogvideox"):
         kw["guidance_scale"] = 5.0
     if name == "flux":
         kw["guidance_scale"] = 1.0
         kw["max_sequence_length"] = 48
-    if name in ("pixart", "sd3", "wan", "wan22", "cogvideox", "hunyuan_video"):
+    if name in ("pixart", "sd3", "wan", "wan22", "wan_vace", "cogvideox", "hunyuan_video"):
         kw["max_sequence_length"] = 48
     if name == "pixart":
         kw.update(use_resolution_binning=False, clean_caption=False)

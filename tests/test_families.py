@@ -17,7 +17,7 @@ def _macs(pipe, name, **acceleration):
     return run_counted(pipe, call_kwargs(name, steps=STEPS), **acceleration)
 
 
-@pytest.mark.parametrize("name", ["qwenimage", "cogvideox", "hunyuan_video"])
+@pytest.mark.parametrize("name", ["qwenimage", "cogvideox", "hunyuan_video", "wan_vace"])
 @pytest.mark.parametrize("preset", [p for p in PRESETS if p != "off"])
 def test_every_preset_runs_and_remove_is_exact(pipelines, name, preset):
     pipe = pipelines(name)
@@ -273,3 +273,19 @@ def test_hunyuan_video_caches_both_block_kinds_and_skips_true_cfg_calls(pipeline
     pipe.acceleration.remove()
     with pytest.raises(ValueError, match="attention: does not apply to the hunyuan_video family .*padding mask"):
         accelerate(pipe, "off", attention=True)
+
+
+# -- Wan VACE: control blocks beside the main ones --------------------------------------------------
+def test_wan_vace_caches_and_sparsifies_both_block_groups(pipelines):
+    pipe = pipelines("wan_vace")
+    reference, full = _macs(pipe, "wan_vace")
+    _, cached = _macs(pipe, "wan_vace", block_cache={"schedule": "fora:2"})
+    assert cached < 0.8 * full
+    accelerate(pipe, "off", block_cache={"schedule": "fora:2"}, attention={"window": 0.5})
+    run(pipe, "wan_vace", steps=STEPS)
+    targets = {item["technique"]: item["targets"] for item in pipe.acceleration.report().applied}
+    counters = pipe.acceleration.report().generation["counters"]
+    pipe.acceleration.remove()
+    assert {t.split(".")[0] for t in targets["block_cache"]} == {"vace_blocks", "blocks"}
+    assert {t.split(".")[0] for t in targets["attention"]} == {"vace_blocks", "blocks"}
+    assert counters["attention_sparse_calls"] > 0

@@ -29,12 +29,12 @@ from ..families import find_denoiser
 from ..testing import call_kwargs, make_pipeline, surface
 from ..testing_video import far_call_kwargs, make_far_pipeline, make_skyreels_df_pipeline, run_skyreels
 
-ROWS = ("sd", "sdxl", "pixart", "sd3", "flux", "qwenimage", "wan", "wan22", "cogvideox", "hunyuan_video",
+ROWS = ("sd", "sdxl", "pixart", "sd3", "flux", "qwenimage", "wan", "wan22", "wan_vace", "cogvideox", "hunyuan_video",
         "anyflow_far", "skyreels_v2")
 PRESETS = ("fast", "max")
 STEPS = 8                      # the presets leave fewer steps untouched
 IMAGE_ROWS = ("sd", "sdxl", "pixart", "sd3", "flux", "qwenimage")
-VIDEO_ROWS = ("wan", "wan22", "cogvideox", "hunyuan_video")            # text-to-video pipelines called like the image ones
+VIDEO_ROWS = ("wan", "wan22", "wan_vace", "cogvideox", "hunyuan_video")            # text-to-video pipelines called like the image ones
 UNET_ROWS = ("sd", "sdxl")
 
 
@@ -332,6 +332,7 @@ def legacy_callback(row):
 # pipelines whose own code cannot run the batch usage (checked unaccelerated)
 _NO_BATCH = {
     "cogvideox": "diffusers 0.42.1's CogVideoXPipeline sets num_videos_per_prompt = 1 whatever it is given",
+    "wan_vace": "diffusers 0.42.1's WanVACEPipeline refuses prompt lists (\"not yet supported\")",
 }
 
 
