@@ -60,7 +60,8 @@ class Family:
     grid: str = "2d"                      # "2d" image tokens or "3d" video tokens
     patch_size: tuple[int, ...] = ()      # token patch on the latent grid (t, h, w) or (h, w)
     # how a call's token grid is read: "latent" (input / config patch) | "ids" (Flux img_ids) |
-    # "img_shapes" (Qwen-Image's per-sample (frames, h, w) in tokens)
+    # "img_shapes" (Qwen-Image's per-sample (frames, h, w) in tokens) | "frames_first" ((B, F, C, H, W)
+    # latents over the config's patch_size_t and patch_size: CogVideoX)
     token_grid: str = "latent"
     text_tokens: str = "cross"            # "cross" (cross-attention) | "joint" (concatenated)
     pos_embed: str = "none"               # "absolute" | "rope" | "none" (UNet)
@@ -119,6 +120,10 @@ class Family:
                                  f"(an edit pipeline's reference images): its tokens form no single grid")
             frames, h, w = (int(v) for v in first[0])
             return (h, w) if self.grid == "2d" and frames == 1 else (frames, h, w)
+        if self.token_grid == "frames_first":
+            config = denoiser.config
+            pt, p = getattr(config, "patch_size_t", None) or 1, config.patch_size
+            return (x.shape[1] // pt, x.shape[-2] // p, x.shape[-1] // p)
         if self.token_grid == "ids":
             ids = kwargs.get("img_ids")
             if ids is None:
@@ -227,11 +232,9 @@ FAMILIES: tuple[Family, ...] = (
         # attn1: one joint attention over [text, video] returning both streams; ff: one feed-forward over
         # the joint sequence. Each block's LayerNormZero gates and residuals stay live.
         block_groups=(BlockGroup("transformer_blocks", ("attn1", "ff"), (SelfAttention("attn1", "prefix"),)),),
-        grid="3d", text_tokens="joint", pos_embed="absolute", cfg="batched",   # pos_embed: 2B sincos, 5B RoPE
-        techniques=("guidance", "block_cache"),
-        why_not=(("attention", "its latents are laid out (batch, frames, channels, h, w) and CogVideoX 1.5 patches "
-                               "time too: the token-grid reader for that layout is not written"),
-                 *_VIDEO_DIT_NOT),
+        grid="3d", token_grid="frames_first", text_tokens="joint", pos_embed="absolute",   # 2B sincos, 5B RoPE
+        cfg="batched", techniques=("guidance", "block_cache", "attention"),
+        why_not=_VIDEO_DIT_NOT,
         notes="CogVideoX text-to-video (batched CFG; the pipeline's CFG flag is the one it gives encode_prompt)",
     ),
     Family(

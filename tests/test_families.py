@@ -249,9 +249,20 @@ def test_cogvideox_block_cache_and_guidance_cut_macs(pipelines):
     assert halved == pytest.approx(0.75 * full, rel=0.02)        # half the steps run the cond half only
 
 
-def test_cogvideox_says_why_sparse_attention_does_not_apply(pipelines):
-    with pytest.raises(ValueError, match="attention: does not apply to the cogvideox family .*frames, channels"):
-        accelerate(pipelines("cogvideox"), "off", attention=True)
+def test_cogvideox_sparse_attention_on_its_frames_first_latents(pipelines):
+    pipe = pipelines("cogvideox")
+    kw = call_kwargs("cogvideox")
+    grid = ((kw["num_frames"] - 1) // 4 + 1, kw["height"] // 16, kw["width"] // 16)   # latent frames, h/8/2, w/8/2
+    reference = run(pipe, "cogvideox", steps=2)
+    accelerate(pipe, "off", attention={"window": 1.0})           # a dense mask: same result
+    assert torch.allclose(run(pipe, "cogvideox", steps=2), reference, atol=1e-5)
+    assert pipe.acceleration.stats()["attention"]["token grid"] == grid
+    pipe.acceleration.remove()
+    accelerate(pipe, "off", attention={"window": 0.5})
+    out = run(pipe, "cogvideox", steps=2)
+    stats = pipe.acceleration.stats()["attention"]
+    pipe.acceleration.remove()
+    assert 0 < stats["mean attention density"] < 1 and torch.isfinite(out).all()
 
 
 # -- HunyuanVideo: guidance-distilled, true CFG as a separate call, Flux-like blocks ----------------
