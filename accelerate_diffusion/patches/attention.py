@@ -269,17 +269,21 @@ class _GridHook(TechniqueHook):
         super().__init__(runtime.ctx.state)
         self.runtime = runtime
 
-    def run(self, module, forward, args, kwargs):
+    def before(self, module, args, kwargs):
         rt = self.runtime
         previous, rt.grid = rt.grid, rt.ctx.family.token_grid_of(module, args, kwargs)
-        try:
-            return forward(*args, **kwargs)
-        finally:
-            rt.last_grid, rt.grid = rt.grid, previous
+        return False, None, args, kwargs, previous
+
+    def after(self, module, output, previous):
+        rt = self.runtime
+        rt.last_grid, rt.grid = rt.grid, previous
+        return output
 
 
 class _AttnHook(TechniqueHook):
     """On one self-attention module: its own forward, with SDPA swapped when sparse."""
+
+    eager = True    # the swap is a torch-function mode around the forward
 
     def __init__(self, runtime: _Runtime, layer: _Layer):
         super().__init__(runtime.ctx.state)

@@ -140,8 +140,14 @@ class _ComponentHook(TechniqueHook):
         super().__init__(runtime.state)
         self.runtime, self.block, self.component = runtime, block, component
 
-    def run(self, module, forward, args, kwargs):
-        return self.runtime.component_call(self.block, self.component, forward, args, kwargs)
+    def before(self, module, args, kwargs):
+        key, signature, cached = self.runtime.lookup(self.block, self.component, args, kwargs)
+        if cached is not None:
+            return True, cached, args, kwargs, None
+        return False, None, args, kwargs, (key, signature)
+
+    def after(self, module, output, token):
+        return self.runtime.store(*token, output)
 
 
 class _ProbeHook(TechniqueHook):
@@ -151,8 +157,14 @@ class _ProbeHook(TechniqueHook):
         super().__init__(runtime.state)
         self.runtime = runtime
 
-    def run(self, module, forward, args, kwargs):
-        return self.runtime.probe_call(forward, args, kwargs)
+    def before(self, module, args, kwargs):
+        self.runtime._sync()
+        hidden_in = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        return False, None, args, kwargs, hidden_in
+
+    def after(self, module, output, hidden_in):
+        self.runtime.probe(hidden_in, output)
+        return output
 
 
 class _Runtime:
@@ -234,7 +246,8 @@ class _Runtime:
             return False
         return self.dynamic.get(slot, {}).get("reuse", False)
 
-    def component_call(self, block: int, component: int, forward, args, kwargs):
+    def lookup(self, block: int, component: int, args, kwargs):
+        """(key, input signature, output to reuse or None) for this component call."""
         self._sync()
         state, slot = self.state, self._slot()
         key = (slot, block, component)
@@ -245,22 +258,21 @@ class _Runtime:
                 cached_sig, output = cached
                 if cached_sig == signature:
                     state.count("components_reused")
-                    return output
+                    return key, signature, output
                 if _is_halved(cached_sig, signature) and state.cfg_layout != "separate":
                     state.count("components_reused")
-                    return _second_half(output, cached_sig[0][0][0])
+                    return key, signature, _second_half(output, cached_sig[0][0][0])
             state.count("components_cache_miss")       # reuse planned but nothing valid cached
-        output = forward(*args, **kwargs)
+        return key, signature, None
+
+    def store(self, key, signature, output):
         self.outputs[key] = (signature, output)
-        state.count("components_recomputed")
+        self.state.count("components_recomputed")
         return output
 
-    def probe_call(self, forward, args, kwargs):
-        """Run the first block and decide, from its residual, whether the rest is reused."""
-        self._sync()
+    def probe(self, hidden_in, output) -> None:
+        """After the first block: decide, from its residual, whether the rest is reused."""
         state, config = self.state, self.config
-        hidden_in = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        output = forward(*args, **kwargs)
         hidden_out = output[-1] if isinstance(output, (tuple, list)) else output
         residual = (hidden_out - hidden_in).detach()
         slot = self.dynamic.setdefault(self._slot(), {"prev": None, "run": 0, "reuse": False})
@@ -273,14 +285,13 @@ class _Runtime:
                 prev = prev[prev.shape[0] // 2:]
             if prev.shape == residual.shape:
                 change = (residual - prev).abs().mean() / prev.abs().mean().clamp_min(1e-12)
-                reuse = float(change) < config.threshold
+                reuse = float(change) < config.threshold      # one host sync per call, outside any graph
         if reuse:
             slot["run"] += 1
             state.count("dynamic_calls_reused")
         else:
             slot["prev"], slot["run"] = residual, 0
         slot["reuse"] = reuse
-        return output
 
     def stats(self) -> dict:
         counters = self.state.counters

@@ -231,8 +231,8 @@ class _Controller:
                 return "batched"
         return {1: "cond", 2: "uncond"}.get(call, "single")
 
-    # the hook body ------------------------------------------------------------------------
-    def forward(self, original, module, args, kwargs):
+    # the hook body: before the denoiser runs (which rows), after (fill and observe) ------
+    def before(self, args, kwargs):
         layout = self._layout(args, kwargs)
         sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
         n = sample.shape[0] if isinstance(sample, torch.Tensor) else 0
@@ -240,18 +240,43 @@ class _Controller:
         if layout == "batched":
             if gen.layout is None:
                 self._start("batched", n // 2)
-            return self._batched(original, args, kwargs, n)
+            return self._batched(args, kwargs, n)
         if layout == "uncond":
             if gen.layout != "separate":
                 self._start("separate", n)
-            return self._uncond_call(original, args, kwargs, n)
-        out = original(*args, **kwargs)
+            return self._uncond_call(args, kwargs, n)
         self.state.count("guidance_nfe", n)
-        if layout == "cond":
-            gen.cond_out = out
-            if gen.layout is None:
-                gen.layout, gen.batch = "single", n
-        return out
+        return False, None, args, kwargs, ("plain", layout, n)
+
+    def after(self, out, token):
+        kind = token[0]
+        if kind == "plain":
+            if token[1] == "cond":
+                self.gen.cond_out = out
+                if self.gen.layout is None:
+                    self.gen.layout, self.gen.batch = "single", token[2]
+            return out
+        if kind == "batched":
+            b = token[1]
+            pred = _main(out)
+            self._observe(pred[b:], pred[:b], list(range(b)))
+            return out
+        if kind == "batched_rows":
+            evaluated, estimated = token[1], token[2]
+            pred = _main(out)
+            cond = pred[len(evaluated):]
+            uncond = self._fill(cond, pred[:len(evaluated)], evaluated, estimated)
+            self._observe(cond, uncond, evaluated)
+            return _with_main(out, torch.cat([uncond, cond]))
+        if kind == "uncond":
+            self._observe(token[1], _main(out), token[2])
+            return out
+        if kind == "uncond_rows":
+            cond, evaluated, estimated = token[1], token[2], token[3]
+            uncond = self._fill(cond, _main(out), evaluated, estimated)
+            self._observe(cond, uncond, evaluated)
+            return _with_main(out, uncond)
+        return out      # "unpaired"
 
     def step_end(self) -> None:
         """After step 0: CFG on but no layout we know is loud, not silent."""
@@ -262,48 +287,35 @@ class _Controller:
                           "batch or a cond call then an uncond call); running full CFG.",
                           stacklevel=2)
 
-    def _batched(self, original, args, kwargs, n):
+    def _batched(self, args, kwargs, n):
         b = n // 2
         evaluated, estimated = self._plan()
         run = evaluated + list(range(b, n))
         self.state.count("guidance_nfe", len(run))
         self.state.count("guidance_nfe_saved", n - len(run))
         if len(run) == n:
-            out = original(*args, **kwargs)
-            pred = _main(out)
-            self._observe(pred[b:], pred[:b], list(range(b)))
-            return out
+            return False, None, args, kwargs, ("batched", b)
         index = torch.tensor(run)
-        out = original(*_select(args, n, index), **_select(kwargs, n, index))
-        pred = _main(out)
-        cond = pred[len(evaluated):]
-        uncond = self._fill(cond, pred[:len(evaluated)], evaluated, estimated)
-        self._observe(cond, uncond, evaluated)
-        return _with_main(out, torch.cat([uncond, cond]))
+        return False, None, _select(args, n, index), _select(kwargs, n, index), ("batched_rows", evaluated, estimated)
 
-    def _uncond_call(self, original, args, kwargs, n):
+    def _uncond_call(self, args, kwargs, n):
         gen = self.gen
         if gen.cond_out is None or _main(gen.cond_out).shape[0] != n:
-            out = original(*args, **kwargs)     # no cond output of this step to pair with
-            self.state.count("guidance_nfe", n)
-            return out
+            self.state.count("guidance_nfe", n)   # no cond output of this step to pair with
+            return False, None, args, kwargs, ("unpaired",)
         cond = _main(gen.cond_out)
         evaluated, estimated = self._plan()
         self.state.count("guidance_nfe", len(evaluated))
         self.state.count("guidance_nfe_saved", n - len(evaluated))
         if len(evaluated) == n:
-            out = original(*args, **kwargs)
-            self._observe(cond, _main(out), evaluated)
-            return out
+            return False, None, args, kwargs, ("uncond", cond, evaluated)
         if evaluated:
             index = torch.tensor(evaluated)
-            out = original(*_select(args, n, index), **_select(kwargs, n, index))
-            real = _main(out)
-        else:
-            out, real = gen.cond_out, cond[:0]
-        uncond = self._fill(cond, real, evaluated, estimated)
+            return (False, None, _select(args, n, index), _select(kwargs, n, index),
+                    ("uncond_rows", cond, evaluated, estimated))
+        uncond = self._fill(cond, cond[:0], evaluated, estimated)
         self._observe(cond, uncond, evaluated)
-        return _with_main(out, uncond)
+        return True, _with_main(gen.cond_out, uncond), args, kwargs, None
 
     def _fill(self, cond, real, evaluated, estimated) -> torch.Tensor:
         """The full uncond prediction: real rows, LinearAG estimates, cond copies elsewhere."""
@@ -392,8 +404,11 @@ class _GuidanceHook(TechniqueHook):
         self.context = StateManager(dict)
         controller._context = self.context
 
-    def run(self, module, forward, args, kwargs):
-        return self.controller.forward(forward, module, args, kwargs)
+    def before(self, module, args, kwargs):
+        return self.controller.before(args, kwargs)
+
+    def after(self, module, output, token):
+        return self.controller.after(output, token)
 
     def reset_state(self, module):
         return module   # pipelines reset cache hooks after the loop; the report must survive
