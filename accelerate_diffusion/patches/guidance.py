@@ -24,6 +24,10 @@ Modes (``Config.mode``):
 * ``linear`` (LinearAG): on steps listed in a fitted coefficient file the uncond
   prediction is not evaluated but estimated as ``a*eps_c[t] + b*eps_c[t-1] + c*eps_u[t-1]``;
   the AG switch (``threshold``) runs on top. Fit with :func:`fit_pipeline`.
+* ``cache`` (CFG caching, FasterCache-style): guidance stays on every step, but the uncond
+  branch is evaluated only every ``cache_interval`` steps; in between its prediction is the
+  step's cond prediction plus the (uncond - cond) difference of the last evaluated step.
+  ``cache_interval=1`` evaluates every step (exact).
 
 Per-sample decisions by default (``per_sample=False``: the whole batch switches when
 every sample has crossed the threshold). The report lists, per sample, the first step
@@ -46,7 +50,7 @@ from ..config import TechniqueConfig, check_choice, check_range
 from . import NotApplicable, PatchContext, PatchHandle, TechniqueHook
 
 NAME = "guidance"
-MODES = ("adaptive", "truncation", "interval", "linear")
+MODES = ("adaptive", "truncation", "interval", "linear", "cache")
 HOOK = "accelerate_diffusion.guidance"
 DATA_DIR = Path(__file__).parent / "guidance_data"   # shipped LinearAG coefficient files
 
@@ -64,6 +68,7 @@ class Config(TechniqueConfig):
     coefficients: str | None = None  # linear: a JSON path or shipped name; None: match the model
     record: bool = False             # keep every fully guided step's (cond, uncond) predictions (LinearAG fitting)
     min_steps: int = 1                # generations with fewer steps run untouched (few-step models)
+    cache_interval: int = 2           # cache: evaluate the uncond branch every this many steps
 
     def validate(self) -> None:
         check_choice(NAME, "mode", self.mode, MODES)
@@ -81,6 +86,7 @@ class Config(TechniqueConfig):
         check_choice(NAME, "per_sample", self.per_sample, (True, False))
         check_choice(NAME, "record", self.record, (True, False))
         check_range(NAME, "min_steps", self.min_steps, 1, integer=True)
+        check_range(NAME, "cache_interval", self.cache_interval, 1, integer=True)
         if self.coefficients is not None and not isinstance(self.coefficients, str):
             raise ValueError(f"{NAME}.coefficients: must be None or a path/name string, "
                              f"got {self.coefficients!r}")
@@ -165,7 +171,9 @@ class _Generation:
         self.guided_count: list[int] = []        # per sample: steps with a real uncond eval
         self.cond_out = None             # separate layout: this step's cond output
         self.prev: tuple[torch.Tensor, torch.Tensor] | None = None  # linear: (eps_c, eps_u) of t-1
-        self.estimated = 0               # linear: uncond predictions estimated
+        self.estimated = 0               # linear, cache: uncond predictions estimated
+        self.diff: torch.Tensor | None = None   # cache: uncond - cond at the last evaluated step
+        self.diff_step = 0
         self.linear_off: str | None = None
         self.unrecognised = False
 
@@ -197,6 +205,9 @@ class _Controller:
         if not self._cfg_window():
             return [], []
         guided = [i for i in range(gen.batch) if gen.switched[i] is None or step < gen.switched[i]]
+        if self.config.mode == "cache":
+            due = gen.diff is None or step - gen.diff_step >= self.config.cache_interval
+            return (guided, []) if due else ([], guided)
         if self.config.mode == "linear" and self.linear is not None and gen.linear_off is None:
             if step in self._replace and gen.prev is not None:
                 return [], guided
@@ -324,7 +335,11 @@ class _Controller:
         uncond = cond.clone()
         if evaluated:
             uncond[evaluated] = real.to(cond.dtype)
-        if estimated:
+        if estimated and self.config.mode == "cache":
+            uncond[estimated] = (cond[estimated] + self.gen.diff[estimated]).to(cond.dtype)
+            self.gen.estimated += len(estimated)
+            self.state.count("guidance_uncond_estimated", len(estimated))
+        elif estimated:
             a, b, c = self.linear["coefficients"][self.state.step]
             prev_c, prev_u = self.gen.prev
             uncond[estimated] = (a * cond[estimated] + b * prev_c[estimated]
@@ -340,6 +355,8 @@ class _Controller:
             self.recording.append((cond.detach().cpu().clone(), uncond.detach().cpu().clone()))
         if self.linear is not None:
             gen.prev = (cond.detach(), uncond.detach())
+        if self.config.mode == "cache" and evaluated and len(evaluated) == gen.batch:
+            gen.diff, gen.diff_step = (uncond - cond).detach(), step
         for i in evaluated:
             gen.last_guided[i] = step
             gen.guided_count[i] += 1
@@ -390,6 +407,9 @@ class _Controller:
                       f"{100 * saved / max(nfe + saved, 1):.1f}%)"}
         if self.linear is not None:
             out["linear"] = gen.linear_off or f"{gen.estimated} uncond predictions estimated"
+        if self.config.mode == "cache":
+            out["cache"] = (f"uncond evaluated every {self.config.cache_interval} steps; {gen.estimated} uncond "
+                            f"predictions = cond + the last evaluated (uncond - cond)")
         return out
 
 
