@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import patches
-from .families import TECHNIQUES, Family, family_of, find_denoiser, supported_summary
+from .families import TECHNIQUES, Family, family_of, find_denoiser, find_denoisers, supported_summary
 from .journal import Journal, invalidate_hook_caches
 from .macs import format_macs
 from .presets import get_preset
@@ -66,9 +66,10 @@ def build_plan(family: Family, denoiser, preset: str, overrides: dict[str, Any])
                 raise ValueError(f"{name}: this technique is not available in this version; "
                                  f"available: {', '.join(available) or 'none'}")
             if name not in family.techniques:
+                why = family.reason_not(name)
                 raise ValueError(f"{name}: does not apply to the {family.name} family "
-                                 f"({', '.join(family.classes) or 'unknown denoiser'}); "
-                                 f"applicable: {', '.join(family.techniques)}")
+                                 f"({', '.join(family.classes) or 'unknown denoiser'})"
+                                 + (f": {why}" if why else "") + f"; applicable: {', '.join(family.techniques)}")
             config_cls = available[name].Config
             if isinstance(override, config_cls):
                 config, user_fields = override, frozenset(config_cls.field_names())
@@ -161,6 +162,7 @@ class Acceleration:
         self.family = family
         self.denoiser_attr = denoiser_attr
         self.denoiser = denoiser
+        self.denoisers = find_denoisers(pipe, family, denoiser_attr, denoiser)   # with Wan 2.2's second expert
         self.plan = plan
         self.measure_macs = measure_macs
         self.calibration: dict | None = None       # preset "auto": what calibration chose and measured
@@ -176,8 +178,10 @@ class Acceleration:
         journal = self._journal = Journal()
         self.state = AccelerationState(measure_macs=self.measure_macs)
         self.handles, self.skipped = [], []
-        ctx = patches.PatchContext(self.pipe, self.denoiser, self.denoiser_attr, self.family, self.state, journal)
-        clock = Clock(self.pipe, self.denoiser, self.state, journal)
+        # one context per denoiser: a technique is applied to each expert on its own (own hooks and caches)
+        contexts = [patches.PatchContext(self.pipe, module, attr, self.family, self.state, journal)
+                    for attr, module in self.denoisers]
+        clock = Clock(self.pipe, [m for _, m in self.denoisers], self.state, journal)
         try:
             clock.install()
             modules = patches.available()
@@ -186,10 +190,13 @@ class Acceleration:
             self.state.min_steps = {name: config.min_steps for name, config in self.plan.items()
                                     if getattr(config, "min_steps", 1) > 1}
             for name, config in reversed(list(self.plan.items())):
-                ctx.technique = name
                 mark = journal.mark()
                 try:
-                    handle = modules[name].apply(ctx, config)
+                    parts = []
+                    for ctx in contexts:
+                        ctx.technique = name
+                        parts.append((ctx.denoiser_attr, modules[name].apply(ctx, config)))
+                    handle = _merged(name, parts)
                 except patches.NotApplicable as exc:
                     journal.rollback(mark)
                     self.skipped.append({"technique": name, "reason": str(exc)})
@@ -200,16 +207,20 @@ class Acceleration:
             clock.hook_denoiser()   # last, so it is the outermost hook
         except BaseException:
             journal.rollback()
-            invalidate_hook_caches(self.denoiser)
+            self._invalidate()
             self.handles = []
             raise
-        invalidate_hook_caches(self.denoiser)
+        self._invalidate()
         self._active = True
+
+    def _invalidate(self) -> None:
+        for _, module in self.denoisers:
+            invalidate_hook_caches(module)
 
     def _uninstall(self) -> None:
         if self._journal is not None:
             self._journal.rollback()
-        invalidate_hook_caches(self.denoiser)
+        self._invalidate()
         self.handles = []
         self._active = False
 
@@ -258,6 +269,28 @@ class Acceleration:
     def __repr__(self) -> str:
         techniques = ", ".join(h.technique for h in self.handles) or "nothing"
         return f"<Acceleration preset={self.preset!r} family={self.family.name} applied: {techniques}>"
+
+
+def _merged(technique: str, parts: list[tuple[str, patches.PatchHandle]]) -> patches.PatchHandle:
+    """One handle for a technique applied to each of several experts: targets named by expert,
+    the first expert's figures, and each other expert's where they differ."""
+    if len(parts) == 1:
+        return parts[0][1]
+    first = parts[0][1]
+    targets = [t if t == attr else f"{attr}.{t}" for attr, h in parts for t in h.targets]
+
+    def stats() -> dict:
+        out = first.statistics()
+        for attr, h in parts[1:]:
+            out.update({f"{attr}: {k}": v for k, v in h.statistics().items() if out.get(k) != v})
+        return out
+
+    def details() -> dict:
+        out = first.data()
+        out.update({attr: h.data() for attr, h in parts[1:]})
+        return out
+
+    return patches.PatchHandle(technique, targets, stats=stats, details=details)
 
 
 def _current(pipe) -> Acceleration | None:

@@ -29,6 +29,9 @@ resolution change recomputes. If an outer technique (guidance) shrinks a batched
 ``[uncond, cond]`` call to the cond half, a reused output is sliced to its cond half (the
 second half of the batch) rather than recomputed (unless the CFG layout is "separate",
 where a batch never holds both halves: then it recomputes). Everything is dropped between generations.
+A pipeline with several experts (Wan 2.2) gets one runtime (cache) per expert: an expert never reuses
+another's outputs, and its first step is a full compute; the schedule stays indexed by the
+generation's step (the noise level), which is what its full first and last steps protect.
 """
 
 from __future__ import annotations
@@ -277,7 +280,8 @@ class _Runtime:
     # -- decisions ----------------------------------------------------------------------
     def _wants_reuse(self, block: int, component: int, slot: int) -> bool:
         if self.config.mode == "schedule":
-            return not self.schedule.recompute_at(self.state.step, block, component)
+            # an expert's first step recomputes: its cache is empty (Wan 2.2's second expert at the switch)
+            return self.state.expert_step > 0 and not self.schedule.recompute_at(self.state.step, block, component)
         if block == 0:
             return False
         return self.dynamic.get(slot, {}).get("reuse", False)
