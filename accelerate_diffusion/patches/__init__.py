@@ -133,6 +133,11 @@ class TechniqueHook(ModelHook):
     technique = ""
     eager = False
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "run" in vars(cls) and not cls.eager:      # run() is only called for eager hooks
+            raise TypeError(f"{cls.__name__} overrides run(): set eager = True, or use before()/after()")
+
     def __init__(self, state: AccelerationState):
         super().__init__()
         self.state = state
