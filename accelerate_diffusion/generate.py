@@ -116,7 +116,7 @@ class GenerateOptions:
     batch_size: int = 1
     num_images_per_prompt: int = 1
     compare_baseline: bool = False
-    fps: int = 8
+    fps: int = 16
     extra: dict = field(default_factory=dict)   # fixed call kwargs (e.g. max_sequence_length)
 
 
@@ -159,10 +159,29 @@ def size_factor(pipe) -> int:
     return factor * int(patch)
 
 
+def _per_prompt_arg(pipe) -> str | None:
+    """The pipeline's outputs-per-prompt argument: images for image pipelines, videos for video
+    pipelines (Wan, SkyReels-V2, AnyFlow-FAR refuse ``num_images_per_prompt``)."""
+    import inspect
+
+    try:
+        params = inspect.signature(type(pipe).__call__).parameters
+    except (TypeError, ValueError):
+        return "num_images_per_prompt"
+    for name in ("num_images_per_prompt", "num_videos_per_prompt"):
+        if name in params:
+            return name
+    return None
+
+
 def _call_kwargs(pipe, items: list[Item], opts: GenerateOptions) -> dict:
     first = items[0]
-    kw: dict[str, Any] = {**opts.extra, "prompt": [i.prompt for i in items],
-                          "num_images_per_prompt": opts.num_images_per_prompt}
+    kw: dict[str, Any] = {**opts.extra, "prompt": [i.prompt for i in items]}
+    per_prompt = _per_prompt_arg(pipe)
+    if per_prompt:
+        kw[per_prompt] = opts.num_images_per_prompt
+    elif opts.num_images_per_prompt != 1:
+        raise ValueError(f"--num-images-per-prompt: {type(pipe).__name__} makes one output per prompt; use 1")
     negatives = [i.negative_prompt for i in items]
     if any(negatives):
         kw["negative_prompt"] = [n or "" for n in negatives]
@@ -201,31 +220,56 @@ def _batches(items: list[Item], size: int) -> list[list[Item]]:
 
 
 def _save_outputs(result, keys: list[str], out: Path, fps: int) -> list[str]:
-    """Write each output under a temporary name, then rename: no half-written files."""
-    from diffusers.utils import export_to_gif
-
+    """Write each output under a temporary name, then rename: no half-written files.
+    A video gives an MP4 (when imageio-ffmpeg is installed) and an animated GIF preview."""
     files = []
     if hasattr(result, "frames"):
         for frames, key in zip(result.frames, keys):
             frames = [_to_pil(f) for f in frames]
-            target = out / f"{key}.mp4"
-            tmp = out / f".{key}.tmp.mp4"
-            try:
-                from diffusers.utils import export_to_video
-
-                export_to_video(frames, str(tmp), fps=fps)
-            except Exception:                # no video writer installed: GIF via Pillow
-                target, tmp = out / f"{key}.gif", out / f".{key}.tmp.gif"
-                export_to_gif(frames, str(tmp), fps=fps)
-            os.replace(tmp, target)
-            files.append(target.name)
+            if mp4_writer_missing() is None:
+                files.append(_atomic(out, f"{key}.mp4", lambda tmp: _write_mp4(frames, tmp, fps)))
+            files.append(_atomic(out, f"{key}.gif", lambda tmp: _write_gif(frames, tmp, fps)))
     else:
         for image, key in zip(result.images, keys):
-            target, tmp = out / f"{key}.png", out / f".{key}.tmp.png"
-            _to_pil(image).save(tmp, format="PNG")
-            os.replace(tmp, target)
-            files.append(target.name)
+            files.append(_atomic(out, f"{key}.png", lambda tmp: _to_pil(image).save(tmp, format="PNG")))
     return files
+
+
+def _atomic(out: Path, name: str, write) -> str:
+    stem, ext = os.path.splitext(name)
+    tmp = out / f".{stem}.tmp{ext}"
+    write(tmp)
+    os.replace(tmp, out / name)
+    return name
+
+
+def mp4_writer_missing() -> str | None:
+    """Why MP4 cannot be written here (None when it can): imageio with its ffmpeg binary."""
+    try:
+        import imageio_ffmpeg
+
+        imageio_ffmpeg.get_ffmpeg_exe()
+        import imageio  # noqa: F401
+    except (ImportError, RuntimeError) as exc:
+        return (f"MP4 needs imageio and imageio-ffmpeg ({type(exc).__name__}): "
+                "pip install 'accelerate-diffusion[video]'; writing GIF previews only")
+    return None
+
+
+def _write_mp4(frames, path: Path, fps: int) -> None:
+    import imageio
+    import numpy as np
+
+    # H.264 in yuv420p needs even sides; macro_block_size=2 pads odd sizes by one pixel at most.
+    with imageio.get_writer(str(path), format="FFMPEG", fps=fps, codec="libx264", quality=8,
+                            macro_block_size=2, ffmpeg_log_level="error") as writer:
+        for frame in frames:
+            writer.append_data(np.asarray(frame.convert("RGB")))
+
+
+def _write_gif(frames, path: Path, fps: int) -> None:
+    frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:],
+                   duration=max(1, round(1000 / fps)), loop=0)
 
 
 def _to_pil(image):
@@ -273,6 +317,7 @@ def generate(pipe, items: list[Item], opts: GenerateOptions, progress: bool = Tr
                                 else "manifest.jsonl")
     accelerate(pipe, opts.preset, **opts.overrides)
     generated, assigned, seconds, baseline_seconds = 0, 0, 0.0, 0.0
+    kind = "image"
     try:
         with state.split_between_processes(todo) as mine:
             assigned = len(mine)
@@ -300,6 +345,9 @@ def generate(pipe, items: list[Item], opts: GenerateOptions, progress: bool = Tr
                               "seed": _seed(item, opts), "files": files, "preset": opts.preset,
                               "overrides": opts.overrides, "techniques": techniques,
                               "seconds": round(elapsed / len(batch), 4), "rank": state.process_index}
+                    if hasattr(outputs, "frames"):
+                        record.update(frames=len(outputs.frames[0]), fps=opts.fps)
+                        kind = "video"
                     with open(manifest_path, "a") as f:
                         f.write(json.dumps(record) + "\n")
                     generated += per_item
@@ -312,7 +360,7 @@ def generate(pipe, items: list[Item], opts: GenerateOptions, progress: bool = Tr
     if state.is_main_process and state.num_processes > 1:
         _merge_manifests(opts.out)
     summary = {"items": len(items), "skipped_done": len(items) - len(todo), "assigned": assigned,
-               "generated": generated,
+               "generated": generated, "kind": kind,
                "seconds": seconds, "images_per_s": generated / seconds if seconds else 0.0,
                "process": state.process_index, "processes": state.num_processes}
     if opts.compare_baseline and seconds:
@@ -348,12 +396,57 @@ def _merge_manifests(out: Path) -> None:
 
 # Size factors of the built-in tiny and demo pipelines (what their input checks require).
 TINY_FACTORS = {"sd": 8, "sdxl": 8, "pixart": 8, "sd3": 16, "flux": 16, "wan": 16}
-DEMO_FACTORS = {"demo-dit": 8, "demo-unet": 8}
+DEMO_FACTORS = {"demo-dit": 8, "demo-unet": 8, "demo-ar_video": 8}
+# Call arguments of the tiny pipelines that are fixed by how they were built, not per item.
+_TINY_FIXED = ("max_sequence_length", "use_resolution_binning", "clean_caption", "num_frames")
+
+
+def model_defaults(model: str, size: str = "micro", num_frames: int | None = None) -> tuple[int | None, dict, dict]:
+    """For a model name: its size factor (None: unknown until loaded), the fixed call arguments
+    it needs, and its default settings (steps, guidance, height, width) when none are given."""
+    from . import testing
+
+    if model in testing.PIPELINES:
+        kw = testing.call_kwargs(model, size)
+        extra = {k: v for k, v in kw.items() if k in _TINY_FIXED}
+        defaults = {k: kw[k] for k in ("height", "width") if k in kw}
+    elif model == "demo-ar_video":
+        from .demo import video
+
+        frames = num_frames or (16 - 1) * video.TEMPORAL_FACTOR + 1
+        if (frames - 1) % video.TEMPORAL_FACTOR:
+            raise ValueError(f"--num-frames: the demo video model makes {video.TEMPORAL_FACTOR}k+1 frames "
+                             f"(e.g. 5, 33, 61); got {frames}")
+        kw = video.call_kwargs(latent_frames=(frames - 1) // video.TEMPORAL_FACTOR + 1)
+        extra = {k: kw[k] for k in ("num_frames", "chunk_partition", "max_sequence_length")}
+        defaults = {"steps": video.DEFAULT_STEPS, "guidance": video.DEFAULT_GUIDANCE,
+                    "height": kw["height"], "width": kw["width"]}
+        return DEMO_FACTORS[model], extra, defaults
+    elif model in DEMO_FACTORS:
+        from . import demo
+
+        extra = {}
+        defaults = {"steps": demo.DEFAULT_STEPS, "guidance": demo.DEFAULT_GUIDANCE,
+                    "height": demo.IMAGE_SIZE, "width": demo.IMAGE_SIZE}
+    else:
+        extra, defaults = {}, {}
+    if num_frames is not None:
+        extra["num_frames"] = num_frames
+    factor = TINY_FACTORS.get(model) or DEMO_FACTORS.get(model) or config_factor(model)
+    return factor, extra, defaults
+
+
+def _takes(pipe, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(type(pipe).__call__).parameters
+    except (TypeError, ValueError):
+        return True
 
 
 def run_cli(args) -> int:
     """``accelerate-diffusion generate``: validate everything, then load, then generate."""
-    from . import testing
     from .loading import load_pipeline, parse_overrides
     from .presets import get_preset
 
@@ -362,36 +455,39 @@ def run_cli(args) -> int:
     items = read_prompts(args.prompts) if args.prompts else [Item(0, **_typed({"prompt": args.prompt}, "--prompt"))]
     get_preset(args.preset)
     overrides = parse_overrides(args.set)
-    for name in ("batch_size", "num_images_per_prompt"):
+    for name in ("batch_size", "num_images_per_prompt", "fps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: must be at least 1")
+    if args.num_frames is not None and args.num_frames < 1:
+        raise ValueError("--num-frames: must be at least 1")
     opts = GenerateOptions(out=Path(args.out), preset=args.preset, overrides=overrides, seed=args.seed,
                            height=args.height, width=args.width, steps=args.steps,
                            guidance=args.guidance, batch_size=args.batch_size,
                            num_images_per_prompt=args.num_images_per_prompt,
-                           compare_baseline=args.compare_baseline)
+                           compare_baseline=args.compare_baseline, fps=args.fps)
     model = args.model or "demo-dit"
-    if model in testing.PIPELINES:
-        factor = TINY_FACTORS[model]
-        extra = testing.call_kwargs(model, args.size)
-        opts.extra = {k: v for k, v in extra.items()
-                      if k in ("max_sequence_length", "use_resolution_binning", "clean_caption", "num_frames")}
-        opts.height = opts.height or extra.get("height")
-        opts.width = opts.width or extra.get("width")
-    else:
-        factor = DEMO_FACTORS.get(model) or config_factor(model)
+    factor, opts.extra, defaults = model_defaults(model, args.size, args.num_frames)
+    for name, value in defaults.items():
+        if getattr(opts, name) is None:
+            setattr(opts, name, value)
     if factor:
         check_sizes(items, opts, factor)    # before any model loads
     pipe = load_pipeline(model, args.size, args.device, args.dtype)
+    if "num_frames" in opts.extra and not _takes(pipe, "num_frames"):
+        raise ValueError(f"--num-frames: {model!r} ({type(pipe).__name__}) makes images, not videos")
     summary = generate(pipe, items, opts, progress=not args.quiet)
+    unit = "videos" if summary["kind"] == "video" else "images"
     line = (f"generated {summary['generated']} output(s) for {summary['assigned']} item(s) "
             f"({summary['skipped_done']} of {summary['items']} already done) in {summary['seconds']:.2f} s: "
-            f"{summary['images_per_s']:.2f} images/s")
+            f"{summary['images_per_s']:.2f} {unit}/s")
     if "speedup" in summary:
         line += f", speedup vs baseline {summary['speedup']:.2f}x"
     if summary["processes"] > 1:
         line = f"[process {summary['process']}/{summary['processes']}] " + line
     print(line)
+    if summary["kind"] == "video" and mp4_writer_missing():
+        print(f"note: {mp4_writer_missing()}")
+    print(f"outputs and manifest.jsonl in {opts.out}/")
     return 0
 
 
@@ -418,6 +514,9 @@ def register(sub) -> None:
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--num-frames", type=int, default=None,
+                   help="video models: frames per video (default: the model's; demo-ar_video: 61)")
+    p.add_argument("--fps", type=int, default=16, help="video models: frames per second of the MP4/GIF")
     p.add_argument("--compare-baseline", action="store_true",
                    help="also time each batch unaccelerated and print the speedup")
     p.add_argument("--device", default="cuda" if _torch.cuda.is_available() else "cpu")
