@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 ITEM_FIELDS = ("prompt", "negative_prompt", "seed", "height", "width", "steps", "guidance")
-LIMITS = {"height": (8, 4096), "width": (8, 4096), "steps": (1, 1000), "guidance": (0.0, 100.0)}
+LIMITS = {"height": (8, 65536), "width": (8, 65536), "steps": (1, 1000), "guidance": (0.0, 100.0)}
+DEFAULT_MAX_PIXELS = 4096 * 4096      # per image or video frame; --max-pixels raises it
 
 
 @dataclass
@@ -117,17 +118,105 @@ class GenerateOptions:
     num_images_per_prompt: int = 1
     compare_baseline: bool = False
     fps: int = 16
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    memory_check: bool = True
     extra: dict = field(default_factory=dict)   # fixed call kwargs (e.g. max_sequence_length)
 
 
+def _size_of(item: Item, opts: GenerateOptions, name: str) -> int | None:
+    return getattr(item, name) or getattr(opts, name)
+
+
+def _where(item: Item, opts: GenerateOptions, name: str) -> str:
+    """Which input set a size: the item's row, or the --height/--width flag."""
+    return f"--{name}" if getattr(item, name) is None else f"item {item.index} ({item.prompt[:30]!r}): {name}"
+
+
 def check_sizes(items: list[Item], opts: GenerateOptions, factor: int) -> None:
-    """Every requested size must be a multiple of the model's factor (checked before any run)."""
+    """Every requested size must be a multiple of the model's factor and within --max-pixels
+    (checked before any run; a 100000 x 100000 request would grow until the kernel kills it)."""
     for item in items:
         for name in ("height", "width"):
-            value = getattr(item, name) or getattr(opts, name)
+            value = _size_of(item, opts, name)
             if value is not None and value % factor:
-                raise ValueError(f"item {item.index} ({item.prompt[:30]!r}): {name} {value} is not a "
-                                 f"multiple of {factor}, which this model requires")
+                raise ValueError(f"{_where(item, opts, name)} {value} is not a multiple of {factor}, "
+                                 f"which this model requires")
+        check_pixels(item, opts)
+
+
+def check_pixels(item: Item, opts: GenerateOptions) -> None:
+    height, width = _size_of(item, opts, "height"), _size_of(item, opts, "width")
+    if height and width and height * width > opts.max_pixels:
+        where = "--height/--width" if item.height is None and item.width is None else \
+            f"item {item.index} ({item.prompt[:30]!r}) height/width"
+        raise ValueError(f"{where} {height} x {width} = {height * width:,} pixels per image, over the limit of "
+                         f"{opts.max_pixels:,} (--max-pixels, default {DEFAULT_MAX_PIXELS:,} = 4096 x 4096); "
+                         f"use a smaller size, or raise --max-pixels if the memory is there")
+
+
+def estimate_memory(pipe, height: int, width: int, frames: int = 1, batch: int = 1) -> int:
+    """Bytes one call needs at least, beyond the weights: the VAE decoder's last block holds a few
+    full-resolution activation maps of its widest-at-output channel count (128 in SD/SD3/Flux
+    VAEs), and video decoders work on about 4 frames at a time (causal chunks) plus the output."""
+    vae = getattr(pipe, "vae", None)
+    config = getattr(vae, "config", None)
+    channels = (getattr(config, "block_out_channels", None) or [128])[0]
+    dim = getattr(config, "base_dim", None)            # Wan VAE
+    if dim:
+        channels = dim
+    try:
+        element = next(vae.parameters()).element_size()
+    except (AttributeError, StopIteration, TypeError):
+        element = 4
+    live_frames = min(frames, 4)
+    decode = 3 * height * width * live_frames * batch * channels * element
+    output = height * width * frames * batch * 3 * 4 * 2       # float output, and its uint8/PIL copy
+    return decode + output
+
+
+def available_memory(device) -> int | None:
+    """Free bytes on the device: CUDA mem_get_info, or the host's available RAM."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def check_memory(pipe, items: list[Item], opts: GenerateOptions) -> None:
+    """Refuse, before running, a call whose estimated memory exceeds what the device has free."""
+    if not opts.memory_check:
+        return
+    free = available_memory(getattr(pipe, "device", "cpu"))
+    if free is None:
+        return
+    frames = int(opts.extra.get("num_frames") or 1)
+    for item in items:
+        height, width = _size_of(item, opts, "height"), _size_of(item, opts, "width")
+        if not (height and width):
+            continue
+        need = estimate_memory(pipe, height, width, frames, opts.batch_size * opts.num_images_per_prompt)
+        if need > free:
+            raise ValueError(f"--height/--width {height} x {width} (batch {opts.batch_size} x "
+                             f"{opts.num_images_per_prompt}, {frames} frame(s)) needs an estimated "
+                             f"{_gib(need)} but {_gib(free)} is free; use a smaller size or "
+                             f"--batch-size, or --no-memory-check to try anyway")
 
 
 def config_factor(model: str) -> int | None:
@@ -311,6 +400,7 @@ def generate(pipe, items: list[Item], opts: GenerateOptions, progress: bool = Tr
     state = PartialState(cpu=torch.device(getattr(pipe, "device", "cpu")).type == "cpu")
     opts.out.mkdir(parents=True, exist_ok=True)
     check_sizes(items, opts, size_factor(pipe))
+    check_memory(pipe, items, opts)
     done = _done_keys(opts.out)
     todo = [i for i in items if i.key(0) not in done]
     manifest_path = opts.out / (f"manifest.rank{state.process_index}.jsonl" if state.num_processes > 1
@@ -455,7 +545,7 @@ def run_cli(args) -> int:
     items = read_prompts(args.prompts) if args.prompts else [Item(0, **_typed({"prompt": args.prompt}, "--prompt"))]
     get_preset(args.preset)
     overrides = parse_overrides(args.set)
-    for name in ("batch_size", "num_images_per_prompt", "fps"):
+    for name in ("batch_size", "num_images_per_prompt", "fps", "max_pixels"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: must be at least 1")
     if args.num_frames is not None and args.num_frames < 1:
@@ -464,14 +554,14 @@ def run_cli(args) -> int:
                            height=args.height, width=args.width, steps=args.steps,
                            guidance=args.guidance, batch_size=args.batch_size,
                            num_images_per_prompt=args.num_images_per_prompt,
-                           compare_baseline=args.compare_baseline, fps=args.fps)
+                           compare_baseline=args.compare_baseline, fps=args.fps,
+                           max_pixels=args.max_pixels, memory_check=not args.no_memory_check)
     model = args.model or "demo-dit"
     factor, opts.extra, defaults = model_defaults(model, args.size, args.num_frames)
     for name, value in defaults.items():
         if getattr(opts, name) is None:
             setattr(opts, name, value)
-    if factor:
-        check_sizes(items, opts, factor)    # before any model loads
+    check_sizes(items, opts, factor or 1)    # before any model loads
     pipe = load_pipeline(model, args.size, args.device, args.dtype)
     if "num_frames" in opts.extra and not _takes(pipe, "num_frames"):
         raise ValueError(f"--num-frames: {model!r} ({type(pipe).__name__}) makes images, not videos")
@@ -517,6 +607,10 @@ def register(sub) -> None:
     p.add_argument("--num-frames", type=int, default=None,
                    help="video models: frames per video (default: the model's; demo-ar_video: 61)")
     p.add_argument("--fps", type=int, default=16, help="video models: frames per second of the MP4/GIF")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="refuse sizes with more pixels per image/frame than this (4096 x 4096)")
+    p.add_argument("--no-memory-check", action="store_true",
+                   help="run even when the estimated memory of a call exceeds the free memory")
     p.add_argument("--compare-baseline", action="store_true",
                    help="also time each batch unaccelerated and print the speedup")
     p.add_argument("--device", default="cuda" if _torch.cuda.is_available() else "cpu")

@@ -85,3 +85,32 @@ def test_two_processes_split_and_merge(tmp_path):
     assert [r["key"] for r in records] == ["00000_00", "00001_00", "00002_00"]
     assert {r["rank"] for r in records} == {0, 1}
     assert not list(out.glob("manifest.rank*.jsonl"))
+
+
+def test_huge_sizes_are_refused_before_loading(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("model loaded"))
+    assert cli.main(["generate", "--prompt", "a red circle", "--width", "100000", "--height", "100000",
+                     "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "--height/--width 100000 x 100000 = 10,000,000,000 pixels" in err and "--max-pixels" in err
+    rows = _write(tmp_path, "p.jsonl", '{"prompt": "x", "height": 8192, "width": 8192}\n')
+    assert cli.main(["generate", "--prompts", str(rows), "--model", "sd", "--out", str(tmp_path)]) == 2
+    assert "item 0 ('x') height/width 8192 x 8192" in capsys.readouterr().err
+
+
+def test_memory_estimate_refuses_what_does_not_fit(tmp_path, monkeypatch, capsys):
+    from accelerate_diffusion import generate as gen
+    from accelerate_diffusion.testing import make_pipeline
+
+    pipe = make_pipeline("sd")
+    small, large = gen.estimate_memory(pipe, 64, 64), gen.estimate_memory(pipe, 128, 128)
+    assert large == 4 * small and gen.estimate_memory(pipe, 64, 64, batch=3) == 3 * small
+    assert gen.estimate_memory(pipe, 100_000, 100_000) > 2**40          # > 1 TiB: no machine here has it
+    monkeypatch.setattr(gen, "available_memory", lambda device: 2**18)  # 0.25 MiB free
+    args = ["generate", "--prompt", "x", "--model", "sd", "--preset", "off", "--steps", "2",
+            "--height", "64", "--width", "64", "--out", str(tmp_path / "o"), "--quiet"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "64 x 64" in err and "needs an estimated 0.5 MiB but 0.2 MiB is free" in err and "--no-memory-check" in err
+    assert cli.main(args + ["--no-memory-check"]) == 0
