@@ -1,7 +1,9 @@
 """Batch generation: prompts file in, images/videos plus a JSONL manifest out.
 
-Resumable (finished items are skipped; files are written under a temporary name and
-renamed, so an interrupt never leaves a half-written file recorded as done) and
+Resumable (finished items are skipped when the settings recorded with them in the manifest
+match; items made with other settings stop the run unless ``overwrite``; files are written
+under a temporary name and renamed, so an interrupt never leaves a half-written file
+recorded as done) and
 scalable: under ``accelerate launch --num_processes N`` the items are split across
 processes with HF Accelerate and one merged manifest is written at the end.
 """
@@ -120,6 +122,8 @@ class GenerateOptions:
     fps: int = 16
     max_pixels: int = DEFAULT_MAX_PIXELS
     memory_check: bool = True
+    model: str | None = None        # the name it was loaded by, for the manifest
+    overwrite: bool = False         # replace items made with other settings (else refuse)
     extra: dict = field(default_factory=dict)   # fixed call kwargs (e.g. max_sequence_length)
 
 
@@ -375,18 +379,57 @@ def _to_pil(image):
     return Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array)
 
 
-def _done_keys(out: Path) -> set[str]:
-    """Items recorded in any manifest whose files all exist."""
-    done = set()
-    for manifest in out.glob("manifest*.jsonl"):
+def _done_records(out: Path) -> dict[str, dict]:
+    """The last record of each item in any manifest (the merged one first); ``complete`` says
+    whether all its files exist (an interrupted item's are not all there: it is redone)."""
+    records: dict[str, dict] = {}
+    for manifest in sorted(out.glob("manifest*.jsonl")):
         for line in manifest.read_text().splitlines():
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
+                key = record["key"]
+            except (json.JSONDecodeError, KeyError, TypeError):
                 continue                     # a line cut by an interrupt: redo that item
-            if all((out / name).exists() for name in record.get("files", [])):
-                done.add(record["key"])
-    return done
+            record["complete"] = all((out / name).exists() for name in record.get("files", []))
+            records[key] = record
+    return records
+
+
+def _scheduler_id(pipe) -> str | None:
+    """Scheduler class and a short digest of its config (shift, sigmas, ... change the output)."""
+    import hashlib
+
+    scheduler = getattr(pipe, "scheduler", None)
+    if scheduler is None:
+        return None
+    config = {k: v for k, v in dict(getattr(scheduler, "config", {})).items() if not k.startswith("_")}
+    digest = hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{type(scheduler).__name__}:{digest}"
+
+
+def settings_of(pipe, item: Item, opts: GenerateOptions) -> dict:
+    """Everything that changes an item's output; resume keeps a file only when these match."""
+    settings = {
+        "model": opts.model or getattr(getattr(pipe, "config", None), "_name_or_path", None)
+        or type(pipe).__name__,
+        "pipeline": type(pipe).__name__, "dtype": str(getattr(pipe, "dtype", "")).replace("torch.", ""),
+        "scheduler": _scheduler_id(pipe), "preset": opts.preset, "overrides": opts.overrides,
+        "prompt": item.prompt, "negative_prompt": item.negative_prompt, "seed": _seed(item, opts),
+        "steps": item.steps or opts.steps,
+        "guidance": item.guidance if item.guidance is not None else opts.guidance,
+        "height": _size_of(item, opts, "height"), "width": _size_of(item, opts, "width"),
+        "num_images_per_prompt": opts.num_images_per_prompt, "call": opts.extra,
+    }
+    if _takes(pipe, "num_frames"):
+        settings["fps"] = opts.fps
+    return json.loads(json.dumps(settings, default=str))       # as a manifest line reads back
+
+
+def _differences(old: dict | None, new: dict) -> str:
+    if old is None:
+        return "settings not recorded (an older manifest)"
+    names = [k for k in new if old.get(k) != new[k]] + [k for k in old if k not in new]
+    return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in names[:4])
 
 
 def generate(pipe, items: list[Item], opts: GenerateOptions, progress: bool = True) -> dict:
@@ -401,8 +444,25 @@ def generate(pipe, items: list[Item], opts: GenerateOptions, progress: bool = Tr
     opts.out.mkdir(parents=True, exist_ok=True)
     check_sizes(items, opts, size_factor(pipe))
     check_memory(pipe, items, opts)
-    done = _done_keys(opts.out)
-    todo = [i for i in items if i.key(0) not in done]
+    previous = _done_records(opts.out)
+    todo, changed = [], []
+    for item in items:
+        record = previous.get(item.key(0))
+        if record is None or not record["complete"]:
+            todo.append(item)
+        elif record.get("settings") != settings_of(pipe, item, opts):
+            changed.append((item, record))
+            todo.append(item)
+    if changed and not opts.overwrite:
+        item, record = changed[0]
+        raise ValueError(f"--out {opts.out}: {len(changed)} of {len(items)} item(s) were made with other "
+                         f"settings (item {item.index}: {_differences(record.get('settings'), settings_of(pipe, item, opts))}); "
+                         f"use another --out, or --overwrite to replace them")
+    if state.is_main_process:
+        for _, record in changed:             # --overwrite: stale files go first (an interrupt redoes them)
+            for name in record.get("files", []):
+                (opts.out / name).unlink(missing_ok=True)
+    state.wait_for_everyone()
     manifest_path = opts.out / (f"manifest.rank{state.process_index}.jsonl" if state.num_processes > 1
                                 else "manifest.jsonl")
     accelerate(pipe, opts.preset, **opts.overrides)
@@ -434,7 +494,8 @@ def generate(pipe, items: list[Item], opts: GenerateOptions, progress: bool = Tr
                     record = {"key": item.key(0), **{k: v for k, v in asdict(item).items() if v is not None},
                               "seed": _seed(item, opts), "files": files, "preset": opts.preset,
                               "overrides": opts.overrides, "techniques": techniques,
-                              "seconds": round(elapsed / len(batch), 4), "rank": state.process_index}
+                              "seconds": round(elapsed / len(batch), 4), "rank": state.process_index,
+                              "settings": settings_of(pipe, item, opts)}
                     if hasattr(outputs, "frames"):
                         record.update(frames=len(outputs.frames[0]), fps=opts.fps)
                         kind = "video"
@@ -449,7 +510,8 @@ def generate(pipe, items: list[Item], opts: GenerateOptions, progress: bool = Tr
     state.wait_for_everyone()
     if state.is_main_process and state.num_processes > 1:
         _merge_manifests(opts.out)
-    summary = {"items": len(items), "skipped_done": len(items) - len(todo), "assigned": assigned,
+    summary = {"items": len(items), "skipped_done": len(items) - len(todo), "replaced": len(changed),
+               "assigned": assigned,
                "generated": generated, "kind": kind,
                "seconds": seconds, "images_per_s": generated / seconds if seconds else 0.0,
                "process": state.process_index, "processes": state.num_processes}
@@ -555,8 +617,9 @@ def run_cli(args) -> int:
                            guidance=args.guidance, batch_size=args.batch_size,
                            num_images_per_prompt=args.num_images_per_prompt,
                            compare_baseline=args.compare_baseline, fps=args.fps,
-                           max_pixels=args.max_pixels, memory_check=not args.no_memory_check)
-    model = args.model or "demo-dit"
+                           max_pixels=args.max_pixels, memory_check=not args.no_memory_check,
+                           overwrite=args.overwrite)
+    model = opts.model = args.model or "demo-dit"
     factor, opts.extra, defaults = model_defaults(model, args.size, args.num_frames)
     for name, value in defaults.items():
         if getattr(opts, name) is None:
@@ -572,6 +635,8 @@ def run_cli(args) -> int:
             f"{summary['images_per_s']:.2f} {unit}/s")
     if "speedup" in summary:
         line += f", speedup vs baseline {summary['speedup']:.2f}x"
+    if summary["replaced"]:
+        line += f"; replaced {summary['replaced']} item(s) made with other settings (--overwrite)"
     if summary["processes"] > 1:
         line = f"[process {summary['process']}/{summary['processes']}] " + line
     print(line)
@@ -596,7 +661,12 @@ def register(sub) -> None:
     p.add_argument("--size", default="micro", choices=["micro", "small"], help="tiny pipeline size")
     p.add_argument("--preset", default="balanced", choices=list(PRESETS))
     p.add_argument("--set", action="append", default=[], metavar="TECH.FIELD=VALUE")
-    p.add_argument("--out", required=True, help="output folder (rerun to resume)")
+    p.add_argument("--out", required=True,
+                   help="output folder. Rerun to resume: items whose manifest settings (model, preset, "
+                        "--set, steps, guidance, size, seed, scheduler, prompt, ...) match are skipped; "
+                        "items made with other settings stop the run with an error unless --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="regenerate items in --out made with other settings, replacing their files")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--num-images-per-prompt", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="base seed; item i uses seed+i unless its row sets one")

@@ -114,3 +114,35 @@ def test_memory_estimate_refuses_what_does_not_fit(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err.strip()
     assert "64 x 64" in err and "needs an estimated 0.5 MiB but 0.2 MiB is free" in err and "--no-memory-check" in err
     assert cli.main(args + ["--no-memory-check"]) == 0
+
+
+def test_resume_only_keeps_items_made_with_the_same_settings(tmp_path, capsys):
+    prompts = _write(tmp_path, "p.txt", "a red circle\na blue square\n")
+    out = tmp_path / "out"
+    base = ["generate", "--prompts", str(prompts), "--model", "sd", "--out", str(out), "--quiet"]
+    first = base + ["--preset", "fast", "--steps", "3"]
+    assert cli.main(first) == 0
+    capsys.readouterr()
+    (record,) = [r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines()) if r["index"] == 0]
+    settings = record["settings"]
+    assert (settings["model"], settings["preset"], settings["steps"], settings["seed"]) == ("sd", "fast", 3, 0)
+    assert settings["scheduler"].startswith("DDIMScheduler:") and settings["height"] == 32
+    before = (out / "00000_00.png").read_bytes()
+
+    changed = base + ["--preset", "off", "--steps", "2"]
+    assert cli.main(changed) == 2                      # refused: nothing is silently kept or replaced
+    err = capsys.readouterr().err.strip()
+    assert "2 of 2 item(s) were made with other settings" in err and "--overwrite" in err
+    assert "preset 'fast' -> 'off'" in err and "steps 3 -> 2" in err and len(err.splitlines()) == 1
+    assert (out / "00000_00.png").read_bytes() == before
+
+    assert cli.main(changed + ["--overwrite"]) == 0
+    assert "replaced 2 item(s) made with other settings" in capsys.readouterr().out
+    assert (out / "00000_00.png").read_bytes() != before
+    assert cli.main(changed) == 0
+    assert "(2 of 2 already done)" in capsys.readouterr().out
+    assert cli.main(changed + ["--seed", "5"]) == 2     # the seed is a setting too
+    assert "seed 0 -> 5" in capsys.readouterr().err
+    _write(tmp_path, "p.txt", "a red circle\na green star\n")   # line 2 now asks for another picture
+    assert cli.main(changed) == 2
+    assert "1 of 2 item(s)" in capsys.readouterr().err
