@@ -656,29 +656,33 @@ def register(sub) -> None:
     p.add_argument("--prompt", default=None, help="a single prompt")
     p.add_argument("--prompts", default=None, help="prompts file: .txt (one per line), .jsonl or .csv "
                    "with columns prompt, negative_prompt, seed, height, width, steps, guidance")
-    p.add_argument("--model", default=None, help="diffusers id or local path, demo-unet, demo-dit "
-                   "(default), or a tiny test pipeline name (sd, sdxl, pixart, sd3, flux, wan)")
+    p.add_argument("--model", default=None, help="diffusers id or local path, demo-dit (default), demo-unet, "
+                   "demo-ar_video (video), or a tiny test pipeline name (sd, sdxl, pixart, sd3, flux, wan)")
     p.add_argument("--size", default="micro", choices=["micro", "small"], help="tiny pipeline size")
-    p.add_argument("--preset", default="balanced", choices=list(PRESETS))
-    p.add_argument("--set", action="append", default=[], metavar="TECH.FIELD=VALUE")
+    p.add_argument("--preset", default="balanced", choices=list(PRESETS), help="acceleration preset")
+    p.add_argument("--set", action="append", default=[], metavar="TECH.FIELD=VALUE",
+                   help="override a technique setting of the preset, e.g. block_cache.schedule=fora:2 or "
+                        "guidance=off (repeatable)")
     p.add_argument("--out", required=True,
                    help="output folder. Rerun to resume: items whose manifest settings (model, preset, "
                         "--set, steps, guidance, size, seed, scheduler, prompt, ...) match are skipped; "
                         "items made with other settings stop the run with an error unless --overwrite")
     p.add_argument("--overwrite", action="store_true",
                    help="regenerate items in --out made with other settings, replacing their files")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--num-images-per-prompt", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1, help="prompts per pipeline call")
+    p.add_argument("--num-images-per-prompt", type=int, default=1, help="outputs per prompt (images or videos)")
     p.add_argument("--seed", type=int, default=0, help="base seed; item i uses seed+i unless its row sets one")
-    p.add_argument("--height", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--height", type=int, default=None, help="pixels (default: the model's; demo models 64)")
+    p.add_argument("--width", type=int, default=None, help="pixels (default: the model's; demo models 64)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps, 1 to 1000 (default: the model's; "
+                   "demo-dit/demo-unet 25, demo-ar_video 8)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's; "
+                   "demo-dit/demo-unet 5, demo-ar_video 3)")
     p.add_argument("--num-frames", type=int, default=None,
                    help="video models: frames per video (default: the model's; demo-ar_video: 61)")
     p.add_argument("--fps", type=int, default=16, help="video models: frames per second of the MP4/GIF")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help="refuse sizes with more pixels per image/frame than this (4096 x 4096)")
+                   help="refuse sizes with more pixels per image/frame than this (default: %(default)s = 4096 x 4096)")
     p.add_argument("--no-memory-check", action="store_true",
                    help="run even when the estimated memory of a call exceeds the free memory")
     p.add_argument("--compare-baseline", action="store_true",

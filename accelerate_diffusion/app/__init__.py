@@ -152,7 +152,24 @@ def build_app(comparer: Comparer | None = None, default_model: str | None = None
     return app
 
 
+def check_port(host: str, port: int) -> None:
+    """A busy port is one line naming --port, not Gradio's 18-line OSError after the app is built."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.bind((host, port))
+    except OSError as exc:
+        raise ValueError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                         f"choose a free port, e.g. --port {port + 1}") from None
+
+
 def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False):
+    check_port(host, port)
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise ValueError("app: Gradio is not installed; pip install 'accelerate-diffusion[app]'") from None
     app = build_app()
     app.launch(server_name=host, server_port=port, share=share, show_error=True)
 
@@ -161,5 +178,5 @@ def register(sub) -> None:
     """Add the ``app`` subcommand to the CLI."""
     p = sub.add_parser("app", help="Gradio app: baseline and accelerated side by side")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=int, default=7860, help="port to serve on")
     p.set_defaults(func=lambda args: launch(args.host, args.port) or 0)
