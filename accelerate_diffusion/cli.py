@@ -80,8 +80,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 # Numeric options shared by several subcommands, checked in one place: (lowest, highest) allowed.
-RANGES = {"steps": (1, 1000), "repeats": (1, 1000), "warmup": (0, 100), "height": (8, 65536),
-          "width": (8, 65536), "guidance": (0.0, 100.0), "port": (1, 65535)}
+RANGES = {"steps": (1, 1000), "repeats": (1, 1000), "warmup": (0, 100), "height": (8, 1_048_576),
+          "width": (8, 1_048_576), "guidance": (0.0, 100.0), "port": (1, 65535)}
 
 
 def check_ranges(args) -> None:

@@ -10,7 +10,6 @@ processes with HF Accelerate and one merged manifest is written at the end.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
@@ -20,90 +19,9 @@ from typing import Any
 
 import torch
 
-ITEM_FIELDS = ("prompt", "negative_prompt", "seed", "height", "width", "steps", "guidance")
-LIMITS = {"height": (8, 65536), "width": (8, 65536), "steps": (1, 1000), "guidance": (0.0, 100.0)}
+from .prompts import Item, parse_row, read_prompts
+
 DEFAULT_MAX_PIXELS = 4096 * 4096      # per image or video frame; --max-pixels raises it
-
-
-@dataclass
-class Item:
-    """One generation request; ``index`` is its row in the input, which names its files."""
-
-    index: int
-    prompt: str
-    negative_prompt: str | None = None
-    seed: int | None = None
-    height: int | None = None
-    width: int | None = None
-    steps: int | None = None
-    guidance: float | None = None
-
-    def key(self, image: int) -> str:
-        return f"{self.index:05d}_{image:02d}"
-
-
-def _typed(row: dict, where: str) -> dict:
-    """Validate one row's fields and types; errors name the row (line) and the field."""
-    unknown = sorted(set(row) - set(ITEM_FIELDS))
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(ITEM_FIELDS)}")
-    out: dict[str, Any] = {}
-    prompt = row.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"{where}: 'prompt' must be a non-empty string")
-    out["prompt"] = prompt.strip()
-    if row.get("negative_prompt") not in (None, ""):
-        out["negative_prompt"] = str(row["negative_prompt"])
-    for name, kind in (("seed", int), ("height", int), ("width", int), ("steps", int), ("guidance", float)):
-        value = row.get(name)
-        if value in (None, ""):
-            continue
-        try:
-            number = kind(value)
-            if kind is int and float(value) != number:
-                raise ValueError
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: '{name}' must be {'an integer' if kind is int else 'a number'}, "
-                             f"got {value!r}") from None
-        if name in LIMITS and not LIMITS[name][0] <= number <= LIMITS[name][1]:
-            raise ValueError(f"{where}: '{name}' = {number} is out of range; allowed "
-                             f"[{LIMITS[name][0]}, {LIMITS[name][1]}]")
-        out[name] = number
-    return out
-
-
-def read_prompts(path: str | os.PathLike) -> list[Item]:
-    """Read a .txt (one prompt per line), .jsonl or .csv prompts file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"prompts file: {str(path)!r} does not exist")
-    suffix = path.suffix.lower()
-    rows: list[tuple[int, dict]] = []
-    with open(path, newline="", encoding="utf-8") as f:
-        if suffix == ".jsonl":
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path.name} line {line_no}: not valid JSON ({exc.msg})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path.name} line {line_no}: expected a JSON object")
-                rows.append((line_no, row))
-        elif suffix == ".csv":
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or "prompt" not in reader.fieldnames:
-                raise ValueError(f"{path.name} line 1: the CSV header must include 'prompt'")
-            for row in reader:
-                if None in row:
-                    raise ValueError(f"{path.name} line {reader.line_num}: more values than header columns")
-                rows.append((reader.line_num, row))
-        else:
-            rows = [(n, {"prompt": line.rstrip("\n")}) for n, line in enumerate(f, 1) if line.strip()]
-    if not rows:
-        raise ValueError(f"prompts file: {path.name} contains no prompts")
-    return [Item(index=i, **_typed(row, f"{path.name} line {line_no}")) for i, (line_no, row) in enumerate(rows)]
 
 
 @dataclass
@@ -604,7 +522,7 @@ def run_cli(args) -> int:
 
     if bool(args.prompt) == bool(args.prompts):
         raise ValueError("generate: give exactly one of --prompt or --prompts FILE")
-    items = read_prompts(args.prompts) if args.prompts else [Item(0, **_typed({"prompt": args.prompt}, "--prompt"))]
+    items = read_prompts(args.prompts) if args.prompts else [Item(0, **parse_row({"prompt": args.prompt}, "--prompt"))]
     get_preset(args.preset)
     overrides = parse_overrides(args.set)
     for name in ("batch_size", "num_images_per_prompt", "fps", "max_pixels"):
@@ -654,8 +572,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("generate", help="generate images/videos for a prompt or a prompts file")
     p.add_argument("--prompt", default=None, help="a single prompt")
-    p.add_argument("--prompts", default=None, help="prompts file: .txt (one per line), .jsonl or .csv "
-                   "with columns prompt, negative_prompt, seed, height, width, steps, guidance")
+    p.add_argument("--prompts", default=None, help="prompts file: .txt (one per line, # comments), .jsonl or "
+                   ".csv with fields prompt, negative_prompt, seed, height, width, steps, guidance")
     p.add_argument("--model", default=None, help="diffusers id or local path, demo-dit (default), demo-unet, "
                    "demo-ar_video (video), or a tiny test pipeline name (sd, sdxl, pixart, sd3, flux, wan)")
     p.add_argument("--size", default="micro", choices=["micro", "small"], help="tiny pipeline size")

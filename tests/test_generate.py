@@ -33,7 +33,7 @@ def test_read_prompts_txt_jsonl_csv(tmp_path):
     ("bad3.jsonl", '{"prompt": "ok", "colour": 1}\n', "bad3.jsonl line 1: unknown field\\(s\\) colour"),
     ("bad.csv", "prompt,steps\nx,0\n", "bad.csv line 2: 'steps' = 0 is out of range"),
     ("nohead.csv", "text\nx\n", "must include 'prompt'"),
-    ("empty.txt", "\n\n", "contains no prompts"),
+    ("empty.txt", "\n\n# a comment\n", "no prompt in"),
 ])
 def test_read_prompts_errors_name_the_line(tmp_path, name, text, message):
     with pytest.raises(ValueError, match=message):
@@ -43,7 +43,7 @@ def test_read_prompts_errors_name_the_line(tmp_path, name, text, message):
 def test_missing_file_and_bad_size_fail_before_loading(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("model loaded"))
     assert cli.main(["generate", "--prompts", str(tmp_path / "nope.txt"), "--out", str(tmp_path)]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "prompts: file not found" in capsys.readouterr().err
     assert cli.main(["generate", "--prompt", "x", "--model", "sd3", "--height", "40",
                      "--out", str(tmp_path)]) == 2
     assert "height 40 is not a multiple of 16" in capsys.readouterr().err

@@ -75,21 +75,10 @@ def parse_configs(presets: Sequence[str | EvalConfig], overrides: dict | None = 
 
 
 def read_prompts(prompts: str | os.PathLike | Sequence[str]) -> list[str]:
-    """A list of prompts, or a text file with one per line (blank lines and # comments skipped)."""
-    if isinstance(prompts, (str, os.PathLike)):
-        path = os.fspath(prompts)
-        if not os.path.isfile(path):
-            raise ValueError(f"prompts: file not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            prompts = [line.strip() for line in f]
-        prompts = [p for p in prompts if p and not p.startswith("#")]
-        if not prompts:
-            raise ValueError(f"prompts: no prompt in {path} (one prompt per line)")
-        return prompts
-    prompts = [str(p) for p in prompts]
-    if not prompts or any(not p.strip() for p in prompts):
-        raise ValueError("prompts: expected a non-empty list of non-empty prompts")
-    return prompts
+    """A list of prompts, or a prompts file in any format ``generate`` reads (prompt texts only)."""
+    from ..prompts import prompt_texts
+
+    return prompt_texts(prompts, "eval")
 
 
 # -- measurement helpers -------------------------------------------------------------------
@@ -403,7 +392,8 @@ def register(sub) -> None:
     ev.add_argument("--model", required=True,
                     help="tiny test pipeline (sd, sdxl, pixart, sd3, flux, wan), demo-unet, "
                          "demo-dit, or a diffusers model id / local path")
-    ev.add_argument("--prompts", required=True, help="text file, one prompt per line")
+    ev.add_argument("--prompts", required=True, help="prompts file: .txt (one per line, # comments), .jsonl "
+                    "or .csv with a 'prompt' field (the formats generate reads)")
     ev.add_argument("--presets", default="off,quality,balanced,fast,max",
                     help=f"comma-separated presets ({', '.join(PRESETS)}); off is always included")
     ev.add_argument("--steps", type=int, default=10)
