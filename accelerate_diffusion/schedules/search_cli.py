@@ -74,7 +74,11 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--generations", type=int, default=10, help="pymoo generations (the seeded population is the first)")
     p.add_argument("--population", type=int, default=72)
-    p.add_argument("--metric", default="ssim", choices=list(METRICS))
+    from ..eval.models import lpips_missing
+
+    # LPIPS is offered only where torchvision is installed (no extra of this package installs it).
+    metrics = [m for m in METRICS if m != "lpips" or not lpips_missing()]
+    p.add_argument("--metric", default="ssim", choices=metrics, help="quality loss vs the uncached outputs")
     p.add_argument("--seed", type=int, default=0, help="prompt i uses seed+i; also seeds the search")
     p.add_argument("--mutation", type=float, default=SearchConfig.mutation_prob, help="bit-flip probability per bit")
     p.add_argument("--batch-size", type=int, default=0, help="prompts per pipeline call (0: all)")
