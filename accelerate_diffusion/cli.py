@@ -36,7 +36,7 @@ def _bench(args) -> int:
     label = f"{args.pipeline}" + (f" ({args.size})" if args.pipeline in testing.PIPELINES else "")
     label += f", {args.steps} steps"
     result = run_bench(pipe, make_kwargs, args.preset, overrides, repeats=args.repeats,
-                       warmup=args.warmup, label=label)
+                       warmup=args.warmup, label=label, progress=not args.quiet)
     print(result.table())
     if args.report:
         print(result.report)
@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     bench.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     bench.add_argument("--report", action="store_true", help="also print the acceleration report")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.add_argument("--json", default=None, help="write the figures to this JSON file")
     bench.set_defaults(func=_bench)
 

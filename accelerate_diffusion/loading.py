@@ -40,11 +40,24 @@ def load_pipeline(name: str, size: str = "micro", device: str = "cpu", dtype: st
         if not name.startswith("demo-") or kind not in kinds:
             hint = f" (did you mean demo-{kind}?)" if kind in kinds else ""
             raise ValueError(f"--model: unknown demo model {name!r}{hint}; demo models: {', '.join(demo_names())}")
-        pipe = demo.load_pipeline(kind)
+        pipe = _quietly(demo.load_pipeline, kind)
     else:
         pipe = _from_pretrained(name, dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _quietly(load, *args):
+    """Load without transformers' weight-loading progress bar (a CLI prints its own lines)."""
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        return load(*args)
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def _from_pretrained(name: str, dtype: str):
