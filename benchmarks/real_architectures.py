@@ -21,6 +21,7 @@ the whole denoiser (Amdahl).
     python benchmarks/real_architectures.py                      # every model, every preset (~30 min)
     python benchmarks/real_architectures.py --models sd15,flux_dev --presets off,fast
     python benchmarks/real_architectures.py --write-docs         # also rewrites docs/real_models.md
+    python benchmarks/real_architectures.py --models none --write-docs   # the docs from saved results
 
 Results are kept per model in ``benchmarks/results/real_architectures.json``; ``--write-docs``
 builds docs/real_models.md from that file, so models can be run in separate invocations.
@@ -242,6 +243,16 @@ def write_doc(results: dict, presets: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+README_MODELS = ("sd15", "sdxl", "pixart_alpha_1024", "sd3_medium", "flux_dev", "wan21_14b")
+
+
+def readme_column(results: dict, preset: str) -> str:
+    """The README preset table's "MACs on the real model" cell for one preset."""
+    cells = [f"{PUBLISHED[m].title.replace('Stable Diffusion ', 'SD')} {_ratio(results, m, preset)}"
+             for m in README_MODELS if (results.get(m) or {}).get("presets", {}).get(preset)]
+    return ", ".join(cells) or "-"
+
+
 def _ratio(results: dict, model: str, key: str, variant: bool = False) -> str:
     res = results.get(model) or {}
     base = (res.get("presets", {}).get("off") or {}).get("macs")
@@ -278,23 +289,25 @@ def _papers(results: dict) -> list[str]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default=",".join(PUBLISHED), help="comma-separated: " + ", ".join(PUBLISHED))
-    parser.add_argument("--presets", default=",".join(PRESETS), help="comma-separated: " + ", ".join(PRESETS))
+    parser.add_argument("--models", default=",".join(PUBLISHED),
+                        help="comma-separated: " + ", ".join(PUBLISHED) + "; or none (--write-docs from saved results)")
+    parser.add_argument("--presets", default=",".join(PRESETS),
+                        help="comma-separated: " + ", ".join(PRESETS) + "; or none")
     parser.add_argument("--steps", type=int, default=None, help="override the published step count (not saved)")
     parser.add_argument("--no-attention", action="store_true", help="skip the sparse-attention probe")
     parser.add_argument("--variants", action="store_true", help="also run single techniques at papers' settings")
     parser.add_argument("--write-docs", action="store_true", help=f"rewrite {os.path.relpath(DOC, ROOT)}")
     args = parser.parse_args(argv)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    models = [m.strip() for m in args.models.split(",") if m.strip() and m.strip() != "none"]
+    presets = [p.strip() for p in args.presets.split(",") if p.strip() and p.strip() != "none"]
     for m in models:
         if m not in PUBLISHED:
             parser.error(f"--models: unknown model {m!r}; allowed: {', '.join(PUBLISHED)}")
     for p in presets:
         if p not in PRESETS:
             parser.error(f"--presets: unknown preset {p!r}; allowed: {', '.join(PRESETS)}")
-    if "off" not in presets:
-        presets.insert(0, "off")
+    if presets and "off" not in presets:
+        presets.insert(0, "off")          # the ratios' baseline ("none": variants/probe only, saved baseline)
     torch.set_num_threads(1)
     saved = {}
     if os.path.exists(RESULTS):
@@ -325,6 +338,8 @@ def main(argv=None) -> None:
         with open(DOC, "w") as f:
             f.write(write_doc(saved, list(PRESETS)))
         print(f"wrote {os.path.relpath(DOC, ROOT)}")
+        for preset in PRESETS:
+            print(f"README column, {preset}: {readme_column(saved, preset)}")
 
 
 if __name__ == "__main__":
