@@ -18,7 +18,8 @@ within each round (dense, plain, tiled, flex dense), so machine load hits all al
 Both flex variants are checked against the dense masked reference first. For a Hilbert
 curve order the script prints the block coverage only: on a power-of-two grid every
 aligned run of 4^k curve positions is a 2^k x 2^k square, so its 64-token blocks are the
-8x8 tiles in another sequence, and flex would do the same work.
+8x8 tiles in another sequence, and flex would do the same work. ``split``: the lowest
+coverage when queries and keys are tiled differently (any pair of 64-token tiles).
 """
 
 from __future__ import annotations
@@ -64,6 +65,29 @@ def coverage_of_order(spec, order: torch.Tensor, block: int) -> float:
     m = spec.dense_mask()[order][:, order]
     nb = m.shape[0] // block
     return m.reshape(nb, block, nb, block).any(3).any(1).float().mean().item()
+
+
+def best_split_orders(spec, block: int):
+    """Lowest coverage over (query tile, key tile) pairs of ``block``-token tiles: q and k/v
+    may be permuted differently (attention does not care about key order)."""
+    from accelerate_diffusion.kernels.layout import _order
+
+    m = spec.dense_mask()
+    tiles, side = [], 1
+    while side <= block:
+        if block % side == 0 and all(t <= L for t, L in zip((side, block // side), spec.grid)):
+            tiles.append((side, block // side))
+        side *= 2
+    orders = {t: torch.from_numpy(_order(spec, t)) for t in tiles}
+    best = None
+    for tq, oq in orders.items():
+        rows = m[oq]
+        for tk, ok in orders.items():
+            nb = m.shape[0] // block
+            cov = rows[:, ok].reshape(nb, block, nb, block).any(3).any(1).float().mean().item()
+            if best is None or cov < best[0]:
+                best = (cov, tq, tk)
+    return best
 
 
 def main(argv=None):
@@ -143,6 +167,9 @@ def main(argv=None):
         if side & (side - 1) == 0 and n % blk == 0:
             print(f"{lead} | {'hilbert':10s} {coverage_of_order(spec, hilbert_order(side), blk):8.3f}   "
                   "(coverage only)", flush=True)
+            cov, tq, tk = best_split_orders(spec, blk)
+            print(f"{lead} | {'split':10s} {cov:8.3f}   (coverage only: best q tile {tq[0]}x{tq[1]}, "
+                  f"k/v tile {tk[0]}x{tk[1]})", flush=True)
 
 
 if __name__ == "__main__":
