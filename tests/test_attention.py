@@ -185,3 +185,14 @@ def test_presets_use_attention_only_for_wan():
                 assert family.name == "wan" and preset.name == "max"
                 attention.Config(**settings)          # valid
     assert PRESETS["max"].for_family(next(f for f in FAMILIES if f.name == "wan"))["attention"]
+
+
+def test_explicit_xformers_backend_on_cpu_says_it_needs_cuda(pipelines):
+    pipe = pipelines("sd3")
+    accelerate(pipe, "off", attention=dict(window=2, pattern="blocked", backend="xformers"))
+    try:
+        with pytest.raises(RuntimeError, match="backend='xformers': xformers needs CUDA tensors"):
+            run(pipe, "sd3", steps=2)
+        assert "xformers not used" not in _stats(pipe)     # auto only: an explicit choice raises
+    finally:
+        pipe.acceleration.remove()

@@ -5,10 +5,14 @@ in ``BACKEND_CALLS`` so reports can say what actually ran. ``auto`` picks:
 
 1. ``reference`` (plain SDPA, no mask) when the spec is dense, or too dense for a
    sparse kernel to pay off (``density > max_sparse_density``);
-2. ``triton`` for CUDA tensors when triton is installed;
-3. ``flex`` (compiled FlexAttention) when torch.compile works on this device: the
+2. ``xformers`` for CUDA tensors when xformers is installed and the pattern maps to its
+   biases (1D bands, block-diagonal query groups: ``xformers_attention``); otherwise
+   ``xformers_reason`` says why, and the attention report shows it. The order xformers >
+   triton is not measured yet (``benchmarks/bench_attention_gpu.py`` measures it);
+3. ``triton`` for CUDA tensors when triton is installed;
+4. ``flex`` (compiled FlexAttention) when torch.compile works on this device: the
    first failure is reported once and flex is not tried again on that device type;
-4. ``reference`` (dense masked SDPA) otherwise.
+5. ``reference`` (dense masked SDPA) otherwise.
 
 Eager FlexAttention (``flex_eager``) materialises the full score matrix (~8x slower
 than dense on CPU); it is only for correctness checks and is never chosen by ``auto``.
@@ -28,6 +32,7 @@ import torch
 from .flex import flex_attention_sparse, flex_available
 from .masks import MaskSpec
 from .reference import reference_attention
+from .xformers_attention import xformers_attention, xformers_installed, xformers_reason
 
 __all__ = [
     "BACKENDS",
@@ -36,9 +41,10 @@ __all__ = [
     "available_backends",
     "select_backend",
     "last_backend",
+    "xformers_unused_reason",
 ]
 
-BACKENDS = ("triton", "flex", "flex_eager", "reference")
+BACKENDS = ("xformers", "triton", "flex", "flex_eager", "reference")
 BACKEND_CALLS: Counter = Counter()
 _STATE = threading.local()
 _FLEX_BROKEN: dict[str, str] = {}  # device type -> error message of the failed compile
@@ -59,6 +65,15 @@ def _triton_reason(q: torch.Tensor) -> str | None:
     return triton_supports(q)
 
 
+def xformers_unused_reason(q: torch.Tensor, spec: MaskSpec) -> str | None:
+    """Why the xformers backend cannot run ``spec`` on ``q``'s device (None: it can)."""
+    if not q.is_cuda:
+        return "xformers needs CUDA tensors"
+    if not xformers_installed():
+        return "xformers is not installed (pip install 'accelerate-diffusion[xformers]')"
+    return xformers_reason(spec)
+
+
 def _flex_compile_enabled() -> bool:
     return os.environ.get("ACCEL_DIFFUSION_FLEX_COMPILE", "1") not in ("0", "false", "False")
 
@@ -68,6 +83,8 @@ def available_backends(device="cpu") -> list[str]:
     out = []
     dev = torch.device(device)
     interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    if xformers_installed() and dev.type == "cuda":
+        out.append("xformers")
     if triton_installed() and (dev.type == "cuda" or interpreting):
         out.append("triton")
     if flex_available():
@@ -82,6 +99,8 @@ def select_backend(q: torch.Tensor, spec: MaskSpec, max_sparse_density: float = 
     """The backend ``auto`` would use for ``q`` and ``spec``."""
     if spec.density() > max_sparse_density:
         return "reference"
+    if q.is_cuda and xformers_unused_reason(q, spec) is None:
+        return "xformers"
     if q.is_cuda and _triton_reason(q) is None:
         return "triton"
     if flex_available() and _flex_compile_enabled() and q.device.type not in _FLEX_BROKEN:
@@ -132,7 +151,12 @@ def attention(
                 backend = "reference"
             else:
                 return _done(out, "flex")
-    if backend == "triton":
+    if backend == "xformers":
+        reason = xformers_unused_reason(q, spec)
+        if reason:
+            raise RuntimeError(f"backend='xformers': {reason}")
+        out = xformers_attention(q, k, v, spec, scale, permuted=permuted)
+    elif backend == "triton":
         reason = _triton_reason(q)
         if reason:
             raise RuntimeError(reason)

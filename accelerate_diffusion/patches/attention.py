@@ -36,7 +36,7 @@ from . import NotApplicable, PatchContext, PatchHandle, TechniqueHook
 NAME = "attention"
 HOOK = "accel_attention"
 PATTERNS = ("neighborhood", "strided", "blocked", "frame_tile", "criss_cross")
-BACKENDS = ("auto", "flex", "flex_eager", "reference", "triton")
+BACKENDS = ("auto", "flex", "flex_eager", "reference", "triton", "xformers")
 
 
 def _tuple(value):
@@ -154,6 +154,7 @@ class _Runtime:
         self.dense_layers: set[int] = set()
         self._specs: dict = {}
         self.backends: dict[str, int] = {}
+        self.xformers_notes: dict[str, str] = {}   # spec -> why auto did not use xformers (CUDA)
         self.macs_dense = 0      # attention-core MACs of the sparse calls if they ran dense
         self.macs_kernel = 0.0   # the same calls at the mask's density (what a sparse kernel needs)
 
@@ -167,6 +168,7 @@ class _Runtime:
         """On remove(): free the mask specs built for this pipeline."""
         self.reset()
         self._specs.clear()
+        self.xformers_notes.clear()
 
     def details(self) -> dict:
         """Attention-core MACs of the sparse calls dense vs at mask density, the backends that
@@ -208,6 +210,10 @@ class _Runtime:
         spec = self.spec(query.shape[-2], layer)
         out, used = kernels.attention(query, key, value, spec, backend=self.config.backend, scale=scale)
         layer.density, layer.backend = spec.density(), used
+        if query.is_cuda and used != "xformers" and self.config.backend == "auto":
+            reason = kernels.xformers_unused_reason(query, spec)
+            if reason:
+                self.xformers_notes[repr(spec)] = reason
         b, h, n, d = query.shape
         self.macs_dense += 2 * b * h * n * n * d          # QK^T and PV, as FlopCounterMode counts SDPA
         self.macs_kernel += layer.density * 2 * b * h * n * n * d
@@ -235,6 +241,8 @@ class _Runtime:
         sparse = sum(l.sparse_calls for l in self.layers)
         dense = sum(l.dense_calls for l in self.layers)
         weighted = sum(l.sparse_calls * (l.density or 1.0) for l in self.layers) + dense
+        notes = {"xformers not used": "; ".join(sorted(set(self.xformers_notes.values())))} \
+            if self.xformers_notes else {}
         return {
             "token grid": self.last_grid,
             "density per block": text or "no call yet",
@@ -243,6 +251,7 @@ class _Runtime:
             "mean attention density": round(weighted / max(sparse + dense, 1), 4),
             "attention MACs of sparse calls": f"{format_macs(self.macs_kernel)} at mask density "
                                               f"(dense: {format_macs(self.macs_dense)})",
+            **notes,
         }
 
 
