@@ -231,7 +231,7 @@ def _plan(spec: MaskSpec) -> XformersPlan | str:
             else "pattern"
         return (f"not expressible as an xformers bias: this {spec.ndim}D {kind} gives {n_groups} distinct key sets "
                 f"for {spec.grid_size} queries ({mean_group:.1f} queries per set, fewer than {MIN_GROUP}); "
-                "xformers biases express 1D bands and block-diagonal groups only")
+                "the xformers biases used here express 1D bands and block-diagonal query groups")
     plan = _group_plan(spec, inverse, n_groups)
     if plan is None:
         return (f"not expressible as an xformers bias: the block-diagonal form would gather more than "
