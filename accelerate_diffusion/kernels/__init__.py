@@ -13,7 +13,7 @@ backend runs, and xformers only inside ``xformers_attention`` (CUDA).
 """
 
 from .dispatch import (
-    BACKEND_CALLS,
+    AttentionSession,
     BACKENDS,
     attention,
     available_backends,
@@ -38,7 +38,7 @@ from .xformers_attention import plan_for, run_plan, xformers_installed, xformers
 
 __all__ = [
     "BACKENDS",
-    "BACKEND_CALLS",
+    "AttentionSession",
     "BlockLayout",
     "CrissCrossMask",
     "DenseMask",

@@ -39,14 +39,18 @@ def _compiled_flex():
         if _COMPILED is None:
             from torch.nn.attention.flex_attention import flex_attention
 
-            # Every (spec, sequence length) is a new graph: the mask_mod closes over
-            # different tensors. Dynamo's default of 8 graphs per function would make the
-            # 9th shape silently run eager flex (~8x slower than dense), so allow more.
-            cfg = torch._dynamo.config
-            if hasattr(cfg, "recompile_limit"):
-                cfg.recompile_limit = max(cfg.recompile_limit, RECOMPILE_LIMIT)
             _COMPILED = torch.compile(flex_attention, dynamic=False)
         return _COMPILED
+
+
+def _run_compiled(*args, **kwargs):
+    """Every (spec, sequence length) is a new graph (the mask_mod closes over different
+    tensors): dynamo's default of 8 graphs per function would make the 9th shape silently run
+    eager flex (~8x slower than dense). The higher limit holds for this call only."""
+    cfg = torch._dynamo.config
+    limit = max(getattr(cfg, "recompile_limit", RECOMPILE_LIMIT), RECOMPILE_LIMIT)
+    with cfg.patch(recompile_limit=limit):
+        return _compiled_flex()(*args, **kwargs)
 
 
 @lru_cache(maxsize=64)
@@ -107,7 +111,7 @@ def flex_attention_sparse(
     if not permuted:
         q, k, v = layout.permute(q), layout.permute(k), layout.permute(v)
     if compile:
-        out = _compiled_flex()(q, k, v, block_mask=bm, scale=scale)
+        out = _run_compiled(q, k, v, block_mask=bm, scale=scale)
     else:
         from torch.nn.attention.flex_attention import flex_attention
 

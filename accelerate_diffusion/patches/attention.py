@@ -157,6 +157,7 @@ class _Runtime:
         self.xformers_notes: dict[str, str] = {}   # spec -> why auto did not use xformers (CUDA)
         self.macs_dense = 0      # attention-core MACs of the sparse calls if they ran dense
         self.macs_kernel = 0.0   # the same calls at the mask's density (what a sparse kernel needs)
+        self.session = kernels.AttentionSession()   # this pipeline's dispatcher memory (no global state)
 
     def reset(self) -> None:
         self.backends = {}
@@ -169,6 +170,7 @@ class _Runtime:
         self.reset()
         self._specs.clear()
         self.xformers_notes.clear()
+        self.session.clear()
 
     def details(self) -> dict:
         """Attention-core MACs of the sparse calls dense vs at mask density, the backends that
@@ -208,7 +210,8 @@ class _Runtime:
                 "different key length; sparse attention only replaces plain self-attention "
                 f"(use {NAME}.dense_layers or attention=False)")
         spec = self.spec(query.shape[-2], layer)
-        out, used = kernels.attention(query, key, value, spec, backend=self.config.backend, scale=scale)
+        out, used = kernels.attention(query, key, value, spec, backend=self.config.backend, scale=scale,
+                                       session=self.session)
         layer.density, layer.backend = spec.density(), used
         if query.is_cuda and used != "xformers" and self.config.backend == "auto":
             reason = kernels.xformers_unused_reason(query, spec)
