@@ -194,3 +194,15 @@ def test_explicit_xformers_backend_on_cpu_says_it_needs_cuda(pipelines):
         assert "xformers not used" not in _stats(pipe)     # auto only: an explicit choice raises
     finally:
         pipe.acceleration.remove()
+
+
+def test_remove_frees_the_masks_built_for_the_pipeline(pipelines):
+    from accelerate_diffusion.kernels import flex, masks
+
+    pipe = pipelines("pixart")
+    accelerate(pipe, "off", attention=dict(window=0.5, backend="reference"))
+    run(pipe, "pixart", steps=2)
+    assert masks._dense_mask_cached.cache_info().currsize > 0       # the reference backend's masks
+    pipe.acceleration.remove()
+    assert masks._dense_mask_cached.cache_info().currsize == 0
+    assert flex._block_mask.cache_info().currsize == 0

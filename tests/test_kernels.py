@@ -38,7 +38,7 @@ from accelerate_diffusion.kernels import dispatch
 from accelerate_diffusion.kernels.flex import flex_attention_sparse, flex_block_mask
 
 # ---------------------------------------------------------------------------
-# An independent, loop-by-loop transcription of the GNA rule (SPECS §5), with
+# An independent, loop-by-loop transcription of the GNA rule, with
 # dilation applied in the dilated sub-grid (NATTEN semantics).
 # ---------------------------------------------------------------------------
 

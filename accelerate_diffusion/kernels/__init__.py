@@ -1,4 +1,4 @@
-"""Sparse and neighborhood attention kernels (SPECS §5).
+"""Sparse and neighborhood attention kernels.
 
 Masks are small frozen spec objects (pure functions of token coordinates on a 1D/2D/3D
 grid, plus optional dense extra tokens such as text). One call runs them on the best
@@ -36,8 +36,19 @@ from .masks import (
 from .reference import naive_attention, reference_attention
 from .xformers_attention import plan_for, run_plan, xformers_installed, xformers_reason
 
+
+def clear_caches() -> None:
+    """Free the memoised masks and block layouts (tensors on the devices they were built for);
+    they are rebuilt on the next call that needs them. ``remove()`` of a sparse-attention
+    acceleration calls this."""
+    from . import flex, layout, masks, reference
+
+    for cached in (flex._block_mask, reference._permuted_mask, masks._dense_mask_cached, layout.block_layout):
+        cached.cache_clear()
+
 __all__ = [
     "BACKENDS",
+    "clear_caches",
     "AttentionSession",
     "BlockLayout",
     "CrissCrossMask",

@@ -1,5 +1,5 @@
 """Sparse / neighborhood attention as a drop-in: image or video self-attention restricted
-to a mask over the token grid (SPECS §5), run by the kernels' ``attention()`` dispatcher.
+to a mask over the token grid, run by the kernels' ``attention()`` dispatcher.
 
 How it plugs in, without copying any diffusers processor:
 
@@ -166,11 +166,12 @@ class _Runtime:
             layer.sparse_calls = layer.dense_calls = 0
 
     def forget(self) -> None:
-        """On remove(): free the mask specs built for this pipeline."""
+        """On remove(): free the mask specs built for this pipeline and the kernels' cached masks."""
         self.reset()
         self._specs.clear()
         self.xformers_notes.clear()
         self.session.clear()
+        kernels.clear_caches()
 
     def details(self) -> dict:
         """Attention-core MACs of the sparse calls dense vs at mask density, the backends that

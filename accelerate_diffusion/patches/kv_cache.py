@@ -1,4 +1,4 @@
-"""Temporal KV-cache compression for autoregressive video (SPECS §6): TempCache.
+"""Temporal KV-cache compression for autoregressive video: TempCache.
 
 Target: diffusers' ``AnyFlowFARPipeline``, which denoises a video chunk by chunk and keeps
 a per-layer KV cache of the chunks already made. Each layer's self-attention processor is
