@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def _quiet_libraries():
     """Library chatter off while a command runs (restored after): transformers' notes that
-    torchvision is missing, diffusers' dtype-cast notes, and PyTorch's advice to compile
+    torchvision is missing and its weight-loading bars, diffusers' dtype-cast notes, and PyTorch's advice to compile
     flex_attention (AnyFlow-FAR's attention; beside the point on CPU). Errors still show."""
     import warnings
 
@@ -147,8 +147,10 @@ def _quiet_libraries():
     from transformers.utils import logging as transformers_logging
 
     levels = transformers_logging.get_verbosity(), diffusers_logging.get_verbosity()
+    bar = transformers_logging.is_progress_bar_enabled()
     transformers_logging.set_verbosity_error()
     diffusers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()       # "Loading weights" of the demo CLIP
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
@@ -156,6 +158,8 @@ def _quiet_libraries():
     finally:
         transformers_logging.set_verbosity(levels[0])
         diffusers_logging.set_verbosity(levels[1])
+        if bar:
+            transformers_logging.enable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
