@@ -43,6 +43,7 @@ class GenerateOptions:
     model: str | None = None        # the name it was loaded by, for the manifest
     overwrite: bool = False         # replace items made with other settings (else refuse)
     extra: dict = field(default_factory=dict)   # fixed call kwargs (e.g. max_sequence_length)
+    auto: dict = field(default_factory=dict)    # preset auto: target_psnr or target_ssim, budget
 
 
 def _size_of(item: Item, opts: GenerateOptions, name: str) -> int | None:
@@ -332,6 +333,7 @@ def settings_of(pipe, item: Item, opts: GenerateOptions) -> dict:
         or type(pipe).__name__,
         "pipeline": type(pipe).__name__, "dtype": str(getattr(pipe, "dtype", "")).replace("torch.", ""),
         "scheduler": _scheduler_id(pipe), "preset": opts.preset, "overrides": opts.overrides,
+        **({"auto": opts.auto} if opts.preset == "auto" else {}),
         "prompt": item.prompt, "negative_prompt": item.negative_prompt, "seed": _seed(item, opts),
         "steps": item.steps or opts.steps,
         "guidance": item.guidance if item.guidance is not None else opts.guidance,
@@ -348,6 +350,18 @@ def _differences(old: dict | None, new: dict) -> str:
         return "settings not recorded (an older manifest)"
     names = [k for k in new if old.get(k) != new[k]] + [k for k in old if k not in new]
     return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in names[:4])
+
+
+def _acceleration(pipe, items: list[Item], opts: GenerateOptions, progress: bool) -> dict:
+    """accelerate()'s keywords: the overrides and, for preset auto, its target and what to
+    calibrate on (this run's call settings and its first two prompts)."""
+    if opts.preset != "auto":
+        return dict(opts.overrides)
+    per_prompt = _per_prompt_arg(pipe)
+    call = {k: v for k, v in _call_kwargs(pipe, items[:1], opts).items()
+            if k not in ("prompt", "negative_prompt", "generator", per_prompt)}
+    return {**opts.overrides, **opts.auto, "calibration": call, "progress": progress,
+            "calibration_prompts": [i.prompt for i in items[:2]]}
 
 
 def generate(pipe, items: list[Item], opts: GenerateOptions, progress: bool = True) -> dict:
@@ -383,7 +397,8 @@ def generate(pipe, items: list[Item], opts: GenerateOptions, progress: bool = Tr
     state.wait_for_everyone()
     manifest_path = opts.out / (f"manifest.rank{state.process_index}.jsonl" if state.num_processes > 1
                                 else "manifest.jsonl")
-    accelerate(pipe, opts.preset, **opts.overrides)
+    acceleration = _acceleration(pipe, items, opts, progress)
+    accelerate(pipe, opts.preset, **acceleration)
     generated, assigned, seconds, baseline_seconds = 0, 0, 0.0, 0.0
     kind, written = ("video" if _takes(pipe, "num_frames") else "image"), []
     if opts.compare_baseline and todo:
@@ -401,7 +416,7 @@ def generate(pipe, items: list[Item], opts: GenerateOptions, progress: bool = Tr
                     start = time.perf_counter()
                     pipe(**_call_kwargs(pipe, batch, opts))
                     baseline_seconds += time.perf_counter() - start
-                    accelerate(pipe, opts.preset, **opts.overrides)
+                    accelerate(pipe, opts.preset, **acceleration)
                 start = time.perf_counter()
                 result = pipe(**_call_kwargs(pipe, batch, opts))
                 elapsed = time.perf_counter() - start
@@ -527,7 +542,16 @@ def run_cli(args) -> int:
     if bool(args.prompt) == bool(args.prompts):
         raise ValueError("generate: give exactly one of --prompt or --prompts FILE")
     items = read_prompts(args.prompts) if args.prompts else [Item(0, **parse_row({"prompt": args.prompt}, "--prompt"))]
-    get_preset(args.preset)
+    auto = {}
+    if args.preset == "auto":
+        if (args.target_psnr is None) == (args.target_ssim is None):
+            raise ValueError("--preset auto: give one quality target, --target-psnr DB or --target-ssim 0..1")
+        auto = {"target_psnr": args.target_psnr} if args.target_psnr is not None else {"target_ssim": args.target_ssim}
+        auto["budget"] = args.calibration_budget
+    else:
+        get_preset(args.preset)
+        if args.target_psnr is not None or args.target_ssim is not None:
+            raise ValueError(f"--target-psnr/--target-ssim: only with --preset auto (got --preset {args.preset})")
     overrides = parse_overrides(args.set)
     for name in ("batch_size", "num_images_per_prompt", "fps", "max_pixels"):
         if getattr(args, name) < 1:
@@ -540,7 +564,7 @@ def run_cli(args) -> int:
                            num_images_per_prompt=args.num_images_per_prompt,
                            compare_baseline=args.compare_baseline, fps=args.fps,
                            max_pixels=args.max_pixels, memory_check=not args.no_memory_check,
-                           overwrite=args.overwrite)
+                           overwrite=args.overwrite, auto=auto)
     model = opts.model = args.model or "demo-dit"
     factor, opts.extra, defaults = model_defaults(model, args.size, args.num_frames)
     for name, value in defaults.items():
@@ -583,7 +607,13 @@ def register(sub) -> None:
     p.add_argument("--model", default=None, help="diffusers id or local path, demo-dit (default), demo-unet, "
                    "demo-ar_video (video), or a tiny test pipeline name (sd, sdxl, pixart, sd3, flux, wan)")
     p.add_argument("--size", default="micro", choices=["micro", "small"], help="tiny pipeline size")
-    p.add_argument("--preset", default="balanced", choices=list(PRESETS), help="acceleration preset")
+    p.add_argument("--preset", default="balanced", choices=[*PRESETS, "auto"],
+                   help="acceleration preset; auto: calibrated on this model for --target-psnr/--target-ssim "
+                        "(once per model, steps, size and guidance; stored in the user cache directory)")
+    p.add_argument("--target-psnr", type=float, default=None, help="--preset auto: PSNR (dB) vs the unaccelerated output")
+    p.add_argument("--target-ssim", type=float, default=None, help="--preset auto: SSIM (0..1) vs the unaccelerated output")
+    p.add_argument("--calibration-budget", type=int, default=6,
+                   help="--preset auto: generations calibration may run (default: %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="TECH.FIELD=VALUE",
                    help="override a technique setting of the preset, e.g. block_cache.schedule=fora:2 or "
                         "guidance=off (repeatable)")

@@ -146,3 +146,24 @@ def test_resume_only_keeps_items_made_with_the_same_settings(tmp_path, capsys):
     _write(tmp_path, "p.txt", "a red circle\na green star\n")   # line 2 now asks for another picture
     assert cli.main(changed) == 2
     assert "1 of 2 item(s)" in capsys.readouterr().err
+
+
+def test_preset_auto_from_the_cli_calibrates_once_and_records_its_target(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    args = ["generate", "--prompt", "a red circle", "--model", "pixart", "--out", str(out), "--preset", "auto",
+            "--target-psnr", "1000", "--calibration-budget", "2", "--steps", "10", "--quiet"]
+    assert cli.main(args) == 0
+    stored = list((tmp_path / "cache").glob("*.json"))
+    assert len(stored) == 1 and "10steps" in stored[0].name
+    record = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
+    assert record["settings"]["auto"] == {"target_psnr": 1000.0, "budget": 2} and record["techniques"] == []
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--preset", "auto"], "--preset auto: give one quality target"),
+    (["--preset", "fast", "--target-psnr", "30"], "--target-psnr/--target-ssim: only with --preset auto"),
+])
+def test_preset_auto_flags_are_checked(tmp_path, capsys, extra, message):
+    assert cli.main(["generate", "--prompt", "a", "--model", "pixart", "--out", str(tmp_path), *extra]) != 0
+    assert message in capsys.readouterr().err

@@ -441,9 +441,9 @@ class _ObserveHook(TechniqueHook):
         super().__init__(ctrl.state)
         self.ctrl = ctrl
 
-    def run(self, module, forward, args, kwargs):
+    def before(self, module, args, kwargs):
         self.ctrl.observe(kwargs)
-        return forward(*args, **kwargs)
+        return False, None, args, kwargs, None
 
 
 def apply(ctx: PatchContext, config: Config) -> PatchHandle:
