@@ -44,7 +44,8 @@ def test_help_shows_defaults_and_explains_set(capsys):
         cli.main(["generate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--batch-size BATCH_SIZE prompts per pipeline call (default: 1)" in text
-    assert "--preset {off,quality,balanced,fast,max} acceleration preset (default: balanced)" in text
+    assert "--preset {off,quality,balanced,fast,max,auto} acceleration preset" in text
+    assert "stored in the user cache directory) (default: balanced)" in text
     assert "--set TECH.FIELD=VALUE override a technique setting" in text
     assert "--overwrite regenerate items" in text and "--max-pixels" in text
     with pytest.raises(SystemExit):
