@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -135,12 +136,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Library chatter off while a command runs (restored after): transformers' notes that
+    torchvision is missing and its weight-loading bars, diffusers' dtype-cast notes, and PyTorch's advice to compile
+    flex_attention (AnyFlow-FAR's attention; beside the point on CPU). Errors still show."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    levels = transformers_logging.get_verbosity(), diffusers_logging.get_verbosity()
+    bar = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()       # "Loading weights" of the demo CLIP
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            yield
+    finally:
+        transformers_logging.set_verbosity(levels[0])
+        diffusers_logging.set_verbosity(levels[1])
+        if bar:
+            transformers_logging.enable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         check_ranges(args)
-        return args.func(args)
+        with _quiet_libraries():
+            return args.func(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

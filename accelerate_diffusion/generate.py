@@ -400,7 +400,7 @@ def generate(pipe, items: list[Item], opts: GenerateOptions, progress: bool = Tr
     acceleration = _acceleration(pipe, items, opts, progress)
     accelerate(pipe, opts.preset, **acceleration)
     generated, assigned, seconds, baseline_seconds = 0, 0, 0.0, 0.0
-    kind, written = "image", []
+    kind, written = ("video" if _takes(pipe, "num_frames") else "image"), []
     if opts.compare_baseline and todo:
         # One untimed call first: the first call of a process pays one-off costs (allocations,
         # kernel selection) that would otherwise be counted against the baseline.
@@ -436,7 +436,6 @@ def generate(pipe, items: list[Item], opts: GenerateOptions, progress: bool = Tr
                               "settings": settings_of(pipe, item, opts)}
                     if hasattr(outputs, "frames"):
                         record.update(frames=len(outputs.frames[0]), fps=opts.fps)
-                        kind = "video"
                     with open(manifest_path, "a") as f:
                         f.write(json.dumps(record) + "\n")
                     generated += per_item

@@ -73,7 +73,8 @@ def test_app_in_a_real_browser(comparer, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     from accelerate_diffusion.app import build_app
 
-    app = build_app(comparer, default_model="sd")
+    # docs/app_screenshot.png: APP_MODEL=demo-dit APP_SCREENSHOT=docs/app_screenshot.png pytest -k browser
+    app = build_app(comparer, default_model=os.environ.get("APP_MODEL", "sd"))
     port = _free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:

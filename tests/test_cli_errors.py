@@ -44,9 +44,24 @@ def test_help_shows_defaults_and_explains_set(capsys):
         cli.main(["generate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--batch-size BATCH_SIZE prompts per pipeline call (default: 1)" in text
-    assert "--preset {off,quality,balanced,fast,max} acceleration preset (default: balanced)" in text
+    assert "--preset {off,quality,balanced,fast,max,auto} acceleration preset" in text
+    assert "stored in the user cache directory) (default: balanced)" in text
     assert "--set TECH.FIELD=VALUE override a technique setting" in text
     assert "--overwrite regenerate items" in text and "--max-pixels" in text
     with pytest.raises(SystemExit):
         cli.main(["bench", "--help"])
     assert "--repeats REPEATS (default: 3)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_fresh_process_prints_the_error_alone(tmp_path):
+    """In a new process the libraries' import-time notes (torchvision missing, ...) would come first."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "accelerate_diffusion.cli", "generate", "--prompt", "x",
+                           "--model", "sd", "--num-frames", "5", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: --num-frames: 'sd' (StableDiffusionPipeline) makes images, not videos"

@@ -40,7 +40,8 @@ def test_wan_video_from_the_cli_writes_mp4_gif_and_resumes(tmp_path, capsys):
         assert _mp4_frames(out / "00000_00.mp4") == (5, 16, 16, 3)
     assert not list(out.glob(".*tmp*"))
     assert cli.main(args) == 0
-    assert "(1 of 1 already done)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "(1 of 1 already done)" in printed and "0.00 videos/s" in printed and "videos: none new" in printed
 
 
 def test_skyreels_video_through_generate(tmp_path):
