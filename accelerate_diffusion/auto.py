@@ -4,7 +4,7 @@
 count, resolution, guidance on/off): it runs one baseline generation on calibration prompts,
 then walks a ladder of settings ordered from mild to aggressive (presets.AUTO_LADDERS) by
 bisection, one accelerated generation per rung tried, and keeps the most aggressive rung whose
-PSNR (or SSIM) against the baseline meets the target. The pick is checked once more on a seed
+PSNR (or SSIM) against the baseline meets the target on every calibration image. The pick is checked once more on a seed
 the search did not see. Every measurement is stored in a JSON file under the user cache
 directory, so later calls and processes (and other targets the stored rungs already decide)
 need no generation at all. Bisection assumes quality falls along the ladder; the verification
@@ -57,11 +57,15 @@ def _images(out) -> torch.Tensor:
 
 
 def _metric(kind: str, reference: torch.Tensor, other: torch.Tensor) -> float:
+    """The worst image's PSNR or SSIM: a rung passes only if every calibration image meets the
+    target (a batch average let one easy prompt hide a hard one, and missed on held-out prompts)."""
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
     if kind == "psnr":
-        return float(peak_signal_noise_ratio(other, reference, data_range=1.0))
-    return float(structural_similarity_index_measure(other, reference, data_range=1.0))
+        per_image = peak_signal_noise_ratio(other, reference, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    else:
+        per_image = structural_similarity_index_measure(other, reference, data_range=1.0, reduction="none")
+    return float(per_image.min())
 
 
 class Calibration:
@@ -99,7 +103,7 @@ def choose(pipe, family, denoiser, trial: Callable, *, target_psnr: float | None
         raise ValueError(f"auto: no calibration ladder for the {family.name} family; use a preset "
                          f"(quality, balanced, fast, max)")
     call = dict(call or {})
-    prompts = list(prompts or PROMPTS[:2])
+    prompts = list(prompts or PROMPTS)
     steps = call.get("num_inference_steps", _default(pipe, "num_inference_steps"))
     guidance = call.get("guidance_scale", _default(pipe, "guidance_scale"))
     key = {"model": fingerprint, "denoiser": type(denoiser).__name__, "steps": steps,
