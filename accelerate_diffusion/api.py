@@ -103,15 +103,24 @@ class Report:
     applied: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     generation: dict = field(default_factory=dict)
+    calibration: dict | None = None
 
     def to_dict(self) -> dict:
         return {"pipeline": self.pipeline, "denoiser": self.denoiser, "family": self.family,
                 "preset": self.preset, "applied": self.applied, "skipped": self.skipped,
-                "generation": self.generation}
+                "generation": self.generation, "calibration": self.calibration}
 
     def __str__(self) -> str:
         lines = [f"accelerate-diffusion: {self.pipeline} ({self.denoiser}, family {self.family}), "
                  f"preset {self.preset!r}"]
+        cal = self.calibration
+        if cal is not None:
+            picked = (f"rung {cal['rung'] + 1} of {cal['of']}" if cal["rung"] >= 0
+                      else "no rung met it: no acceleration")
+            measured = "" if cal["rung"] < 0 else f", measured {cal['measured']:.3f} on the calibration prompts"
+            verified = "" if cal["verified"] is None else f", {cal['verified']:.3f} on a held-out seed"
+            lines.append(f"  auto: target {cal['target']}: {picked}{measured}{verified}; "
+                         f"{cal['generations_run']} generation(s) run; stored in {cal['stored']}")
         if not self.applied:
             lines.append("  applied: nothing (outputs identical to the original pipeline)")
         for item in self.applied:
@@ -156,6 +165,7 @@ class Acceleration:
         self.denoisers = find_denoisers(pipe, family, denoiser_attr, denoiser)   # with Wan 2.2's second expert
         self.plan = plan
         self.measure_macs = measure_macs
+        self.calibration: dict | None = None       # preset "auto": what calibration chose and measured
         self.state = AccelerationState(measure_macs=measure_macs)
         self.handles: list[patches.PatchHandle] = []
         self.skipped: list[dict] = []
@@ -238,7 +248,7 @@ class Acceleration:
                     "stats": {"status": f"sat out: {paused[h.technique]}"} if h.technique in paused else h.statistics()}
                    for h in self.handles]
         return Report(type(self.pipe).__name__, type(self.denoiser).__name__, self.family.name,
-                      self.preset, applied, list(self.skipped), self._generation())
+                      self.preset, applied, list(self.skipped), self._generation(), self.calibration)
 
     def stats(self) -> dict:
         """Machine-readable figures of the last generation: ``"generation"`` (steps, counters,
@@ -316,6 +326,10 @@ def _family(denoiser) -> Family:
     return family
 
 
+AUTO_OPTIONS = ("target_psnr", "target_ssim", "budget", "calibration_prompts", "calibration", "cache_dir",
+                "progress")
+
+
 def accelerate(pipe, preset: str = "balanced", *, measure_macs: bool = False, **overrides):
     """Patch ``pipe`` in place and return it, with a handle at ``pipe.acceleration``.
 
@@ -326,18 +340,45 @@ def accelerate(pipe, preset: str = "balanced", *, measure_macs: bool = False, **
     schedule is a field of its technique: ``block_cache={"schedule": "front/front-03.json"}``
     or ``block_cache={"schedule_dir": "front/", "max_quality_loss": 0.05}`` (DeepCache:
     ``deepcache={"schedule_dir": ...}`` or ``{"point": ...}``).
+
+    ``preset="auto"`` calibrates for a quality target (``target_psnr=`` dB or ``target_ssim=``)
+    on this model and remembers the result (see :mod:`accelerate_diffusion.auto`); options:
+    ``budget`` (generations calibration may run, default 6), ``calibration_prompts``,
+    ``calibration`` (the call arguments to calibrate for: steps, size, guidance), ``cache_dir``.
     """
     denoiser_attr, denoiser = _check_pipeline(pipe)
-    get_preset(preset)
+    auto_options = {k: overrides.pop(k) for k in AUTO_OPTIONS if k in overrides}
+    if preset != "auto":
+        get_preset(preset)
+        if auto_options:
+            raise ValueError(f"{next(iter(auto_options))}: only with preset 'auto' (got preset {preset!r})")
     family = _family(denoiser)
-    plan = build_plan(family, denoiser, preset, overrides)
-    if preset != "off" and not plan:
+    calibration = None
+    if preset == "auto":
+        calibration = _calibrate(pipe, family, denoiser, auto_options)
+        overrides = {**calibration["overrides"], **overrides}
+    plan = build_plan(family, denoiser, "off" if preset == "auto" else preset, overrides)
+    if preset not in ("off", "auto") and not plan:
         warnings.warn(
             f"accelerate_diffusion: preset {preset!r} has no technique available for the "
             f"{family.name} family in this version; the pipeline runs unaccelerated.",
             stacklevel=2)
-    _swap_in(pipe, Acceleration(pipe, preset, family, denoiser_attr, denoiser, plan, measure_macs))
+    handle = Acceleration(pipe, preset, family, denoiser_attr, denoiser, plan, measure_macs)
+    handle.calibration = calibration
+    _swap_in(pipe, handle)
     return pipe
+
+
+def _calibrate(pipe, family, denoiser, options: dict) -> dict:
+    from . import auto
+    from .patches.guidance import model_fingerprint
+
+    options = dict(options)
+    return auto.choose(pipe, family, denoiser, lambda overrides: accelerated(pipe, "off", **overrides),
+                       target_psnr=options.pop("target_psnr", None), target_ssim=options.pop("target_ssim", None),
+                       budget=options.pop("budget", 6), prompts=options.pop("calibration_prompts", None),
+                       call=options.pop("calibration", None), cache=options.pop("cache_dir", None),
+                       progress=options.pop("progress", True), fingerprint=model_fingerprint(denoiser))
 
 
 @contextlib.contextmanager

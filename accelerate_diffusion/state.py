@@ -311,20 +311,43 @@ class _ClockHook(_ModelHook):
         self.clock, self.expert = clock, expert
 
     def new_forward(self, module, *args, **kwargs):
+        # Under torch.compile only the denoiser's own forward is traced: whose call this is and
+        # the step bookkeeping run eagerly in _enter/_leave (a frame walk cannot be traced).
+        outer, measure = self._enter(args, kwargs)
+        if measure:
+            out = self._measured(outer, args, kwargs)
+        else:
+            out = self.fn_ref.original_forward(*args, **kwargs)
+        self._leave(outer)
+        return out
+
+    @torch.compiler.disable
+    def _enter(self, args, kwargs) -> tuple[bool, bool]:
         clock, state = self.clock, self.clock.state
         ours = clock.is_ours()
-        outer = state.in_call
-        state.in_call = ours
+        outer, state.in_call = state.in_call, ours
+        if not ours:
+            return outer, False
         try:
-            if not ours:
-                return self.fn_ref.original_forward(*args, **kwargs)
             clock.claim()
             clock.before_call(args, kwargs, self.expert)
-            if not state.measure_macs:
-                return self.fn_ref.original_forward(*args, **kwargs)
+        except BaseException:
+            state.in_call = outer
+            raise
+        return outer, state.measure_macs
+
+    @torch.compiler.disable
+    def _leave(self, outer: bool) -> None:
+        self.clock.state.in_call = outer
+
+    @torch.compiler.disable
+    def _measured(self, outer: bool, args, kwargs):
+        state = self.clock.state
+        try:
             with MacCounter() as counter:
                 out = self.fn_ref.original_forward(*args, **kwargs)
-            state.macs = (state.macs or 0) + counter.macs
-            return out
-        finally:
+        except BaseException:
             state.in_call = outer
+            raise
+        state.macs = (state.macs or 0) + counter.macs
+        return out

@@ -1,0 +1,177 @@
+"""The published denoisers as data: each model's ``config.json`` numbers and its pipeline's defaults.
+
+Facts only (no weights, nothing downloaded): the denoiser config of each checkpoint on the
+Hugging Face hub, the scheduler class its pipeline ships with (it fixes how many denoiser
+calls a generation makes: PNDM runs 51 for 50 steps), the default resolution, step count and
+guidance of its pipeline or model card, and the per-sample shape of the text embeddings the
+pipeline hands the denoiser (sequence length x width). With these the real architectures can
+be built on the meta device and driven through a whole generation: for a fixed schedule the
+MACs do not depend on the weights (``benchmarks/real_architectures.py``).
+
+Config keys not listed take the diffusers default for the class, which equals the published
+value (or does not change the network, e.g. ``_diffusers_version``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+_SD_BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+@dataclass(frozen=True)
+class Published:
+    """One published checkpoint: its denoiser config and how its pipeline runs it by default."""
+
+    name: str                       # short key, e.g. "sd15"
+    title: str                      # e.g. "Stable Diffusion 1.5"
+    repo: str                       # hub repository whose <subfolder>/config.json these numbers are
+    denoiser: str                   # diffusers class of the denoiser
+    config: dict                    # the denoiser's config.json numbers
+    pipeline: str                   # diffusers pipeline class
+    scheduler: str                  # scheduler class the repository ships
+    scheduler_config: dict
+    height: int
+    width: int
+    steps: int
+    guidance_scale: float           # 0: none (distilled or CFG-free)
+    cfg: str                        # "batched" | "separate" | "distilled" (guidance embedded, one call per step)
+    embeds: dict = field(default_factory=dict)   # pipeline kwarg -> per-sample shape of the text embedding
+    num_frames: int | None = None   # video models
+    extra_call: dict = field(default_factory=dict)   # other pipeline kwargs of the default call
+    notes: str = ""
+
+
+_SD15_UNET = dict(
+    act_fn="silu", attention_head_dim=8, block_out_channels=(320, 640, 1280, 1280), center_input_sample=False,
+    cross_attention_dim=768,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    downsample_padding=1, flip_sin_to_cos=True, freq_shift=0, in_channels=4, layers_per_block=2,
+    mid_block_scale_factor=1, norm_eps=1e-5, norm_num_groups=32, out_channels=4, sample_size=64,
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+)
+
+_PIXART = dict(
+    activation_fn="gelu-approximate", attention_bias=True, attention_head_dim=72, attention_type="default",
+    caption_channels=4096, cross_attention_dim=1152, dropout=0.0, in_channels=4, norm_elementwise_affine=False,
+    norm_eps=1e-6, norm_num_groups=32, norm_type="ada_norm_single", num_attention_heads=16,
+    num_embeds_ada_norm=1000, num_layers=28, out_channels=8, patch_size=2, upcast_attention=False,
+)
+_PIXART_SCHEDULER = ("DPMSolverMultistepScheduler", dict(_SD_BETAS, beta_end=0.02, beta_start=0.0001,
+                                                         beta_schedule="linear", solver_order=2,
+                                                         prediction_type="epsilon"))
+
+_SD3 = dict(attention_head_dim=64, in_channels=16, joint_attention_dim=4096, out_channels=16, patch_size=2,
+            pooled_projection_dim=2048, sample_size=128)
+_FLOW_SD3 = ("FlowMatchEulerDiscreteScheduler", dict(num_train_timesteps=1000, shift=3.0))
+
+_FLUX = dict(attention_head_dim=128, axes_dims_rope=(16, 56, 56), in_channels=64, joint_attention_dim=4096,
+             num_attention_heads=24, num_layers=19, num_single_layers=38, patch_size=1, pooled_projection_dim=768)
+_FLOW_FLUX = ("FlowMatchEulerDiscreteScheduler", dict(
+    num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+    base_image_seq_len=256, max_image_seq_len=4096))
+
+_WAN = dict(added_kv_proj_dim=None, attention_head_dim=128, cross_attn_norm=True, eps=1e-6, freq_dim=256,
+            image_dim=None, in_channels=16, out_channels=16, patch_size=(1, 2, 2),
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=1024, text_dim=4096)
+_UNIPC_WAN = ("UniPCMultistepScheduler", dict(
+    num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
+    solver_order=2, predict_x0=True, solver_type="bh2", lower_order_final=True))
+
+PUBLISHED: dict[str, Published] = {p.name: p for p in (
+    Published(
+        "sd15", "Stable Diffusion 1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5", "UNet2DConditionModel",
+        _SD15_UNET, "StableDiffusionPipeline",
+        "PNDMScheduler", dict(_SD_BETAS, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False),
+        512, 512, 50, 7.5, "batched", {"prompt_embeds": (77, 768)},
+        notes="PNDM (PLMS) makes 51 denoiser calls for 50 steps"),
+    Published(
+        "sd21", "Stable Diffusion 2.1", "stabilityai/stable-diffusion-2-1", "UNet2DConditionModel",
+        dict(_SD15_UNET, attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024, sample_size=96,
+             use_linear_projection=True, upcast_attention=True),
+        "StableDiffusionPipeline",
+        "DDIMScheduler", dict(_SD_BETAS, prediction_type="v_prediction", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1),
+        768, 768, 50, 7.5, "batched", {"prompt_embeds": (77, 1024)}),
+    Published(
+        "sdxl", "SDXL base 1.0", "stabilityai/stable-diffusion-xl-base-1.0", "UNet2DConditionModel",
+        dict(act_fn="silu", addition_embed_type="text_time", addition_embed_type_num_heads=64,
+             addition_time_embed_dim=256, attention_head_dim=(5, 10, 20), block_out_channels=(320, 640, 1280),
+             center_input_sample=False, cross_attention_dim=2048,
+             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+             downsample_padding=1, flip_sin_to_cos=True, freq_shift=0, in_channels=4, layers_per_block=2,
+             mid_block_scale_factor=1, norm_eps=1e-5, norm_num_groups=32, out_channels=4,
+             projection_class_embeddings_input_dim=2816, sample_size=128, transformer_layers_per_block=(1, 2, 10),
+             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), use_linear_projection=True),
+        "StableDiffusionXLPipeline",
+        "EulerDiscreteScheduler", dict(_SD_BETAS, timestep_spacing="leading", steps_offset=1),
+        1024, 1024, 50, 5.0, "batched",
+        {"prompt_embeds": (77, 2048), "pooled_prompt_embeds": (1280,)}),
+    Published(
+        "pixart_alpha_512", "PixArt-α 512", "PixArt-alpha/PixArt-XL-2-512x512", "PixArtTransformer2DModel",
+        dict(_PIXART, sample_size=64), "PixArtAlphaPipeline", *_PIXART_SCHEDULER,
+        512, 512, 20, 4.5, "batched", {"prompt_embeds": (120, 4096)},
+        extra_call=dict(use_resolution_binning=True)),
+    Published(
+        "pixart_alpha_1024", "PixArt-α 1024", "PixArt-alpha/PixArt-XL-2-1024-MS", "PixArtTransformer2DModel",
+        dict(_PIXART, sample_size=128), "PixArtAlphaPipeline", *_PIXART_SCHEDULER,
+        1024, 1024, 20, 4.5, "batched", {"prompt_embeds": (120, 4096)},
+        notes="micro-conditions (resolution, aspect ratio) on: sample_size 128"),
+    Published(
+        "pixart_sigma", "PixArt-Σ 1024", "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", "PixArtTransformer2DModel",
+        dict(_PIXART, sample_size=128, interpolation_scale=2, use_additional_conditions=False),
+        "PixArtSigmaPipeline", *_PIXART_SCHEDULER,
+        1024, 1024, 20, 4.5, "batched", {"prompt_embeds": (300, 4096)}),
+    Published(
+        "sd3_medium", "SD3 medium", "stabilityai/stable-diffusion-3-medium-diffusers", "SD3Transformer2DModel",
+        dict(_SD3, caption_projection_dim=1536, num_attention_heads=24, num_layers=24, pos_embed_max_size=192),
+        "StableDiffusion3Pipeline", *_FLOW_SD3,
+        1024, 1024, 28, 7.0, "batched",
+        {"prompt_embeds": (333, 4096), "pooled_prompt_embeds": (2048,)},
+        notes="333 text tokens: 77 CLIP + 256 T5"),
+    Published(
+        "sd35_medium", "SD3.5 medium", "stabilityai/stable-diffusion-3.5-medium", "SD3Transformer2DModel",
+        dict(_SD3, caption_projection_dim=1536, num_attention_heads=24, num_layers=24, pos_embed_max_size=384,
+             qk_norm="rms_norm", dual_attention_layers=tuple(range(13))),
+        "StableDiffusion3Pipeline", *_FLOW_SD3,
+        1024, 1024, 40, 4.5, "batched",
+        {"prompt_embeds": (333, 4096), "pooled_prompt_embeds": (2048,)},
+        notes="MMDiT-X: blocks 0-12 have a second, image-only attention (attn2)"),
+    Published(
+        "sd35_large", "SD3.5 large", "stabilityai/stable-diffusion-3.5-large", "SD3Transformer2DModel",
+        dict(_SD3, caption_projection_dim=2432, num_attention_heads=38, num_layers=38, pos_embed_max_size=192,
+             qk_norm="rms_norm"),
+        "StableDiffusion3Pipeline", *_FLOW_SD3,
+        1024, 1024, 28, 3.5, "batched",
+        {"prompt_embeds": (333, 4096), "pooled_prompt_embeds": (2048,)},
+        notes="no attn2 (only SD3.5 medium has dual attention)"),
+    Published(
+        "flux_dev", "FLUX.1-dev", "black-forest-labs/FLUX.1-dev", "FluxTransformer2DModel",
+        dict(_FLUX, guidance_embeds=True), "FluxPipeline", *_FLOW_FLUX,
+        1024, 1024, 28, 3.5, "distilled",
+        {"prompt_embeds": (512, 4096), "pooled_prompt_embeds": (768,)},
+        notes="guidance-distilled: the scale is an input of one call per step, no CFG batch"),
+    Published(
+        "flux_schnell", "FLUX.1-schnell", "black-forest-labs/FLUX.1-schnell", "FluxTransformer2DModel",
+        dict(_FLUX, guidance_embeds=False), "FluxPipeline",
+        "FlowMatchEulerDiscreteScheduler", dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False),
+        1024, 1024, 4, 0.0, "distilled",
+        {"prompt_embeds": (256, 4096), "pooled_prompt_embeds": (768,)},
+        notes="timestep-distilled: 4 steps, no guidance"),
+    Published(
+        "wan21_1_3b", "Wan 2.1 T2V 1.3B", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "WanTransformer3DModel",
+        dict(_WAN, ffn_dim=8960, num_attention_heads=12, num_layers=30), "WanPipeline", *_UNIPC_WAN,
+        480, 832, 50, 5.0, "separate", {"prompt_embeds": (512, 4096)}, num_frames=81,
+        notes="480p, 81 frames: 21 x 30 x 52 = 32,760 video tokens; CFG as two calls per step"),
+    Published(
+        "wan21_14b", "Wan 2.1 T2V 14B", "Wan-AI/Wan2.1-T2V-14B-Diffusers", "WanTransformer3DModel",
+        dict(_WAN, ffn_dim=13824, num_attention_heads=40, num_layers=40), "WanPipeline", *_UNIPC_WAN,
+        480, 832, 50, 5.0, "separate", {"prompt_embeds": (512, 4096)}, num_frames=81,
+        notes="run at 480p here (its card also lists 720p)"),
+)}
+
+
+def get_published(name: str) -> Published:
+    if name not in PUBLISHED:
+        raise ValueError(f"model: unknown published model {name!r}; allowed: {', '.join(PUBLISHED)}")
+    return PUBLISHED[name]
