@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import patches
-from .families import TECHNIQUES, Family, family_of, find_denoiser, supported_summary
+from .families import TECHNIQUES, Family, family_of, find_denoiser, find_denoisers, supported_summary
 from .journal import Journal, invalidate_hook_caches
 from .macs import format_macs
 from .presets import get_preset
@@ -66,9 +66,10 @@ def build_plan(family: Family, denoiser, preset: str, overrides: dict[str, Any])
                 raise ValueError(f"{name}: this technique is not available in this version; "
                                  f"available: {', '.join(available) or 'none'}")
             if name not in family.techniques:
+                why = family.reason_not(name)
                 raise ValueError(f"{name}: does not apply to the {family.name} family "
-                                 f"({', '.join(family.classes) or 'unknown denoiser'}); "
-                                 f"applicable: {', '.join(family.techniques)}")
+                                 f"({', '.join(family.classes) or 'unknown denoiser'})"
+                                 + (f": {why}" if why else "") + f"; applicable: {', '.join(family.techniques)}")
             config_cls = available[name].Config
             if isinstance(override, config_cls):
                 config, user_fields = override, frozenset(config_cls.field_names())
@@ -102,15 +103,24 @@ class Report:
     applied: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     generation: dict = field(default_factory=dict)
+    calibration: dict | None = None
 
     def to_dict(self) -> dict:
         return {"pipeline": self.pipeline, "denoiser": self.denoiser, "family": self.family,
                 "preset": self.preset, "applied": self.applied, "skipped": self.skipped,
-                "generation": self.generation}
+                "generation": self.generation, "calibration": self.calibration}
 
     def __str__(self) -> str:
         lines = [f"accelerate-diffusion: {self.pipeline} ({self.denoiser}, family {self.family}), "
                  f"preset {self.preset!r}"]
+        cal = self.calibration
+        if cal is not None:
+            picked = (f"rung {cal['rung'] + 1} of {cal['of']}" if cal["rung"] >= 0
+                      else "no rung met it: no acceleration")
+            measured = "" if cal["rung"] < 0 else f", measured {cal['measured']:.3f} on the calibration prompts"
+            verified = "" if cal["verified"] is None else f", {cal['verified']:.3f} on a held-out seed"
+            lines.append(f"  auto: target {cal['target']}: {picked}{measured}{verified}; "
+                         f"{cal['generations_run']} generation(s) run; stored in {cal['stored']}")
         if not self.applied:
             lines.append("  applied: nothing (outputs identical to the original pipeline)")
         for item in self.applied:
@@ -152,8 +162,10 @@ class Acceleration:
         self.family = family
         self.denoiser_attr = denoiser_attr
         self.denoiser = denoiser
+        self.denoisers = find_denoisers(pipe, family, denoiser_attr, denoiser)   # with Wan 2.2's second expert
         self.plan = plan
         self.measure_macs = measure_macs
+        self.calibration: dict | None = None       # preset "auto": what calibration chose and measured
         self.state = AccelerationState(measure_macs=measure_macs)
         self.handles: list[patches.PatchHandle] = []
         self.skipped: list[dict] = []
@@ -166,8 +178,10 @@ class Acceleration:
         journal = self._journal = Journal()
         self.state = AccelerationState(measure_macs=self.measure_macs)
         self.handles, self.skipped = [], []
-        ctx = patches.PatchContext(self.pipe, self.denoiser, self.denoiser_attr, self.family, self.state, journal)
-        clock = Clock(self.pipe, self.denoiser, self.state, journal)
+        # one context per denoiser: a technique is applied to each expert on its own (own hooks and caches)
+        contexts = [patches.PatchContext(self.pipe, module, attr, self.family, self.state, journal)
+                    for attr, module in self.denoisers]
+        clock = Clock(self.pipe, [m for _, m in self.denoisers], self.state, journal)
         try:
             clock.install()
             modules = patches.available()
@@ -176,10 +190,13 @@ class Acceleration:
             self.state.min_steps = {name: config.min_steps for name, config in self.plan.items()
                                     if getattr(config, "min_steps", 1) > 1}
             for name, config in reversed(list(self.plan.items())):
-                ctx.technique = name
                 mark = journal.mark()
                 try:
-                    handle = modules[name].apply(ctx, config)
+                    parts = []
+                    for ctx in contexts:
+                        ctx.technique = name
+                        parts.append((ctx.denoiser_attr, modules[name].apply(ctx, config)))
+                    handle = _merged(name, parts)
                 except patches.NotApplicable as exc:
                     journal.rollback(mark)
                     self.skipped.append({"technique": name, "reason": str(exc)})
@@ -190,16 +207,20 @@ class Acceleration:
             clock.hook_denoiser()   # last, so it is the outermost hook
         except BaseException:
             journal.rollback()
-            invalidate_hook_caches(self.denoiser)
+            self._invalidate()
             self.handles = []
             raise
-        invalidate_hook_caches(self.denoiser)
+        self._invalidate()
         self._active = True
+
+    def _invalidate(self) -> None:
+        for _, module in self.denoisers:
+            invalidate_hook_caches(module)
 
     def _uninstall(self) -> None:
         if self._journal is not None:
             self._journal.rollback()
-        invalidate_hook_caches(self.denoiser)
+        self._invalidate()
         self.handles = []
         self._active = False
 
@@ -227,7 +248,7 @@ class Acceleration:
                     "stats": {"status": f"sat out: {paused[h.technique]}"} if h.technique in paused else h.statistics()}
                    for h in self.handles]
         return Report(type(self.pipe).__name__, type(self.denoiser).__name__, self.family.name,
-                      self.preset, applied, list(self.skipped), self._generation())
+                      self.preset, applied, list(self.skipped), self._generation(), self.calibration)
 
     def stats(self) -> dict:
         """Machine-readable figures of the last generation: ``"generation"`` (steps, counters,
@@ -248,6 +269,28 @@ class Acceleration:
     def __repr__(self) -> str:
         techniques = ", ".join(h.technique for h in self.handles) or "nothing"
         return f"<Acceleration preset={self.preset!r} family={self.family.name} applied: {techniques}>"
+
+
+def _merged(technique: str, parts: list[tuple[str, patches.PatchHandle]]) -> patches.PatchHandle:
+    """One handle for a technique applied to each of several experts: targets named by expert,
+    the first expert's figures, and each other expert's where they differ."""
+    if len(parts) == 1:
+        return parts[0][1]
+    first = parts[0][1]
+    targets = [t if t == attr else f"{attr}.{t}" for attr, h in parts for t in h.targets]
+
+    def stats() -> dict:
+        out = first.statistics()
+        for attr, h in parts[1:]:
+            out.update({f"{attr}: {k}": v for k, v in h.statistics().items() if out.get(k) != v})
+        return out
+
+    def details() -> dict:
+        out = first.data()
+        out.update({attr: h.data() for attr, h in parts[1:]})
+        return out
+
+    return patches.PatchHandle(technique, targets, stats=stats, details=details)
 
 
 def _current(pipe) -> Acceleration | None:
@@ -283,6 +326,10 @@ def _family(denoiser) -> Family:
     return family
 
 
+AUTO_OPTIONS = ("target_psnr", "target_ssim", "budget", "calibration_prompts", "calibration", "cache_dir",
+                "progress")
+
+
 def accelerate(pipe, preset: str = "balanced", *, measure_macs: bool = False, **overrides):
     """Patch ``pipe`` in place and return it, with a handle at ``pipe.acceleration``.
 
@@ -293,18 +340,45 @@ def accelerate(pipe, preset: str = "balanced", *, measure_macs: bool = False, **
     schedule is a field of its technique: ``block_cache={"schedule": "front/front-03.json"}``
     or ``block_cache={"schedule_dir": "front/", "max_quality_loss": 0.05}`` (DeepCache:
     ``deepcache={"schedule_dir": ...}`` or ``{"point": ...}``).
+
+    ``preset="auto"`` calibrates for a quality target (``target_psnr=`` dB or ``target_ssim=``)
+    on this model and remembers the result (see :mod:`accelerate_diffusion.auto`); options:
+    ``budget`` (generations calibration may run, default 6), ``calibration_prompts``,
+    ``calibration`` (the call arguments to calibrate for: steps, size, guidance), ``cache_dir``.
     """
     denoiser_attr, denoiser = _check_pipeline(pipe)
-    get_preset(preset)
+    auto_options = {k: overrides.pop(k) for k in AUTO_OPTIONS if k in overrides}
+    if preset != "auto":
+        get_preset(preset)
+        if auto_options:
+            raise ValueError(f"{next(iter(auto_options))}: only with preset 'auto' (got preset {preset!r})")
     family = _family(denoiser)
-    plan = build_plan(family, denoiser, preset, overrides)
-    if preset != "off" and not plan:
+    calibration = None
+    if preset == "auto":
+        calibration = _calibrate(pipe, family, denoiser, auto_options)
+        overrides = {**calibration["overrides"], **overrides}
+    plan = build_plan(family, denoiser, "off" if preset == "auto" else preset, overrides)
+    if preset not in ("off", "auto") and not plan:
         warnings.warn(
             f"accelerate_diffusion: preset {preset!r} has no technique available for the "
             f"{family.name} family in this version; the pipeline runs unaccelerated.",
             stacklevel=2)
-    _swap_in(pipe, Acceleration(pipe, preset, family, denoiser_attr, denoiser, plan, measure_macs))
+    handle = Acceleration(pipe, preset, family, denoiser_attr, denoiser, plan, measure_macs)
+    handle.calibration = calibration
+    _swap_in(pipe, handle)
     return pipe
+
+
+def _calibrate(pipe, family, denoiser, options: dict) -> dict:
+    from . import auto
+    from .patches.guidance import model_fingerprint
+
+    options = dict(options)
+    return auto.choose(pipe, family, denoiser, lambda overrides: accelerated(pipe, "off", **overrides),
+                       target_psnr=options.pop("target_psnr", None), target_ssim=options.pop("target_ssim", None),
+                       budget=options.pop("budget", 6), prompts=options.pop("calibration_prompts", None),
+                       call=options.pop("calibration", None), cache=options.pop("cache_dir", None),
+                       progress=options.pop("progress", True), fingerprint=model_fingerprint(denoiser))
 
 
 @contextlib.contextmanager

@@ -55,17 +55,23 @@ class Family:
     classes: tuple[str, ...]              # denoiser class names (matched along the MRO)
     kind: str                             # "unet" | "dit"
     denoiser_attr: str                    # pipeline attribute holding the denoiser
+    experts: tuple[str, ...] = ()         # further pipeline attributes whose denoisers (same class) take turns with it
     block_groups: tuple[BlockGroup, ...] = ()
     grid: str = "2d"                      # "2d" image tokens or "3d" video tokens
     patch_size: tuple[int, ...] = ()      # token patch on the latent grid (t, h, w) or (h, w)
-    token_grid: str = "latent"            # how a call's token grid is read: "latent" (input / config patch) | "ids" (Flux img_ids)
+    token_grid: str = "latent"            # how a call's token grid is read: "latent" (input / config patch) | "ids" (Flux img_ids) | "img_shapes" (Qwen-Image's per-sample (frames, h, w) in tokens)
     text_tokens: str = "cross"            # "cross" (cross-attention) | "joint" (concatenated)
     pos_embed: str = "none"               # "absolute" | "rope" | "none" (UNet)
     cfg: str = "batched"                  # how its pipelines run CFG: "batched" ([uncond, cond] in one call) | "separate"
     ras: RasLayout | None = None
     kv_cache: str = ""                    # kv-cache adapter: "far" | "skyreels"
     techniques: tuple[str, ...] = field(default=("guidance",))
+    why_not: tuple[tuple[str, str], ...] = ()   # (technique, why it does not apply to this family)
     notes: str = ""
+
+    def reason_not(self, technique: str) -> str:
+        """Why ``technique`` is not among this family's techniques ("" if the row does not say)."""
+        return dict(self.why_not).get(technique, "")
 
     def blocks(self, denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
         """All blocks of the denoiser as (qualified name, module), in execution order."""
@@ -100,6 +106,17 @@ class Family:
     def token_grid_of(self, denoiser, args, kwargs) -> tuple[int, ...]:
         """The token grid of one denoiser call, read from its input (never guessed from lengths)."""
         x = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
+        if self.token_grid == "img_shapes":
+            shapes = kwargs.get("img_shapes")
+            if not shapes:
+                raise ValueError(f"{type(denoiser).__name__} was called without img_shapes: the token grid is unknown")
+            first = shapes[0]
+            first = [first] if isinstance(first[0], int) else list(first)
+            if len(first) != 1:
+                raise ValueError(f"{type(denoiser).__name__} was called with {len(first)} images in one sequence "
+                                 f"(an edit pipeline's reference images): its tokens form no single grid")
+            frames, h, w = (int(v) for v in first[0])
+            return (h, w) if self.grid == "2d" and frames == 1 else (frames, h, w)
         if self.token_grid == "ids":
             ids = kwargs.get("img_ids")
             if ids is None:
@@ -151,10 +168,46 @@ FAMILIES: tuple[Family, ...] = (
               "runs a separate negative call)",
     ),
     Family(
+        name="qwenimage", classes=("QwenImageTransformer2DModel",), kind="dit", denoiser_attr="transformer",
+        # attn: one joint attention over [text, image] returning both streams; img_mlp / txt_mlp: the
+        # image and text streams' feed-forwards. Each block's adaLN gates and residuals stay live.
+        block_groups=(BlockGroup("transformer_blocks", ("attn", "img_mlp", "txt_mlp"),
+                                 (SelfAttention("attn", "prefix"),)),),
+        patch_size=(2, 2), token_grid="img_shapes", text_tokens="joint", pos_embed="rope", cfg="separate",
+        techniques=("guidance", "block_cache", "attention"),
+        why_not=(("ras", "its RAS layout is not written: RAS patches SD3's and Flux's attention processors, "
+                         "and Qwen's double-stream processor rotates queries with its own complex RoPE"),
+                 ("deepcache", "DeepCache caches a UNet's skip branches; this is a DiT (block_cache applies)"),
+                 ("kv_cache", "no autoregressive rollout: every step attends over the whole image")),
+        notes="Qwen-Image text-to-image, img2img, inpaint and edit (latents packed 2x2 by the pipeline: one "
+              "token per 2x2 latent patch; true CFG, true_cfg_scale > 1 with a negative prompt, runs a separate "
+              "negative call). Sparse attention needs one token grid: not the edit pipelines' several images",
+    ),
+    Family(
         name="wan", classes=("WanTransformer3DModel",), kind="dit", denoiser_attr="transformer",
+        # Wan 2.2 A14B: `transformer` denoises the high-noise steps (t >= boundary_ratio * 1000),
+        # `transformer_2` the rest; each expert gets its own hooks and caches.
+        experts=("transformer_2",),
         block_groups=_WAN_BLOCKS, grid="3d", patch_size=(1, 2, 2), text_tokens="cross", pos_embed="rope",
         cfg="separate", techniques=("guidance", "block_cache", "attention"),
-        notes="Wan 2.x text-to-video",
+        why_not=(("ras", "no RAS layout: Wan's video tokens and cross-attention text are not wired into RAS"),
+                 ("deepcache", "DeepCache caches a UNet's skip branches; this is a DiT (block_cache applies)"),
+                 ("kv_cache", "no autoregressive rollout (AnyFlow-FAR and SkyReels-V2 have their own rows)")),
+        notes="Wan 2.1 and Wan 2.2 text-to-video (2.2 A14B: two experts switched at the pipeline's boundary_ratio)",
+    ),
+    Family(
+        name="cogvideox", classes=("CogVideoXTransformer3DModel",), kind="dit", denoiser_attr="transformer",
+        # attn1: one joint attention over [text, video] returning both streams; ff: one feed-forward over
+        # the joint sequence. Each block's LayerNormZero gates and residuals stay live.
+        block_groups=(BlockGroup("transformer_blocks", ("attn1", "ff"), (SelfAttention("attn1", "prefix"),)),),
+        grid="3d", text_tokens="joint", pos_embed="absolute", cfg="batched",   # pos_embed: 2B sincos, 5B RoPE
+        techniques=("guidance", "block_cache"),
+        why_not=(("attention", "its latents are laid out (batch, frames, channels, h, w) and CogVideoX 1.5 patches "
+                               "time too: the token-grid reader for that layout is not written"),
+                 ("ras", "no RAS layout: RAS patches SD3's and Flux's image-token processors"),
+                 ("deepcache", "DeepCache caches a UNet's skip branches; this is a DiT (block_cache applies)"),
+                 ("kv_cache", "no autoregressive rollout: every step attends over the whole clip")),
+        notes="CogVideoX text-to-video (batched CFG; the pipeline's CFG flag is the one it gives encode_prompt)",
     ),
     Family(
         name="anyflow_far", classes=("AnyFlowFARTransformer3DModel",), kind="dit",
@@ -193,6 +246,17 @@ def find_denoiser(pipe) -> tuple[str, torch.nn.Module] | None:
         if isinstance(module, torch.nn.Module):
             return attr, module
     return None
+
+
+def find_denoisers(pipe, family: Family, attr: str, module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The denoiser and the family's further experts this pipeline holds (Wan 2.2's
+    ``transformer_2``), as (attribute name, module), in the order they take turns."""
+    found = [(attr, module)]
+    for name in family.experts:
+        other = getattr(pipe, name, None)
+        if isinstance(other, torch.nn.Module) and all(other is not m for _, m in found):
+            found.append((name, other))
+    return found
 
 
 def supported_summary() -> str:

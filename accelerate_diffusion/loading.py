@@ -40,23 +40,60 @@ def load_pipeline(name: str, size: str = "micro", device: str = "cpu", dtype: st
         if not name.startswith("demo-") or kind not in kinds:
             hint = f" (did you mean demo-{kind}?)" if kind in kinds else ""
             raise ValueError(f"--model: unknown demo model {name!r}{hint}; demo models: {', '.join(demo_names())}")
-        pipe = demo.load_pipeline(kind)
+        pipe = _quietly(demo.load_pipeline, kind)
     else:
         pipe = _from_pretrained(name, dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
-def _from_pretrained(name: str, dtype: str):
-    from diffusers import DiffusionPipeline
+def _quietly(load, *args):
+    """Load without transformers' weight-loading progress bar (a CLI prints its own lines)."""
+    from transformers.utils import logging as transformers_logging
 
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
     try:
-        return DiffusionPipeline.from_pretrained(name, torch_dtype=getattr(torch, dtype))
-    except (OSError, ValueError, EnvironmentError) as exc:
+        return load(*args)
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
+
+
+def _from_pretrained(name: str, dtype: str):
+    """Load a local folder or a hub id; any failure is one line naming --model and what is allowed."""
+    import contextlib
+    import io
+    import warnings
+
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import logging as hub_logging
+
+    allowed = f"built-in names: {', '.join(known_names())}"
+    # A hub id is "name" or "org/name"; anything else is meant as a folder.
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+    if looks_local and not os.path.isdir(os.path.expanduser(name)):
+        raise ValueError(f"--model: local folder {name!r} does not exist; {allowed}")
+    levels = (diffusers_logging.get_verbosity(), hub_logging.get_verbosity())
+    diffusers_logging.set_verbosity_error()
+    hub_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            return DiffusionPipeline.from_pretrained(os.path.expanduser(name), dtype=getattr(torch, dtype))
+    except Exception as exc:          # hub, network, config and weight errors alike: one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        where = "local folder" if os.path.isdir(name) else "diffusers model id (not in the local cache, or misspelled)"
-        raise ValueError(f"--model: cannot load {name!r} as a {where}: {first[:200]}; built-in names: "
-                         f"{', '.join(known_names())}") from None
+        if os.path.isdir(os.path.expanduser(name)):
+            where = f"--model: cannot load the local folder {name!r} as a diffusers pipeline"
+        else:
+            where = (f"--model: {name!r} is not a built-in name or a local folder, and not a diffusers "
+                     f"model id that could be loaded (misspelled, or not in the local cache while the hub "
+                     f"is unreachable)")
+        raise ValueError(f"{where} [{type(exc).__name__}: {first.split(' (')[0][:120]}]; {allowed}") from None
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        hub_logging.set_verbosity(levels[1])
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict]:

@@ -75,7 +75,33 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# The "auto" preset's ladders (auto.py), per family kind, from mild to aggressive: calibration keeps
+# the last rung that meets the user's quality target. Rungs with a technique a family lacks are
+# dropped for it; guidance rungs do nothing where a pipeline runs without CFG.
+_TRUNC = dict(mode="truncation", cfg_fraction=0.5)
+_CFG_CACHE = dict(mode="cache", cache_interval=2)
+AUTO_LADDERS: dict[str, list[dict]] = {
+    "dit": [
+        {"block_cache": dict(schedule="fora:2,first=7,last=1")},
+        {"block_cache": dict(schedule="fora:2,first=3,last=1")},
+        {"block_cache": dict(schedule="fora:3,first=3,last=1")},
+        {"block_cache": dict(schedule="fora:3,first=3,last=1"), "guidance": _CFG_CACHE},
+        {"block_cache": dict(schedule="fora:4,first=3,last=1"), "guidance": _CFG_CACHE},
+        {"block_cache": dict(schedule="fora:4,first=3,last=1"), "guidance": _TRUNC},
+        {"block_cache": dict(schedule="fora:5,first=3,last=1"), "guidance": _TRUNC},
+    ],
+    "unet": [
+        {"deepcache": dict(cache_interval=2, cache_branch=2, **NONUNIFORM, always_full_start=3)},
+        {"deepcache": dict(cache_interval=2, cache_branch=0, **NONUNIFORM)},
+        {"deepcache": dict(cache_interval=3, cache_branch=0, **NONUNIFORM)},
+        {"deepcache": dict(cache_interval=3, cache_branch=0, **NONUNIFORM), "guidance": _CFG_CACHE},
+        {"deepcache": dict(cache_interval=4, cache_branch=0, **NONUNIFORM), "guidance": _CFG_CACHE},
+        {"deepcache": dict(cache_interval=5, cache_branch=0, **NONUNIFORM), "guidance": _TRUNC},
+    ],
+}
+
+
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
-        raise ValueError(f"preset: unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
+        raise ValueError(f"preset: unknown preset {name!r}; allowed: {', '.join(PRESETS)}, auto")
     return PRESETS[name]

@@ -43,6 +43,8 @@ class AccelerationState:
         self.num_steps = 0
         self.timesteps: torch.Tensor | None = None
         self.call_in_step = 0
+        self.expert = 0                 # which of the pipeline's denoisers runs this call (Wan 2.2: 0 or 1)
+        self.expert_start: dict[int, int] = {}   # expert -> the step of its first call in this generation
         self.cfg_layout = "unknown"     # "batched" | "separate" | "none" once step 0 is seen
         self._pending_layout = "none"   # what the pipeline's own CFG flag said at step 0
         self.cfg_flag = False           # does this generation use CFG (the pipeline's own flag)
@@ -66,6 +68,8 @@ class AccelerationState:
         self.timesteps = timesteps
         self.num_steps = 0 if timesteps is None else max(len(timesteps) - begin_index, 0)
         self.call_in_step = 0
+        self.expert = 0
+        self.expert_start = {}
         self.cfg_layout = "unknown"
         self._pending_layout = "none"
         self.input_shape = None
@@ -104,6 +108,12 @@ class AccelerationState:
         self.counters[name] += n
 
     @property
+    def expert_step(self) -> int:
+        """The step in progress counted from the first call of the expert running it (Wan 2.2's
+        second expert: 0 at the switch, where its caches are empty). ``step`` with one denoiser."""
+        return self.step - self.expert_start.get(self.expert, 0)
+
+    @property
     def progress(self) -> float:
         """Fraction of the generation done at the start of this step, in [0, 1)."""
         return self.step / self.num_steps if self.num_steps else 0.0
@@ -138,9 +148,10 @@ class Clock:
     behaviour, never a mix. A second thread entering this pipeline while a first one runs it
     raises :class:`ConcurrentUseError` (diffusers pipelines are not thread-safe either)."""
 
-    def __init__(self, pipe, denoiser: torch.nn.Module, state: AccelerationState, journal: Journal):
+    def __init__(self, pipe, denoiser, state: AccelerationState, journal: Journal):
         self.pipe = pipe
-        self.denoiser = denoiser
+        self.denoisers = list(denoiser) if isinstance(denoiser, (list, tuple)) else [denoiser]   # experts: several
+        self.denoiser = self.denoisers[0]
         self.state = state
         self.journal = journal
         self.scheduler = None
@@ -218,7 +229,8 @@ class Clock:
 
     # -- denoiser hook -----------------------------------------------------------------------
     def hook_denoiser(self) -> None:
-        self.journal.register_hook(self.denoiser, _ClockHook(self), CLOCK_HOOK)
+        for expert, denoiser in enumerate(self.denoisers):
+            self.journal.register_hook(denoiser, _ClockHook(self, expert), CLOCK_HOOK)
 
     def pipeline_cfg_flag(self) -> bool:
         """The pipeline's CFG switch: its `do_classifier_free_guidance` property where it has
@@ -256,8 +268,8 @@ class Clock:
         self.wrap_scheduler()
         self.wrap_encode_prompt()
 
-    def before_call(self, args, kwargs) -> None:
-        """Bookkeeping at every denoiser call: scheduler swaps, layout, counters."""
+    def before_call(self, args, kwargs, expert: int = 0) -> None:
+        """Bookkeeping at every denoiser call: scheduler swaps, layout, counters, which expert runs."""
         state = self.state
         if self.pipe.scheduler is not self.scheduler:
             warnings.warn("accelerate_diffusion: the pipeline's scheduler was replaced after "
@@ -278,6 +290,8 @@ class Clock:
             state._pending_layout = "batched" if state.cfg_flag else "none"
             state.paused = {name: f"{state.num_steps} steps < min_steps {least}: every step ran in full"
                             for name, least in state.min_steps.items() if state.num_steps < least}
+        state.expert = expert
+        state.expert_start.setdefault(expert, 0 if expert == 0 else state.step)
         state.call_in_step += 1
         state.count("denoiser_calls")
 
@@ -292,25 +306,48 @@ class _ClockHook(_ModelHook):
     """Outermost hook on the denoiser: says whether a call is this pipeline's (``state.in_call``,
     which every technique hook checks), counts calls and, when asked, the MACs they run."""
 
-    def __init__(self, clock: Clock):
+    def __init__(self, clock: Clock, expert: int = 0):
         super().__init__()
-        self.clock = clock
+        self.clock, self.expert = clock, expert
 
     def new_forward(self, module, *args, **kwargs):
+        # Under torch.compile only the denoiser's own forward is traced: whose call this is and
+        # the step bookkeeping run eagerly in _enter/_leave (a frame walk cannot be traced).
+        outer, measure = self._enter(args, kwargs)
+        if measure:
+            out = self._measured(outer, args, kwargs)
+        else:
+            out = self.fn_ref.original_forward(*args, **kwargs)
+        self._leave(outer)
+        return out
+
+    @torch.compiler.disable
+    def _enter(self, args, kwargs) -> tuple[bool, bool]:
         clock, state = self.clock, self.clock.state
         ours = clock.is_ours()
-        outer = state.in_call
-        state.in_call = ours
+        outer, state.in_call = state.in_call, ours
+        if not ours:
+            return outer, False
         try:
-            if not ours:
-                return self.fn_ref.original_forward(*args, **kwargs)
             clock.claim()
-            clock.before_call(args, kwargs)
-            if not state.measure_macs:
-                return self.fn_ref.original_forward(*args, **kwargs)
+            clock.before_call(args, kwargs, self.expert)
+        except BaseException:
+            state.in_call = outer
+            raise
+        return outer, state.measure_macs
+
+    @torch.compiler.disable
+    def _leave(self, outer: bool) -> None:
+        self.clock.state.in_call = outer
+
+    @torch.compiler.disable
+    def _measured(self, outer: bool, args, kwargs):
+        state = self.clock.state
+        try:
             with MacCounter() as counter:
                 out = self.fn_ref.original_forward(*args, **kwargs)
-            state.macs = (state.macs or 0) + counter.macs
-            return out
-        finally:
+        except BaseException:
             state.in_call = outer
+            raise
+        state.macs = (state.macs or 0) + counter.macs
+        return out

@@ -13,7 +13,7 @@ import string
 
 import torch
 
-PIPELINES = ("sd", "sdxl", "pixart", "sd3", "flux", "wan")
+PIPELINES = ("sd", "sdxl", "pixart", "sd3", "flux", "wan", "qwenimage", "wan22", "cogvideox")
 SIZES = ("micro", "small")
 
 # Default call arguments per pipeline and size: resolution and frames kept tiny.
@@ -30,6 +30,12 @@ CALL_DEFAULTS = {
     ("flux", "small"): dict(height=256, width=256),
     ("wan", "micro"): dict(height=16, width=16, num_frames=9),
     ("wan", "small"): dict(height=128, width=128, num_frames=9),
+    ("qwenimage", "micro"): dict(height=64, width=64),
+    ("qwenimage", "small"): dict(height=256, width=256),
+    ("wan22", "micro"): dict(height=16, width=16, num_frames=9),
+    ("wan22", "small"): dict(height=128, width=128, num_frames=9),
+    ("cogvideox", "micro"): dict(height=32, width=32, num_frames=9),
+    ("cogvideox", "small"): dict(height=128, width=128, num_frames=9),
 }
 
 
@@ -56,6 +62,59 @@ def _t5_tokenizer(max_length: int = 128):
     tok = T5Tokenizer(vocab=vocab, extra_ids=0)
     tok.model_max_length = max_length
     return tok
+
+
+def _byte_chars() -> list[str]:
+    """The 256 printable stand-ins byte-level BPE tokenizers (GPT-2, Qwen) use for the bytes."""
+    keep = set(range(33, 127)) | set(range(161, 173)) | set(range(174, 256))
+    out, extra = [], 0
+    for b in range(256):
+        if b in keep:
+            out.append(chr(b))
+        else:
+            out.append(chr(256 + extra))
+            extra += 1
+    return out
+
+
+QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                "<|image_pad|>", "<|video_pad|>")
+
+
+def _qwen_tokenizer():
+    """A byte-level Qwen2 tokenizer built in memory: one token per byte (no merges) plus the
+    chat and vision special tokens Qwen-Image's prompt template and Qwen2.5-VL use."""
+    from transformers import Qwen2Tokenizer
+
+    vocab = {c: i for i, c in enumerate(_byte_chars())}
+    for token in QWEN_SPECIAL:
+        vocab[token] = len(vocab)
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token=None, eos_token="<|endoftext|>",
+                         pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL[1:])})
+    return tok
+
+
+def _qwen_vl(hidden: int, layers: int):
+    """A tiny Qwen2.5-VL (text decoder and a one-block vision tower) for Qwen-Image's prompts."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    tok = _qwen_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
+    head = hidden // 4
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=4096, bos_token_id=None, eos_token_id=ids["<|endoftext|>"],
+                         pad_token_id=ids["<|endoftext|>"],
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                                          "mrope_section": [head // 8, head // 8, head // 4]}),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=hidden,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, fullatt_block_indexes=[0]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    return Qwen2_5_VLForConditionalGeneration(cfg)
 
 
 def _clip_text(hidden: int, layers: int, projection: bool = False, proj_dim: int | None = None):
@@ -221,24 +280,77 @@ def _ready(pipe):
     return pipe
 
 
-def _build_wan(size: str):
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+def _wan_transformer(size: str):
+    from diffusers import WanTransformer3DModel
 
     if size == "micro":
         tkw = dict(num_attention_heads=2, attention_head_dim=12, num_layers=2, ffn_dim=32)
-        d = 32
     else:
         tkw = dict(num_attention_heads=6, attention_head_dim=64, num_layers=8, ffn_dim=1024)
-        d = 64
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), in_channels=16, out_channels=16, text_dim=d, freq_dim=32,
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), in_channels=16, out_channels=16, text_dim=_WAN_TEXT[size], freq_dim=32,
         cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32, **tkw,
     )
+
+
+_WAN_TEXT = {"micro": 32, "small": 64}
+# Wan 2.2 A14B text-to-video switches experts at t = 0.875 * 1000 (its model_index.json).
+WAN22_BOUNDARY = 0.875
+
+
+def _build_wan(size: str, experts: int = 1):
+    """Wan 2.1 (one transformer) or, with ``experts=2``, Wan 2.2's two experts: ``transformer`` for
+    the high-noise steps (t >= boundary), ``transformer_2`` (other weights) for the rest."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    transformer = _wan_transformer(size)
+    transformer_2 = _wan_transformer(size) if experts == 2 else None
     vae = _wan_vae()     # built before the text encoder: the seeded weights depend on the order
+    extra = dict(transformer_2=transformer_2, boundary_ratio=WAN22_BOUNDARY) if experts == 2 else {}
     return WanPipeline(
-        tokenizer=_t5_tokenizer(), text_encoder=_t5(d, 2, umt5=True), vae=vae,
-        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),
+        tokenizer=_t5_tokenizer(), text_encoder=_t5(_WAN_TEXT[size], 2, umt5=True), vae=vae,
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0), **extra,
     )
+
+
+def _build_qwenimage(size: str):
+    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
+                           QwenImageTransformer2DModel)
+
+    if size == "micro":
+        tkw = dict(num_layers=2, attention_head_dim=16, num_attention_heads=2, axes_dims_rope=(4, 6, 6))
+        hidden = 32
+    else:
+        tkw = dict(num_layers=8, attention_head_dim=64, num_attention_heads=6, axes_dims_rope=(16, 24, 24))
+        hidden = 64
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16,
+                                              joint_attention_dim=hidden, **tkw)
+    vae = AutoencoderKLQwenImage(base_dim=4, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                 temperal_downsample=[False, True, True])
+    return QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+                             text_encoder=_qwen_vl(hidden, 2), tokenizer=_qwen_tokenizer(),
+                             transformer=transformer)
+
+
+def _build_cogvideox(size: str):
+    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline,
+                           CogVideoXTransformer3DModel)
+
+    if size == "micro":
+        tkw = dict(num_attention_heads=2, attention_head_dim=16, num_layers=2, time_embed_dim=8)
+        d, latent = 32, 4
+    else:
+        tkw = dict(num_attention_heads=6, attention_head_dim=64, num_layers=8, time_embed_dim=64)
+        d, latent = 64, 16
+    transformer = CogVideoXTransformer3DModel(
+        in_channels=4, out_channels=4, text_embed_dim=d, sample_width=latent, sample_height=latent,
+        sample_frames=9, patch_size=2, temporal_compression_ratio=4, max_text_seq_length=48, **tkw)
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
+        layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4)
+    return CogVideoXPipeline(tokenizer=_t5_tokenizer(), text_encoder=_t5(d, 2), vae=vae, transformer=transformer,
+                             scheduler=CogVideoXDDIMScheduler())
 
 
 _BUILDERS = {
@@ -248,6 +360,9 @@ _BUILDERS = {
     "sd3": _build_sd3,
     "flux": _build_flux,
     "wan": _build_wan,
+    "wan22": lambda size: _build_wan(size, experts=2),
+    "qwenimage": _build_qwenimage,
+    "cogvideox": _build_cogvideox,
 }
 
 
@@ -267,15 +382,17 @@ def call_kwargs(name: str, size: str = "micro", steps: int = 4, seed: int = 0, *
     kw = dict(CALL_DEFAULTS[(name, size)])
     kw.update(prompt="a red circle above a blue square", num_inference_steps=steps,
               generator=torch.Generator("cpu").manual_seed(seed), output_type="latent")
-    if name in ("sd", "sdxl", "pixart", "sd3", "wan"):
+    if name in ("sd", "sdxl", "pixart", "sd3", "wan", "wan22", "cogvideox"):
         kw["guidance_scale"] = 5.0
     if name == "flux":
         kw["guidance_scale"] = 1.0
         kw["max_sequence_length"] = 48
-    if name in ("pixart", "sd3", "wan"):
+    if name in ("pixart", "sd3", "wan", "wan22", "cogvideox"):
         kw["max_sequence_length"] = 48
     if name == "pixart":
         kw.update(use_resolution_binning=False, clean_caption=False)
+    if name == "qwenimage":
+        kw.update(negative_prompt=" ", true_cfg_scale=4.0)   # true CFG: a separate negative call
     kw.update(overrides)
     return kw
 

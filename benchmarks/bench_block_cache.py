@@ -84,6 +84,11 @@ def our_methods(family_name: str, layout: ScheduleLayout, denoiser=None, front_d
             out.append((f"ours {preset}: learned {learned.name.split('/')[-1]}", {"mode": "schedule", "schedule": learned}))
         if spec:   # the heuristic (what the preset runs on models without a learned front)
             out.append((f"ours {preset}: {spec}", {"mode": "schedule", "schedule": spec}))
+        chosen = learned if learned is not None else spec
+        if chosen and preset in ("fast", "max"):      # the same schedule, forecasting instead of reusing
+            label = learned.name.split('/')[-1] if learned is not None else spec
+            out += [(f"ours {preset}: {label} forecast {k}", {"mode": "schedule", "schedule": chosen, "forecast": k})
+                    for k in (1, 2)]
     if front_dir:
         front = sorted(load_front(front_dir), key=lambda s: s.metrics["macs_ratio"])
         if len(front) > max_front:

@@ -45,6 +45,8 @@ VARIANTS = {
     "trunc 0.7": {"mode": "truncation", "cfg_fraction": 0.7},
     "LinearAG": {"mode": "linear", "threshold": 2.0},
     "LinearAG+AG 0.99": {"mode": "linear", "threshold": 0.99},
+    "CFG cache 2": {"mode": "cache", "cache_interval": 2},
+    "CFG cache 3": {"mode": "cache", "cache_interval": 3},
 }
 
 

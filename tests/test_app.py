@@ -15,16 +15,32 @@ def comparer():
 
 
 def test_compare_returns_both_outputs_and_figures(comparer):
-    base, acc, figures, report = comparer.compare("sd", "a red circle", "", 0, 3, 5.0, 32, "off", "")
+    from PIL import Image
+
+    base, acc, figures, report, files = comparer.compare("sd", "a red circle", "", 0, 3, 5.0, 32, "off", "")
     assert base.endswith("baseline.png") and acc.endswith("accelerated.png")
-    assert os.path.getsize(base) > 0 and os.path.getsize(acc) > 0
+    # a 32 px output is shown 8x larger, nearest-neighbour (each pixel an 8x8 block) ...
+    shown, native = Image.open(base), Image.open(files[0])
+    assert shown.size == (256, 256) and native.size == (32, 32)
+    assert shown.resize((32, 32), Image.NEAREST).tobytes() == native.tobytes()
+    assert shown.crop((0, 0, 8, 8)).getcolors() is not None and len(shown.crop((0, 0, 8, 8)).getcolors()) == 1
+    # ... and downloaded at its native size
+    assert [os.path.basename(f) for f in files] == ["baseline-native.png", "accelerated-native.png"]
     assert "PSNR vs baseline: **inf dB**" in figures and "**1.00x**" in figures  # MACs ratio of off
     assert "preset 'off'" in report
 
 
 def test_video_model_gives_animation(comparer):
-    base, acc, _, _ = comparer.compare("wan", "a red circle", "", 0, 2, 5.0, 32, "off", "")
-    assert base.endswith(".gif") and acc.endswith(".gif")
+    base, acc, _, _, files = comparer.compare("wan", "a red circle", "", 0, 2, 5.0, 32, "off", "")
+    assert base.endswith(".gif") and acc.endswith(".gif") and files[1].endswith("accelerated-native.gif")
+
+
+def test_default_steps_are_those_the_learned_schedules_serve():
+    from accelerate_diffusion.app import default_steps
+
+    # the shipped demo-dit front was searched at 25 steps (schedules/data/ecad-demo-dit-25steps)
+    assert default_steps("demo-dit") == 25
+    assert default_steps("demo-unet") == 25 and default_steps("sd") == 20
 
 
 @pytest.mark.parametrize("args,message", [
@@ -57,7 +73,8 @@ def test_app_in_a_real_browser(comparer, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     from accelerate_diffusion.app import build_app
 
-    app = build_app(comparer, default_model="sd")
+    # docs/app_screenshot.png: APP_MODEL=demo-dit APP_SCREENSHOT=docs/app_screenshot.png pytest -k browser
+    app = build_app(comparer, default_model=os.environ.get("APP_MODEL", "sd"))
     port = _free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -73,6 +90,9 @@ def test_app_in_a_real_browser(comparer, tmp_path):
             page.wait_for_selector("#accelerated img", timeout=30_000)
             text = page.inner_text("#figures")
             assert "wall time" in text and "denoiser MACs" in text
+            # the 64 px output is shown enlarged: the browser decoded a 256 px picture, drawn > 200 px wide
+            size = page.eval_on_selector("#accelerated img", "i => [i.naturalWidth, i.getBoundingClientRect().width]")
+            assert size[0] == 256 and size[1] > 200, size
             shot = os.environ.get("APP_SCREENSHOT") or str(tmp_path / "app.png")
             page.screenshot(path=shot, full_page=True)
             browser.close()

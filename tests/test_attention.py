@@ -8,7 +8,6 @@ import torch
 
 from accelerate_diffusion import accelerate
 from accelerate_diffusion.families import find_denoiser
-from accelerate_diffusion.kernels import BACKEND_CALLS
 from accelerate_diffusion.patches import attention
 from accelerate_diffusion.testing import run, surface
 
@@ -34,12 +33,11 @@ def test_whole_grid_window_is_dense_and_remove_restores(pipelines, name):
     reference = run(pipe, name, steps=2)
     processors = _processors(pipe)
     untouched = surface(pipe)
-    calls = BACKEND_CALLS["reference"]
     accelerate(pipe, "off", attention=dict(window=1.0, backend="reference"))
     # dense spec -> the dispatcher's reference runs plain SDPA without a mask: bit-exact
     assert torch.equal(run(pipe, name, steps=2), reference)
     sparse, dense = map(int, _stats(pipe)["attention calls sparse/dense"].split("/"))
-    assert sparse > 0 and dense == 0 and BACKEND_CALLS["reference"] - calls == sparse
+    assert sparse > 0 and dense == 0 and pipe.acceleration.stats()["attention"]["backend_calls"] == {"reference": sparse}
     assert _processors(pipe) == processors            # processors are never replaced
     pipe.acceleration.remove()
     accelerate(pipe, "off", attention=dict(window=1.0, backend="flex_eager"))
@@ -185,3 +183,26 @@ def test_presets_use_attention_only_for_wan():
                 assert family.name == "wan" and preset.name == "max"
                 attention.Config(**settings)          # valid
     assert PRESETS["max"].for_family(next(f for f in FAMILIES if f.name == "wan"))["attention"]
+
+
+def test_explicit_xformers_backend_on_cpu_says_it_needs_cuda(pipelines):
+    pipe = pipelines("sd3")
+    accelerate(pipe, "off", attention=dict(window=2, pattern="blocked", backend="xformers"))
+    try:
+        with pytest.raises(RuntimeError, match="backend='xformers': xformers needs CUDA tensors"):
+            run(pipe, "sd3", steps=2)
+        assert "xformers not used" not in _stats(pipe)     # auto only: an explicit choice raises
+    finally:
+        pipe.acceleration.remove()
+
+
+def test_remove_frees_the_masks_built_for_the_pipeline(pipelines):
+    from accelerate_diffusion.kernels import flex, masks
+
+    pipe = pipelines("pixart")
+    accelerate(pipe, "off", attention=dict(window=0.5, backend="reference"))
+    run(pipe, "pixart", steps=2)
+    assert masks._dense_mask_cached.cache_info().currsize > 0       # the reference backend's masks
+    pipe.acceleration.remove()
+    assert masks._dense_mask_cached.cache_info().currsize == 0
+    assert flex._block_mask.cache_info().currsize == 0

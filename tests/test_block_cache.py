@@ -69,6 +69,35 @@ def test_reused_component_is_skipped_and_its_cached_output_used(pipelines):
     pipe.acceleration.remove()
 
 
+@pytest.mark.parametrize("order, expected", [
+    (1, lambda o: 2 * o[2] - o[1]),                 # the line through steps 1 and 2, at step 3
+    (2, lambda o: 3 * o[2] - 3 * o[1] + o[0]),      # the parabola through steps 0, 1, 2
+])
+def test_forecast_extrapolates_the_skipped_output(pipelines, order, expected):
+    pipe = pipelines("pixart")
+    layout = _layout(pipe)
+    sched = CacheSchedule.full(layout, 5, name="skip-ff-block1-step3")
+    sched.recompute[3, 1, layout.components.index("ff")] = False
+    ff = find_denoiser(pipe)[1].transformer_blocks[1].ff
+    outputs = []
+    handle = ff.register_forward_hook(lambda m, a, out: outputs.append(out))
+    try:
+        accelerate(pipe, "off", block_cache={"schedule": sched, "forecast": order})
+        run(pipe, "pixart", steps=5)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(outputs[3], expected(outputs), rtol=1e-5, atol=1e-6)
+    assert _stats(pipe)["forecast"].startswith(f"order {order}: 1 ")
+    pipe.acceleration.remove()
+
+
+def test_forecast_weights_are_exact_for_polynomials():
+    steps, at = [0, 3, 4], 7                          # unevenly spaced full steps
+    poly = np.poly1d([0.5, -2.0, 1.0])
+    weights = block_cache.lagrange_weights(steps, at)
+    assert sum(w * poly(s) for w, s in zip(weights, steps)) == pytest.approx(poly(at))
+
+
 def test_json_round_trip(pipelines, tmp_path):
     layout = _layout(pipelines("flux"))
     sched = with_full_ends(fora(layout, 6, n=3), first=1, last=1)

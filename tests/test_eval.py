@@ -110,7 +110,10 @@ def test_end_to_end_report_is_consistent_and_resumes(pipelines, scale_technique,
     assert math.isfinite(scaled["psnr"]) and scaled["ssim"] < 1.0 and scaled["fid"] > 0
     assert scaled["applied"] == ["guidance"] and 0 <= scaled["clip_score"] <= 100
     assert "random conv features" in data["metrics"]["fid"]["by"]
-    assert "skipped" in data["metrics"]["lpips"] or "by" in data["metrics"]["lpips"]
+    # LPIPS is not asked for by default (no extra installs torchvision): not listed anywhere
+    assert "lpips" not in data["metrics"] and "LPIPS" not in (tmp_path / "report.md").read_text()
+    # peak memory is measured on CPU too (it read 0.0 before): at least the process's resident set
+    assert off["peak_memory_mib"] > 10 and scaled["peak_memory_mib"] > 10
     rows = list(csv.DictReader((tmp_path / "report.csv").open()))
     assert [r["label"] for r in rows] == ["off", "scaled"]
     assert float(rows[1]["speedup"]) == pytest.approx(scaled["speedup"])
@@ -209,3 +212,14 @@ def test_video_report_has_per_frame_metrics_and_strips(tmp_path):
     report.write(str(tmp_path))
     assert (tmp_path / "strips" / "prompt_01.png").is_file() and (tmp_path / "grids" / "prompt_00.png").is_file()
     assert "## Per-frame PSNR (dB) vs off" in (tmp_path / "report.md").read_text()
+
+
+def test_lpips_is_refused_in_one_line_where_it_cannot_run(tmp_path, capsys, monkeypatch):
+    from accelerate_diffusion.eval import models
+
+    monkeypatch.setattr(models, "lpips_missing", lambda: models.LPIPS_INSTALL)
+    (tmp_path / "p.txt").write_text("a red circle\n")
+    assert main(["eval", "--model", "sd", "--prompts", str(tmp_path / "p.txt"), "--lpips-net", "alex"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --lpips-net alex: LPIPS needs torchvision") and "--lpips-net none" in err
+    assert len(err.splitlines()) == 1

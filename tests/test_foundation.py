@@ -11,7 +11,8 @@ from accelerate_diffusion.families import find_denoiser
 from accelerate_diffusion.testing import PIPELINES, call_kwargs, make_pipeline, run, surface
 
 EXPECTED_FAMILY = {"sd": "unet", "sdxl": "unet", "pixart": "pixart", "sd3": "sd3",
-                   "flux": "flux", "wan": "wan"}
+                   "flux": "flux", "wan": "wan", "qwenimage": "qwenimage", "wan22": "wan",
+                   "cogvideox": "cogvideox"}
 
 
 @pytest.mark.parametrize("name", PIPELINES)

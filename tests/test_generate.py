@@ -33,7 +33,7 @@ def test_read_prompts_txt_jsonl_csv(tmp_path):
     ("bad3.jsonl", '{"prompt": "ok", "colour": 1}\n', "bad3.jsonl line 1: unknown field\\(s\\) colour"),
     ("bad.csv", "prompt,steps\nx,0\n", "bad.csv line 2: 'steps' = 0 is out of range"),
     ("nohead.csv", "text\nx\n", "must include 'prompt'"),
-    ("empty.txt", "\n\n", "contains no prompts"),
+    ("empty.txt", "\n\n# a comment\n", "no prompt in"),
 ])
 def test_read_prompts_errors_name_the_line(tmp_path, name, text, message):
     with pytest.raises(ValueError, match=message):
@@ -43,7 +43,7 @@ def test_read_prompts_errors_name_the_line(tmp_path, name, text, message):
 def test_missing_file_and_bad_size_fail_before_loading(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("model loaded"))
     assert cli.main(["generate", "--prompts", str(tmp_path / "nope.txt"), "--out", str(tmp_path)]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "prompts: file not found" in capsys.readouterr().err
     assert cli.main(["generate", "--prompt", "x", "--model", "sd3", "--height", "40",
                      "--out", str(tmp_path)]) == 2
     assert "height 40 is not a multiple of 16" in capsys.readouterr().err
@@ -85,3 +85,85 @@ def test_two_processes_split_and_merge(tmp_path):
     assert [r["key"] for r in records] == ["00000_00", "00001_00", "00002_00"]
     assert {r["rank"] for r in records} == {0, 1}
     assert not list(out.glob("manifest.rank*.jsonl"))
+
+
+def test_huge_sizes_are_refused_before_loading(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("model loaded"))
+    assert cli.main(["generate", "--prompt", "a red circle", "--width", "100000", "--height", "100000",
+                     "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "--height/--width 100000 x 100000 = 10,000,000,000 pixels" in err and "--max-pixels" in err
+    rows = _write(tmp_path, "p.jsonl", '{"prompt": "x", "height": 8192, "width": 8192}\n')
+    assert cli.main(["generate", "--prompts", str(rows), "--model", "sd", "--out", str(tmp_path)]) == 2
+    assert "item 0 ('x') height/width 8192 x 8192" in capsys.readouterr().err
+
+
+def test_memory_estimate_refuses_what_does_not_fit(tmp_path, monkeypatch, capsys):
+    from accelerate_diffusion import generate as gen
+    from accelerate_diffusion.testing import make_pipeline
+
+    pipe = make_pipeline("sd")
+    small, large = gen.estimate_memory(pipe, 64, 64), gen.estimate_memory(pipe, 128, 128)
+    assert large == 4 * small and gen.estimate_memory(pipe, 64, 64, batch=3) == 3 * small
+    assert gen.estimate_memory(pipe, 100_000, 100_000) > 2**40          # > 1 TiB: no machine here has it
+    monkeypatch.setattr(gen, "available_memory", lambda device: 2**18)  # 0.25 MiB free
+    args = ["generate", "--prompt", "x", "--model", "sd", "--preset", "off", "--steps", "2",
+            "--height", "64", "--width", "64", "--out", str(tmp_path / "o"), "--quiet"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "64 x 64" in err and "needs an estimated 0.5 MiB but 0.2 MiB is free" in err and "--no-memory-check" in err
+    assert cli.main(args + ["--no-memory-check"]) == 0
+
+
+def test_resume_only_keeps_items_made_with_the_same_settings(tmp_path, capsys):
+    prompts = _write(tmp_path, "p.txt", "a red circle\na blue square\n")
+    out = tmp_path / "out"
+    base = ["generate", "--prompts", str(prompts), "--model", "sd", "--out", str(out), "--quiet"]
+    first = base + ["--preset", "fast", "--steps", "3"]
+    assert cli.main(first) == 0
+    capsys.readouterr()
+    (record,) = [r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines()) if r["index"] == 0]
+    settings = record["settings"]
+    assert (settings["model"], settings["preset"], settings["steps"], settings["seed"]) == ("sd", "fast", 3, 0)
+    assert settings["scheduler"].startswith("DDIMScheduler:") and settings["height"] == 32
+    before = (out / "00000_00.png").read_bytes()
+
+    changed = base + ["--preset", "off", "--steps", "2"]
+    assert cli.main(changed) == 2                      # refused: nothing is silently kept or replaced
+    err = capsys.readouterr().err.strip()
+    assert "2 of 2 item(s) were made with other settings" in err and "--overwrite" in err
+    assert "preset 'fast' -> 'off'" in err and "steps 3 -> 2" in err and len(err.splitlines()) == 1
+    assert (out / "00000_00.png").read_bytes() == before
+
+    assert cli.main(changed + ["--overwrite"]) == 0
+    assert "replaced 2 item(s) made with other settings" in capsys.readouterr().out
+    assert (out / "00000_00.png").read_bytes() != before
+    assert cli.main(changed) == 0
+    assert "(2 of 2 already done)" in capsys.readouterr().out
+    assert cli.main(changed + ["--seed", "5"]) == 2     # the seed is a setting too
+    assert "seed 0 -> 5" in capsys.readouterr().err
+    _write(tmp_path, "p.txt", "a red circle\na green star\n")   # line 2 now asks for another picture
+    assert cli.main(changed) == 2
+    assert "1 of 2 item(s)" in capsys.readouterr().err
+
+
+def test_preset_auto_from_the_cli_calibrates_once_and_records_its_target(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    args = ["generate", "--prompt", "a red circle", "--model", "pixart", "--out", str(out), "--preset", "auto",
+            "--target-psnr", "1000", "--calibration-budget", "2", "--steps", "10", "--quiet"]
+    assert cli.main(args) == 0
+    stored = list((tmp_path / "cache").glob("*.json"))
+    assert len(stored) == 1 and "10steps" in stored[0].name
+    record = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
+    assert record["settings"]["auto"] == {"target_psnr": 1000.0, "budget": 2} and record["techniques"] == []
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--preset", "auto"], "--preset auto: give one quality target"),
+    (["--preset", "fast", "--target-psnr", "30"], "--target-psnr/--target-ssim: only with --preset auto"),
+])
+def test_preset_auto_flags_are_checked(tmp_path, capsys, extra, message):
+    assert cli.main(["generate", "--prompt", "a", "--model", "pixart", "--out", str(tmp_path), *extra]) != 0
+    assert message in capsys.readouterr().err

@@ -215,3 +215,26 @@ def test_row_selection_and_output_types():
     assert guidance._with_main((torch.zeros(2), "extra"), new)[0] is new
     out = guidance._with_main(Transformer2DModelOutput(sample=torch.zeros(2)), new)
     assert isinstance(out, Transformer2DModelOutput) and out.sample is new
+
+
+@pytest.mark.parametrize("name", ["sd", "wan"])      # batched [uncond, cond] and separate calls
+def test_cfg_cache_evaluates_uncond_every_interval(pipelines, name):
+    pipe = pipelines(name)
+    reference = run(pipe, name, steps=STEPS)
+    accelerate(pipe, "off", guidance={"mode": "cache", "cache_interval": 1})
+    assert torch.equal(run(pipe, name, steps=STEPS), reference)
+    pipe.acceleration.remove()
+
+    accelerate(pipe, "off", guidance={"mode": "cache", "cache_interval": 2})
+    rows, handle = _rows_seen(pipe, name)
+    cached = run(pipe, name, steps=STEPS)
+    handle.remove()
+    assert rows == ([2, 1, 2, 1] if name == "sd" else [1, 1, 1, 1, 1, 1])   # uncond at steps 0 and 2
+    stats = _stats(pipe)
+    assert stats["nfe"].startswith("6 of 8 sample-evaluations")
+    assert stats["cache"].endswith("2 uncond predictions = cond + the last evaluated (uncond - cond)")
+    pipe.acceleration.remove()
+    accelerate(pipe, "off", guidance={"mode": "truncation", "cfg_fraction": 0.5})
+    truncated = run(pipe, name, steps=STEPS)      # also 6 of 8, but cond-only steps at the end
+    pipe.acceleration.remove()
+    assert not torch.equal(cached, reference) and not torch.equal(cached, truncated)

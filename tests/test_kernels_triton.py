@@ -110,3 +110,44 @@ def test_triton_non_contiguous_inputs(tk):
 
 def test_triton_listed_when_interpreting(tk):
     assert available_backends("cpu")[0] == "triton"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("case", [CASES[1], CASES[5], CASES[8]], ids=lambda c: type(c[0]).__name__)
+def test_triton_half_precision(tk, dtype, case):
+    spec, d, b, h = case
+    q, k, v = (x.to(dtype) for x in qkv(spec, b, h, d, seed=3))
+    out, used = attention(q, k, v, spec, backend="triton")
+    assert used == "triton" and out.dtype == dtype
+    ref = reference_attention(q.float(), k.float(), v.float(), spec)
+    tol = 2e-3 if dtype == torch.float16 else 2e-2   # P is rounded to the input dtype before P @ V
+    torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
+
+
+def test_autotune_times_every_fitting_config_and_keeps_the_fastest(tk):
+    spec = NeighborhoodMask((12, 13), (5, 4), stride=(2, 4), prefix=3)
+    q, k, v = qkv(spec, d=16, seed=4)
+    ref = reference_attention(q, k, v, spec)
+    configs = tk.configs_for(16, torch.float32)
+    assert configs and set(configs) <= set(tk.CONFIGS)
+    fake_ms = {c: 10.0 + i for i, c in enumerate(configs)}
+    fake_ms[configs[-1]] = 1.0                       # the last one is "fastest"
+    timed = []
+
+    def timer(fn):
+        out = fn()                                    # every candidate must also be right
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+        cfg = configs[len(timed)]
+        timed.append(cfg)
+        return fake_ms[cfg]
+
+    best = tk.autotune(q, k, v, spec, timer=timer)
+    assert best == configs[-1] and timed == configs
+    assert tk.autotune(q, k, v, spec, timer=timer) == best and len(timed) == len(configs)  # cached
+
+
+def test_configs_fit_shared_memory(tk):
+    # bf16, head dim 128: a Q tile plus 3 stages of 128-key K and V tiles (224 KiB) does not fit
+    fits = tk.configs_for(128, torch.bfloat16)
+    assert (128, 128, 8, 3) not in fits and (128, 64, 4, 3) in fits
+    assert (128, 128, 8, 3) in tk.configs_for(64, torch.bfloat16)

@@ -215,3 +215,18 @@ def test_two_pipelines_in_one_process_share_no_global_state():
     a.acceleration.remove()
     assert torch.equal(run(b, "pixart", steps=4), out_b)
     b.acceleration.remove()
+
+
+def test_a_hook_overriding_run_must_say_it_is_eager():
+    from accelerate_diffusion.patches import TechniqueHook
+
+    with pytest.raises(TypeError, match="set eager = True"):
+        class Silent(TechniqueHook):           # noqa: F841  (would never be called)
+            def run(self, module, forward, args, kwargs):
+                return forward(*args, **kwargs)
+
+    class Eager(TechniqueHook):
+        eager = True
+
+        def run(self, module, forward, args, kwargs):
+            return forward(*args, **kwargs)

@@ -3,6 +3,7 @@ interrupt, a non-dominated front, picking a front point through accelerate(), ba
 
 import csv
 import json
+import re
 import os
 import shutil
 
@@ -188,7 +189,11 @@ def test_cli_search_end_to_end(tmp_path, capsys):
                    "--steps", "3", "--generations", "1", "--population", "3", "--out", str(tmp_path / "o"),
                    "--quiet"])
     assert rc == 0
-    assert "Pareto front" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Pareto front" in printed
+    # the summary names the files it wrote
+    listed = re.findall(r"^  (front-\d\d\.json) ", printed, flags=re.M)
+    assert listed and listed == sorted(f for f in os.listdir(tmp_path / "o") if f.startswith("front-"))
     summary = json.loads((tmp_path / "o" / "search-summary.txt").read_text())
     assert summary["evaluations"] >= 3 and summary["prompts"] == ["a red circle", "a blue square"]
     front = load_front(tmp_path / "o")
@@ -210,9 +215,17 @@ def test_seeds_are_resampled_heuristics(pipelines):
     seeds = search_mod.heuristic_seeds(layout, 10)
     assert {"fora:2", "tgate:gate=0.5"} <= {s.name for s in seeds}
     assert all(s.num_steps == 10 and not s.recompute.all() for s in seeds)
-    init = search_mod._initial(seeds, seeds[0].to_bits().size, SearchConfig(steps=10, population=12))
-    assert init.shape == (max(12, len(seeds)), seeds[0].to_bits().size) and not init.all(axis=1).any()
-    assert all(np.array_equal(row, s.to_bits()) for row, s in zip(init, seeds))   # every seed, none dropped
+    n_var = seeds[0].to_bits().size
+    many = search_mod._initial(seeds, n_var, SearchConfig(steps=10, population=len(seeds) + 3))
+    assert many.shape == (len(seeds) + 3, n_var) and not many.all(axis=1).any()
+    assert all(np.array_equal(row, s.to_bits()) for row, s in zip(many, seeds))   # every seed, then random
+    # --population caps the first generation: seeds spread from the cheapest to the most faithful
+    assert len(seeds) > 6
+    few = search_mod._initial(seeds, n_var, SearchConfig(steps=10, population=6))
+    assert few.shape == (6, n_var)
+    by_cost = sorted(seeds, key=lambda s: s.recompute_fraction())
+    kept = [next(s for s in seeds if np.array_equal(s.to_bits(), row)) for row in few]
+    assert kept[0] is by_cost[0] and kept[-1] is by_cost[-1] and len({id(s) for s in kept}) == 6
     comp, call = measure_component_macs(pipe, {**_extra(), "prompt": PROMPTS[:1]})
     assert 0 < comp.sum() < call
 
@@ -226,3 +239,13 @@ def test_shipped_front_loads_by_name():
     with pytest.raises(ValueError, match="shipped fronts: .*ecad-pixart-small-64px-12steps"):
         load_front("no-such-front")
 
+
+
+def test_progress_bar_counts_the_candidates_run(pipelines, tmp_path, capsys):
+    config = SearchConfig(steps=STEPS, generations=2, population=4)
+    search(pipelines("pixart"), PROMPTS, tmp_path / "p", config, call_kwargs=_extra(), progress=True)
+    counts = re.findall(r"(\d+)/(\d+) \[", capsys.readouterr().err)
+    done, total = map(int, counts[-1])
+    assert done == total <= 2 * 4               # the bar ends full, at no more than generations x population
+    archive = [json.loads(line) for line in (tmp_path / "p" / "archive.jsonl").read_text().splitlines()]
+    assert sum(row["generation"] == 1 for row in archive) <= 4      # the first generation is capped too

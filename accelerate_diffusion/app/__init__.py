@@ -15,6 +15,21 @@ import torch
 
 LIMITS = {"steps": (1, 50), "size": (16, 512), "guidance": (0.0, 15.0), "seed": (0, 2**31 - 1)}
 TINY_MODELS = ("sd", "sdxl", "pixart", "sd3", "flux", "wan")
+DISPLAY_PX = 256       # outputs are shown at least this large (nearest-neighbour: pixels stay visible)
+FALLBACK_STEPS = 20
+
+
+def default_steps(model: str) -> int:
+    """Steps the app starts with: those the model's shipped learned schedules were searched at
+    (so balanced/fast/max run them), else the demo models' suggested count, else 20."""
+    from ..schedules.learned import served_steps
+
+    steps = served_steps(model)
+    if steps is None and model.startswith("demo-"):
+        from .. import demo
+
+        steps = demo.DEFAULT_STEPS
+    return steps or FALLBACK_STEPS
 
 
 def available_models() -> list[str]:
@@ -77,8 +92,8 @@ class Comparer:
             pipe = self.pipeline(model)
             result = run_bench(pipe, make_kwargs, preset, overrides, repeats=1, warmup=1, label=model)
         notes = sorted({str(w.message) for w in caught if "accelerate_diffusion" in str(w.message)})
-        baseline = _to_display(result.baseline_output, "baseline")
-        accelerated = _to_display(result.accelerated_output, "accelerated")
+        baseline, baseline_file = _to_display(result.baseline_output, "baseline")
+        accelerated, accelerated_file = _to_display(result.accelerated_output, "accelerated")
         figures = (f"| | baseline | accelerated | ratio |\n|---|---|---|---|\n"
                    f"| wall time | {result.baseline_s[0]:.3f} s | {result.accelerated_s[0]:.3f} s "
                    f"| **{result.wall_ratio:.2f}x** |\n"
@@ -86,23 +101,32 @@ class Comparer:
                    f"| **{result.macs_ratio:.2f}x** |\n\n"
                    f"PSNR vs baseline: **{result.psnr:.2f} dB**, SSIM {result.ssim:.4f}")
         report = "\n".join([result.report] + [f"warning: {n}" for n in notes])
-        return baseline, accelerated, figures, report
+        return baseline, accelerated, figures, report, [baseline_file, accelerated_file]
 
 
-def _to_display(output: torch.Tensor, name: str) -> str:
-    """A PNG (image) or an animated GIF (video) file for Gradio to show."""
+def _to_display(output: torch.Tensor, name: str) -> tuple[str, str]:
+    """(shown, download): a PNG (image) or animated GIF (video), enlarged by a whole factor
+    (nearest) to at least DISPLAY_PX so a 64 px output is not a thumbnail, and the same file
+    at the model's native size for download."""
     from PIL import Image
 
     x = output[0].detach().float().clamp(0, 1).cpu()
     folder = tempfile.mkdtemp(prefix="accelerate-diffusion-app-")
-    if x.ndim == 4:                                   # video: [frames, C, H, W]
-        frames = [Image.fromarray((f.permute(1, 2, 0).numpy() * 255).round().astype("uint8")) for f in x]
-        path = os.path.join(folder, f"{name}.gif")
-        frames[0].save(path, save_all=True, append_images=frames[1:], duration=125, loop=0)
-        return path
-    path = os.path.join(folder, f"{name}.png")
-    Image.fromarray((x.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(path)
-    return path
+    frames = x if x.ndim == 4 else x[None]            # video: [frames, C, H, W]
+    frames = [Image.fromarray((f[:3].permute(1, 2, 0).numpy() * 255).round().astype("uint8")) for f in frames]
+    width, height = frames[0].size
+    factor = max(1, DISPLAY_PX // max(width, height))
+    paths = []
+    for suffix, scale in (("", factor), ("-native", 1)):
+        scaled = [f.resize((width * scale, height * scale), Image.NEAREST) for f in frames]
+        if x.ndim == 4:
+            path = os.path.join(folder, f"{name}{suffix}.gif")
+            scaled[0].save(path, save_all=True, append_images=scaled[1:], duration=125, loop=0)
+        else:
+            path = os.path.join(folder, f"{name}{suffix}.png")
+            scaled[0].save(path)
+        paths.append(path)
+    return paths[0], paths[1]
 
 
 def build_app(comparer: Comparer | None = None, default_model: str | None = None):
@@ -135,7 +159,8 @@ def build_app(comparer: Comparer | None = None, default_model: str | None = None
                 with gr.Row():
                     seed = gr.Number(0, label="seed", precision=0, minimum=LIMITS["seed"][0],
                                      maximum=LIMITS["seed"][1])
-                    steps = gr.Slider(*LIMITS["steps"], value=20, step=1, label="steps")
+                    steps = gr.Slider(*LIMITS["steps"], value=default_steps(default_model or models[0]),
+                                      step=1, label="steps")
                 with gr.Row():
                     guidance = gr.Slider(*LIMITS["guidance"], value=5.0, step=0.5, label="guidance")
                     size = gr.Slider(*LIMITS["size"], value=64, step=16, label="size (px)")
@@ -144,15 +169,35 @@ def build_app(comparer: Comparer | None = None, default_model: str | None = None
                 with gr.Row():
                     base_out = gr.Image(label="baseline", type="filepath", elem_id="baseline", height=320)
                     acc_out = gr.Image(label="accelerated", type="filepath", elem_id="accelerated", height=320)
+                downloads = gr.File(label="download (native size)", file_count="multiple", elem_id="downloads")
                 figures = gr.Markdown(elem_id="figures")
                 report = gr.Textbox(label="acceleration report", lines=10, elem_id="report")
+        # A model's default step count follows the model (its learned schedules' count).
+        model.change(lambda name: gr.update(value=default_steps(name)), [model], [steps])
         button.click(on_generate, [model, prompt, negative, seed, steps, guidance, size, preset, overrides],
-                     [base_out, acc_out, figures, report], concurrency_limit=1)
+                     [base_out, acc_out, figures, report, downloads], concurrency_limit=1)
     app.queue(max_size=16, default_concurrency_limit=1)
     return app
 
 
+def check_port(host: str, port: int) -> None:
+    """A busy port is one line naming --port, not Gradio's 18-line OSError after the app is built."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.bind((host, port))
+    except OSError as exc:
+        raise ValueError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                         f"choose a free port, e.g. --port {port + 1}") from None
+
+
 def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False):
+    check_port(host, port)
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise ValueError("app: Gradio is not installed; pip install 'accelerate-diffusion[app]'") from None
     app = build_app()
     app.launch(server_name=host, server_port=port, share=share, show_error=True)
 
@@ -161,5 +206,5 @@ def register(sub) -> None:
     """Add the ``app`` subcommand to the CLI."""
     p = sub.add_parser("app", help="Gradio app: baseline and accelerated side by side")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=int, default=7860, help="port to serve on")
     p.set_defaults(func=lambda args: launch(args.host, args.port) or 0)

@@ -79,23 +79,29 @@ def _timed(pipe, kwargs) -> tuple[float, torch.Tensor]:
 
 def run_bench(pipe, make_kwargs: Callable[[], dict], preset: str = "balanced",
               overrides: dict[str, Any] | None = None, repeats: int = 3, warmup: int = 1,
-              label: str = "") -> BenchResult:
+              label: str = "", progress: bool = False) -> BenchResult:
     """Time ``pipe(**make_kwargs())`` unpatched and accelerated, alternating, same seeds.
 
     ``make_kwargs`` must return fresh kwargs (with a freshly seeded generator) each call;
     outputs must be images in [0, 1] (``output_type="pt"``).
     """
+    from tqdm.auto import tqdm
+
     overrides = overrides or {}
     result = BenchResult(label or type(pipe).__name__, preset)
+    # Every pipeline call ticks the bar: 2 counted runs, the warm-ups, 2 timed runs per repeat.
+    bar = tqdm(total=2 + warmup + 2 * repeats, desc="bench", unit="call", disable=not progress)
 
     # MACs, counted once each (outside the timed runs), and the outputs compared.
     accelerate(pipe, "off", measure_macs=True)
     reference = _images(pipe(**make_kwargs()))
+    bar.update()
     result.baseline_macs = pipe.acceleration.state.macs
     pipe.acceleration.remove()
     accelerate(pipe, preset, measure_macs=True, **overrides)
     pipe.acceleration.baseline_macs = result.baseline_macs
     accelerated = _images(pipe(**make_kwargs()))
+    bar.update()
     result.accelerated_macs = pipe.acceleration.state.macs
     result.report = str(pipe.acceleration.report())
     pipe.acceleration.remove()
@@ -104,6 +110,7 @@ def run_bench(pipe, make_kwargs: Callable[[], dict], preset: str = "balanced",
 
     for _ in range(warmup):
         pipe(**make_kwargs())
+        bar.update()
     for r in range(repeats):
         order = ("base", "acc") if r % 2 == 0 else ("acc", "base")
         for which in order:
@@ -115,4 +122,6 @@ def run_bench(pipe, make_kwargs: Callable[[], dict], preset: str = "balanced",
             else:
                 seconds, _ = _timed(pipe, make_kwargs())
                 result.baseline_s.append(seconds)
+            bar.update()
+    bar.close()
     return result

@@ -29,10 +29,11 @@ from ..families import find_denoiser
 from ..testing import call_kwargs, make_pipeline, surface
 from ..testing_video import far_call_kwargs, make_far_pipeline, make_skyreels_df_pipeline, run_skyreels
 
-ROWS = ("sd", "sdxl", "pixart", "sd3", "flux", "wan", "anyflow_far", "skyreels_v2")
+ROWS = ("sd", "sdxl", "pixart", "sd3", "flux", "qwenimage", "wan", "wan22", "cogvideox", "anyflow_far", "skyreels_v2")
 PRESETS = ("fast", "max")
 STEPS = 8                      # the presets leave fewer steps untouched
-IMAGE_ROWS = ("sd", "sdxl", "pixart", "sd3", "flux")
+IMAGE_ROWS = ("sd", "sdxl", "pixart", "sd3", "flux", "qwenimage")
+VIDEO_ROWS = ("wan", "wan22", "cogvideox")            # text-to-video pipelines called like the image ones
 UNET_ROWS = ("sd", "sdxl")
 
 
@@ -205,8 +206,8 @@ def _init_names(cls) -> set:
 def _derived(row: str, kind: str):
     from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 
-    if row not in ("sd", "sdxl", "sd3", "flux"):
-        raise NotSupported(f"the {kind} variants are SD, SDXL, SD3 and Flux (diffusers' AutoPipeline)")
+    if row not in ("sd", "sdxl", "sd3", "flux", "qwenimage"):
+        raise NotSupported(f"the {kind} variants are SD, SDXL, SD3, Flux and Qwen-Image (diffusers' AutoPipeline)")
     # diffusers' SD3 inpaint pipeline takes 16-channel latents (the real SD3's), not the tiny 4
     base_pipe = make_pipeline(row, latent_channels=16) if (row, kind) == ("sd3", "inpaint") else make_pipeline(row)
     auto = AutoPipelineForImage2Image if kind == "img2img" else AutoPipelineForInpainting
@@ -215,7 +216,8 @@ def _derived(row: str, kind: str):
     extra = dict(image=_image(4), strength=0.75, num_inference_steps=12)   # 9 steps run
     if kind == "inpaint":
         extra["mask_image"] = (_image(5)[:, :1] > 0.5).float()
-    dropped = ("height", "width") if kind == "img2img" else ()
+    # SD-style img2img takes its size from the image; Qwen-Image's would default to 1024x1024
+    dropped = ("height", "width") if kind == "img2img" and row != "qwenimage" else ()
 
     def call(p):
         kw = {k: v for k, v in call_kwargs(row, steps=12).items() if k not in dropped}
@@ -264,7 +266,7 @@ def _scheduler(name: str):
 
 def few_steps(row):
     """1-4 steps (few-step models): the presets must leave them untouched and say so."""
-    if row not in IMAGE_ROWS + ("wan",):
+    if row not in IMAGE_ROWS + VIDEO_ROWS:
         raise NotSupported("rollouts of this family are per chunk")
     case = base(row)
     call = case.call
@@ -326,10 +328,20 @@ def legacy_callback(row):
     return _with(base(row), callback=lambda i, t, latents: seen.append(i), callback_steps=1)
 
 
+# pipelines whose own code cannot run the batch usage (checked unaccelerated)
+_NO_BATCH = {
+    "qwenimage": "diffusers 0.42.1's QwenImagePipeline itself fails on prompt lists with num_images_per_prompt=2 "
+                 "(tensor size mismatch 2 vs 4, unaccelerated)",
+    "cogvideox": "diffusers 0.42.1's CogVideoXPipeline sets num_videos_per_prompt = 1 whatever it is given",
+}
+
+
 def batch(row):
     """Two prompts, two images each, one generator per image."""
-    if row not in IMAGE_ROWS + ("wan",):
+    if row not in IMAGE_ROWS + VIDEO_ROWS:
         raise NotSupported("the rollout builders take one prompt")
+    if row in _NO_BATCH:
+        raise NotSupported(_NO_BATCH[row])
     import inspect
 
     gens = [torch.Generator().manual_seed(s) for s in range(4)]
@@ -343,7 +355,7 @@ def batch(row):
 
 def decoded(row):
     """output_type="pt" (through the VAE) instead of latents."""
-    if row not in IMAGE_ROWS + ("wan",):
+    if row not in IMAGE_ROWS + VIDEO_ROWS:
         raise NotSupported("the rollout builders return latents")
     return _with(base(row), output_type="pt")
 

@@ -275,6 +275,18 @@ def _adapt(loaded, description: str, mean=None, std=None) -> ClipAdapter:
 
 # -- LPIPS --------------------------------------------------------------------------------
 
+LPIPS_INSTALL = ("LPIPS needs torchvision (for the torch you run) and its backbone weights in the torch hub "
+                 "cache; no extra of this package installs them (PyPI has no torchvision for the CPU torch 2.13 "
+                 "that the documented install uses)")
+
+
+def lpips_missing() -> str | None:
+    """Why LPIPS cannot run here (None when torchvision is installed), without importing it."""
+    import importlib.util
+
+    return None if importlib.util.find_spec("torchvision") is not None else LPIPS_INSTALL
+
+
 def load_lpips(net: str = "alex"):
     """torchmetrics LPIPS, only when torchvision and the backbone's weights are already local."""
     try:

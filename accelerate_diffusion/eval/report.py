@@ -88,7 +88,7 @@ def _resolve_fid(fid_features, adapter: ClipAdapter | None, clip_reason: str):
 
 def compute_metrics(results: list[dict], images: dict[str, torch.Tensor], prompts: list[str],
                     model: str | None, reference_dir: str | None = None,
-                    fid_features: Any = "auto", clip: Any = "auto", lpips_net: str | None = "alex",
+                    fid_features: Any = "auto", clip: Any = "auto", lpips_net: str | None = None,
                     progress: bool = False) -> dict:
     """Rows of figures per configuration, and per metric what produced it (or why skipped)."""
     from tqdm.auto import tqdm
@@ -114,9 +114,7 @@ def compute_metrics(results: list[dict], images: dict[str, torch.Tensor], prompt
                           if adapter else {"skipped": clip_reason})
 
     lpips_metric = None
-    if lpips_net is None:
-        info["lpips"] = {"skipped": "disabled (lpips_net=None)"}
-    else:
+    if lpips_net is not None:          # opt-in: not computable with the documented install
         from .models import load_lpips
         try:
             lpips_metric = load_lpips(lpips_net)
@@ -225,21 +223,24 @@ class EvalReport:
         return _jsonable({"meta": self.meta, "metrics": self.metrics, "rows": self.rows})
 
     def table(self) -> str:
+        # LPIPS is a column only when it was computed (it needs torchvision, outside every extra).
+        with_lpips = any(r.get("lpips") is not None for r in self.rows)
         head = ("| config | wall s (median ± half-range) | off s (paired) | speedup | MACs | MACs ratio "
-                "| peak mem MiB | PSNR dB | SSIM | LPIPS | FID | CLIP |")
-        lines = [head, "|" + "|".join(["---"] * 12) + "|"]
+                "| peak mem MiB | PSNR dB | SSIM |" + (" LPIPS |" if with_lpips else "") + " FID | CLIP |")
+        lines = [head, "|" + "|".join(["---"] * (12 if with_lpips else 11)) + "|"]
         for r in self.rows:
-            lines.append("| " + " | ".join([
+            lines.append("| " + " | ".join([c for c in [
                 r["label"] + (" *" if r["resumed"] else ""),
                 f"{r['time_s']:.3f} ± {r['time_spread_s']:.3f}", f"{r['baseline_s']:.3f}",
                 f"{r['speedup']:.2f}x",
                 format_macs(r["macs"]) if r["macs"] is not None else "n/a",
                 _fmt(r["macs_ratio"], ".2f", "n/a") + ("x" if r["macs_ratio"] else ""),
                 _fmt(r["peak_memory_mib"], ".1f", "n/a"),
-                _fmt(r["psnr"], ".2f"), _fmt(r["ssim"], ".4f"), _fmt(r["lpips"], ".4f"),
+                _fmt(r["psnr"], ".2f"), _fmt(r["ssim"], ".4f"),
+                _fmt(r["lpips"], ".4f") if with_lpips else None,
                 _fmt(r["fid"], ".2f" if r["fid"] is None or abs(r["fid"]) >= 1 else ".3g"),
                 _fmt(r["clip_score"], ".2f"),
-            ]) + " |")
+            ] if c is not None]) + " |")
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
@@ -256,7 +257,9 @@ class EvalReport:
                 f"- timing: {m['timing']}; {m['repeats']} repeats, {m['warmup']} warm-up",
                 f"- peak memory: {m['memory']}"]
         for name in ("macs", "psnr", "ssim", "lpips", "fid", "clip_score"):
-            entry = self.metrics.get(name, {})
+            if name not in self.metrics:
+                continue                    # not asked for (LPIPS unless lpips_net is given)
+            entry = self.metrics[name]
             if "skipped" in entry:
                 out.append(f"- {name}: **skipped**: {entry['skipped']}")
             else:

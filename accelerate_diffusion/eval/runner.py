@@ -9,7 +9,8 @@ Per configuration, in one process:
    that pairing; peak memory is read during the last warm-up call;
 3. cache the result and images under ``out_dir/configs/<label>/`` (a later run with the
    same settings loads them instead of redoing the work).
-Then the metrics (PSNR/SSIM/LPIPS vs ``off``, FID, CLIP score) and the report files.
+Then the metrics (PSNR/SSIM vs ``off``, FID, CLIP score; LPIPS when asked for and torchvision
+is installed) and the report files.
 """
 
 from __future__ import annotations
@@ -75,35 +76,26 @@ def parse_configs(presets: Sequence[str | EvalConfig], overrides: dict | None = 
 
 
 def read_prompts(prompts: str | os.PathLike | Sequence[str]) -> list[str]:
-    """A list of prompts, or a text file with one per line (blank lines and # comments skipped)."""
-    if isinstance(prompts, (str, os.PathLike)):
-        path = os.fspath(prompts)
-        if not os.path.isfile(path):
-            raise ValueError(f"prompts: file not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            prompts = [line.strip() for line in f]
-        prompts = [p for p in prompts if p and not p.startswith("#")]
-        if not prompts:
-            raise ValueError(f"prompts: no prompt in {path} (one prompt per line)")
-        return prompts
-    prompts = [str(p) for p in prompts]
-    if not prompts or any(not p.strip() for p in prompts):
-        raise ValueError("prompts: expected a non-empty list of non-empty prompts")
-    return prompts
+    """A list of prompts, or a prompts file in any format ``generate`` reads (prompt texts only)."""
+    from ..prompts import prompt_texts
+
+    return prompt_texts(prompts, "eval")
 
 
 # -- measurement helpers -------------------------------------------------------------------
 
 class PeakMemory:
-    """Peak memory of one call: CUDA ``max_memory_allocated``, or on CPU the peak rise of the
-    process RSS over its value at entry, sampled from /proc every 2 ms."""
+    """Peak memory of one call: CUDA ``max_memory_allocated``; on CPU (Linux) the process's peak
+    resident set during the call (``VmHWM``, reset through ``/proc/self/clear_refs`` at entry), or
+    where that reset is not allowed, the peak rise of the RSS sampled every 2 ms. Both CPU figures
+    count what the process holds; the first also the weights, as the CUDA figure does."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
-        self.method = ("CUDA max_memory_allocated (bytes, weights included)" if self.cuda else
-                       "CPU: peak RSS increase during the call (sampled /proc/self/statm, 2 ms)")
+        self.method = "CUDA max_memory_allocated (bytes, weights included)" if self.cuda else None
         self.peak: int | None = None
         self._stop = threading.Event()
+        self._thread = None
 
     @staticmethod
     def _rss() -> int | None:
@@ -113,17 +105,43 @@ class PeakMemory:
         except (OSError, ValueError, IndexError):
             return None
 
+    @staticmethod
+    def _hwm() -> int | None:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        return None
+
+    @staticmethod
+    def _reset_hwm() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            return True
+        except OSError:
+            return False
+
     def __enter__(self):
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             return self
+        if self._hwm() is not None and self._reset_hwm():
+            self.method = "CPU: peak resident set of the process during the call (VmHWM; weights included)"
+            self._base = None
+            return self
+        self.method = "CPU: peak RSS increase during the call (sampled /proc/self/statm, 2 ms)"
         self._base = self._rss()
         self._max = self._base or 0
         if self._base is not None:
             def sample():
                 while not self._stop.wait(0.002):
                     self._max = max(self._max, self._rss() or 0)
+            self._stop.clear()
             self._thread = threading.Thread(target=sample, daemon=True)
             self._thread.start()
         return self
@@ -132,9 +150,12 @@ class PeakMemory:
         if self.cuda:
             torch.cuda.synchronize()
             self.peak = int(torch.cuda.max_memory_allocated())
+        elif self._base is None and self._thread is None:
+            self.peak = self._hwm()
         elif self._base is not None:
             self._stop.set()
             self._thread.join()
+            self._thread = None
             self._max = max(self._max, self._rss() or 0)
             self.peak = self._max - self._base
         return False
@@ -311,7 +332,7 @@ def evaluate(pipe_or_name, prompts, presets: Sequence[str | EvalConfig] = ("off"
              size: str = "micro", repeats: int = 3, warmup: int = 1,
              overrides: dict | None = None, call_kwargs: dict | None = None,
              reference_dir: str | None = None, fid_features: Any = "auto",
-             clip: Any = "auto", lpips_net: str | None = "alex", device: str | None = None,
+             clip: Any = "auto", lpips_net: str | None = None, device: str | None = None,
              resume: bool = True, progress: bool = True, plots: bool = True,
              label: str | None = None) -> "EvalReport":
     """Evaluate presets on one pipeline and write the report files into ``out_dir``.
@@ -324,8 +345,9 @@ def evaluate(pipe_or_name, prompts, presets: Sequence[str | EvalConfig] = ("off"
     ``guidance_scale``). ``fid_features``: ``"auto"`` (standard Inception when installed
     locally, else the CLIP image encoder), ``"inception"``, ``"clip"``, ``"random"``
     (tests only) or an ``nn.Module``. ``clip``: ``"auto"`` (the demo CLIP for demo
-    models), ``"demo"``, a local CLIP directory, a callable, or None. ``lpips_net``: None
-    skips LPIPS. ``label`` names the model in the report (default: the name or class).
+    models), ``"demo"``, a local CLIP directory, a callable, or None. ``lpips_net``
+    (``"alex"``, ...): LPIPS too, where torchvision is installed (no extra installs it); None,
+    the default, leaves it out of the report. ``label`` names the model in the report (default: the name or class).
     Returns the :class:`EvalReport` (also written as Markdown, JSON, CSV and
     plots). With ``resume`` a configuration already in ``out_dir`` with the same settings
     is loaded, not redone.
@@ -398,12 +420,13 @@ def evaluate(pipe_or_name, prompts, presets: Sequence[str | EvalConfig] = ("off"
 
 def register(sub) -> None:
     """Add the ``eval`` subcommand to the CLI's subparsers."""
-    ev = sub.add_parser("eval", help="evaluate presets on a pipeline: speedup, MACs, memory, "
-                                     "PSNR/SSIM/LPIPS vs off, FID, CLIP score; writes a report")
+    ev = sub.add_parser("eval", help="evaluate presets on a pipeline: speedup, MACs, peak memory, "
+                                     "PSNR/SSIM vs off, FID, CLIP score; writes a report")
     ev.add_argument("--model", required=True,
                     help="tiny test pipeline (sd, sdxl, pixart, sd3, flux, wan), demo-unet, "
                          "demo-dit, or a diffusers model id / local path")
-    ev.add_argument("--prompts", required=True, help="text file, one prompt per line")
+    ev.add_argument("--prompts", required=True, help="prompts file: .txt (one per line, # comments), .jsonl "
+                    "or .csv with a 'prompt' field (the formats generate reads)")
     ev.add_argument("--presets", default="off,quality,balanced,fast,max",
                     help=f"comma-separated presets ({', '.join(PRESETS)}); off is always included")
     ev.add_argument("--steps", type=int, default=10)
@@ -424,7 +447,9 @@ def register(sub) -> None:
                     help="FID feature extractor (auto: Inception if installed locally, else CLIP)")
     ev.add_argument("--clip", default="auto",
                     help="local CLIP directory, 'demo', 'auto' (demo CLIP for demo models) or 'none'")
-    ev.add_argument("--lpips-net", default="alex", choices=["alex", "vgg", "squeeze", "none"])
+    ev.add_argument("--lpips-net", default="none", choices=["alex", "vgg", "squeeze", "none"],
+                    help="also score LPIPS with this backbone; needs torchvision and the backbone weights "
+                         "locally, which no extra of this package installs")
     ev.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ev.add_argument("--out", default="report", help="output folder (also the resume cache)")
     ev.add_argument("--no-resume", action="store_true", help="redo configurations already in --out")
@@ -456,6 +481,11 @@ def _main(args) -> int:
         raise ValueError(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
     extra = {} if args.guidance is None else {"guidance_scale": args.guidance}
     prompts = read_prompts(args.prompts)          # check inputs before loading any model
+    if args.lpips_net != "none":
+        from .models import lpips_missing
+
+        if lpips_missing():
+            raise ValueError(f"--lpips-net {args.lpips_net}: {lpips_missing()}; use --lpips-net none")
     configs = [*parse_configs(args.presets, parse_overrides(args.set)),
                *(parse_config_arg(text) for text in args.config)]
     report = evaluate(args.model, prompts, configs, steps=args.steps, seeds=seeds,

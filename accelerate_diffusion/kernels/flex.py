@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import torch
 
-from .layout import layout_for
+from .layout import block_layout, layout_for
 from .masks import MaskSpec
 
 __all__ = ["flex_available", "flex_attention_sparse", "flex_block_mask"]
@@ -39,21 +39,25 @@ def _compiled_flex():
         if _COMPILED is None:
             from torch.nn.attention.flex_attention import flex_attention
 
-            # Every (spec, sequence length) is a new graph: the mask_mod closes over
-            # different tensors. Dynamo's default of 8 graphs per function would make the
-            # 9th shape silently run eager flex (~8x slower than dense), so allow more.
-            cfg = torch._dynamo.config
-            if hasattr(cfg, "recompile_limit"):
-                cfg.recompile_limit = max(cfg.recompile_limit, RECOMPILE_LIMIT)
             _COMPILED = torch.compile(flex_attention, dynamic=False)
         return _COMPILED
 
 
+def _run_compiled(*args, **kwargs):
+    """Every (spec, sequence length) is a new graph (the mask_mod closes over different
+    tensors): dynamo's default of 8 graphs per function would make the 9th shape silently run
+    eager flex (~8x slower than dense). The higher limit holds for this call only."""
+    cfg = torch._dynamo.config
+    limit = max(getattr(cfg, "recompile_limit", RECOMPILE_LIMIT), RECOMPILE_LIMIT)
+    with cfg.patch(recompile_limit=limit):
+        return _compiled_flex()(*args, **kwargs)
+
+
 @lru_cache(maxsize=64)
-def _block_mask(spec: MaskSpec, n: int, device: str, block_q: int, block_kv: int):
+def _block_mask(spec: MaskSpec, n: int, device: str, block_q: int, block_kv: int, tile=None):
     from torch.nn.attention.flex_attention import BlockMask
 
-    layout = layout_for(spec, block_q, block_kv)
+    layout = layout_for(spec, block_q, block_kv) if tile is None else block_layout(spec, block_q, block_kv, tile)
     t = layout.on(device)
     bm = BlockMask.from_kv_blocks(
         t["kv_num"][None, None],
@@ -73,11 +77,14 @@ def default_block(device) -> int:
     return 64 if torch.device(device).type == "cpu" else 128
 
 
-def flex_block_mask(spec: MaskSpec, device="cpu", block_q: int | None = None, block_kv: int | None = None):
-    """``(layout, BlockMask)`` for tensors permuted by ``layout`` (cached)."""
+def flex_block_mask(spec: MaskSpec, device="cpu", block_q: int | None = None, block_kv: int | None = None,
+                    tile: tuple[int, ...] | None = None):
+    """``(layout, BlockMask)`` for tensors permuted by ``layout`` (cached). ``tile``: another
+    token order than the canonical one (``tile=spec.grid`` is plain row-major), to compare."""
     block_q = block_q or default_block(device)
     block_kv = block_kv or block_q
-    return _block_mask(spec, spec.num_tokens, str(torch.device(device)), block_q, block_kv)
+    tile = None if tile is None else tuple(int(t) for t in tile)
+    return _block_mask(spec, spec.num_tokens, str(torch.device(device)), block_q, block_kv, tile)
 
 
 def flex_attention_sparse(
@@ -91,15 +98,20 @@ def flex_attention_sparse(
     permuted: bool = False,
     block_q: int | None = None,
     block_kv: int | None = None,
+    tile: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     """Block-sparse attention with FlexAttention. ``permuted=True``: inputs are already
-    in the canonical order (``permutation(spec)``) and the output stays in that order."""
+    in the canonical order (``permutation(spec)``) and the output stays in that order.
+    ``tile`` (not with ``permuted``): tokens reordered by these tiles instead, see
+    ``flex_block_mask``."""
     spec.check_tokens(q.shape[-2])
-    layout, bm = flex_block_mask(spec, q.device, block_q, block_kv)
+    if permuted and tile is not None:
+        raise ValueError("tile must be None when permuted=True (permuted inputs are in the canonical order)")
+    layout, bm = flex_block_mask(spec, q.device, block_q, block_kv, tile)
     if not permuted:
         q, k, v = layout.permute(q), layout.permute(k), layout.permute(v)
     if compile:
-        out = _compiled_flex()(q, k, v, block_mask=bm, scale=scale)
+        out = _run_compiled(q, k, v, block_mask=bm, scale=scale)
     else:
         from torch.nn.attention.flex_attention import flex_attention
 

@@ -122,25 +122,73 @@ class PatchHandle:
 class TechniqueHook(ModelHook):
     """Base of every technique's hook. Calls that are not this pipeline's own (another pipeline
     sharing the module), and every call of a generation the technique sits out (fewer steps
-    than its ``min_steps``), pass through untouched; the others go to :meth:`run`."""
+    than its ``min_steps``), pass through untouched.
+
+    A hook says what it does around the module's own forward in :meth:`before` and :meth:`after`.
+    Under ``torch.compile`` those two run eagerly (``torch.compiler.disable``): cache decisions,
+    counters and Python state never enter the graph, and only the module's forward between them
+    is traced, the same graph for every step. A hook whose work cannot be split so overrides
+    :meth:`run` and sets ``eager = True``: it and its module then run uncompiled."""
 
     technique = ""
+    eager = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "run" in vars(cls) and not cls.eager:      # run() is only called for eager hooks
+            raise TypeError(f"{cls.__name__} overrides run(): set eager = True, or use before()/after()")
 
     def __init__(self, state: AccelerationState):
         super().__init__()
         self.state = state
 
     def new_forward(self, module, *args, **kwargs):
-        if not self.state.in_call or self.technique in self.state.paused:
+        if self.eager:
+            return self._run_eager(module, args, kwargs)
+        done, out, args, kwargs, token = self._before(module, args, kwargs)
+        if done:
+            return out
+        out = self.fn_ref.original_forward(*args, **kwargs)
+        return self._after(module, out, token)
+
+    def before(self, module, args, kwargs):
+        """Returns ``(done, output, args, kwargs, token)``: ``done`` skips the module and returns
+        ``output``; otherwise the module runs on ``args``/``kwargs`` and ``token`` goes to after."""
+        return False, None, args, kwargs, None
+
+    def after(self, module, output, token):
+        return output
+
+    def run(self, module, forward, args, kwargs):
+        """For ``eager`` hooks: the whole call, with ``forward`` the module's own."""
+        return forward(*args, **kwargs)
+
+    def _passes(self) -> bool:
+        return not self.state.in_call or self.technique in self.state.paused
+
+    @torch.compiler.disable
+    def _before(self, module, args, kwargs):
+        if self._passes():
+            return False, None, args, kwargs, _PASS
+        return self.before(module, args, kwargs)
+
+    @torch.compiler.disable
+    def _after(self, module, output, token):
+        return output if token is _PASS else self.after(module, output, token)
+
+    @torch.compiler.disable
+    def _run_eager(self, module, args, kwargs):
+        if self._passes():
             return self.fn_ref.original_forward(*args, **kwargs)
         return self.run(module, self.fn_ref.original_forward, args, kwargs)
 
-    def run(self, module, forward, args, kwargs):  # pragma: no cover - overridden
-        return forward(*args, **kwargs)
+
+_PASS = object()   # token of a call the hook passes through
 
 
 class OutputHook(ModelHook):
-    """A hook that edits a module's output with ``fn(module, output)`` in this pipeline's calls."""
+    """A hook that edits a module's output with ``fn(module, output)`` in this pipeline's calls
+    (eagerly under ``torch.compile``: the edit is a decision, like every hook's)."""
 
     technique = ""
 
@@ -148,6 +196,7 @@ class OutputHook(ModelHook):
         super().__init__()
         self.state, self.fn = state, fn
 
+    @torch.compiler.disable
     def post_forward(self, module, output):
         if not self.state.in_call or self.technique in self.state.paused:
             return output

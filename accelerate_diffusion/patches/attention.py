@@ -1,5 +1,5 @@
 """Sparse / neighborhood attention as a drop-in: image or video self-attention restricted
-to a mask over the token grid (SPECS §5), run by the kernels' ``attention()`` dispatcher.
+to a mask over the token grid, run by the kernels' ``attention()`` dispatcher.
 
 How it plugs in, without copying any diffusers processor:
 
@@ -36,7 +36,7 @@ from . import NotApplicable, PatchContext, PatchHandle, TechniqueHook
 NAME = "attention"
 HOOK = "accel_attention"
 PATTERNS = ("neighborhood", "strided", "blocked", "frame_tile", "criss_cross")
-BACKENDS = ("auto", "flex", "flex_eager", "reference", "triton")
+BACKENDS = ("auto", "flex", "flex_eager", "reference", "triton", "xformers")
 
 
 def _tuple(value):
@@ -154,8 +154,10 @@ class _Runtime:
         self.dense_layers: set[int] = set()
         self._specs: dict = {}
         self.backends: dict[str, int] = {}
+        self.xformers_notes: dict[str, str] = {}   # spec -> why auto did not use xformers (CUDA)
         self.macs_dense = 0      # attention-core MACs of the sparse calls if they ran dense
         self.macs_kernel = 0.0   # the same calls at the mask's density (what a sparse kernel needs)
+        self.session = kernels.AttentionSession()   # this pipeline's dispatcher memory (no global state)
 
     def reset(self) -> None:
         self.backends = {}
@@ -164,9 +166,12 @@ class _Runtime:
             layer.sparse_calls = layer.dense_calls = 0
 
     def forget(self) -> None:
-        """On remove(): free the mask specs built for this pipeline."""
+        """On remove(): free the mask specs built for this pipeline and the kernels' cached masks."""
         self.reset()
         self._specs.clear()
+        self.xformers_notes.clear()
+        self.session.clear()
+        kernels.clear_caches()
 
     def details(self) -> dict:
         """Attention-core MACs of the sparse calls dense vs at mask density, the backends that
@@ -206,8 +211,13 @@ class _Runtime:
                 "different key length; sparse attention only replaces plain self-attention "
                 f"(use {NAME}.dense_layers or attention=False)")
         spec = self.spec(query.shape[-2], layer)
-        out, used = kernels.attention(query, key, value, spec, backend=self.config.backend, scale=scale)
+        out, used = kernels.attention(query, key, value, spec, backend=self.config.backend, scale=scale,
+                                       session=self.session)
         layer.density, layer.backend = spec.density(), used
+        if query.is_cuda and used != "xformers" and self.config.backend == "auto":
+            reason = kernels.xformers_unused_reason(query, spec)
+            if reason:
+                self.xformers_notes[repr(spec)] = reason
         b, h, n, d = query.shape
         self.macs_dense += 2 * b * h * n * n * d          # QK^T and PV, as FlopCounterMode counts SDPA
         self.macs_kernel += layer.density * 2 * b * h * n * n * d
@@ -235,6 +245,8 @@ class _Runtime:
         sparse = sum(l.sparse_calls for l in self.layers)
         dense = sum(l.dense_calls for l in self.layers)
         weighted = sum(l.sparse_calls * (l.density or 1.0) for l in self.layers) + dense
+        notes = {"xformers not used": "; ".join(sorted(set(self.xformers_notes.values())))} \
+            if self.xformers_notes else {}
         return {
             "token grid": self.last_grid,
             "density per block": text or "no call yet",
@@ -243,6 +255,7 @@ class _Runtime:
             "mean attention density": round(weighted / max(sparse + dense, 1), 4),
             "attention MACs of sparse calls": f"{format_macs(self.macs_kernel)} at mask density "
                                               f"(dense: {format_macs(self.macs_dense)})",
+            **notes,
         }
 
 
@@ -269,17 +282,21 @@ class _GridHook(TechniqueHook):
         super().__init__(runtime.ctx.state)
         self.runtime = runtime
 
-    def run(self, module, forward, args, kwargs):
+    def before(self, module, args, kwargs):
         rt = self.runtime
         previous, rt.grid = rt.grid, rt.ctx.family.token_grid_of(module, args, kwargs)
-        try:
-            return forward(*args, **kwargs)
-        finally:
-            rt.last_grid, rt.grid = rt.grid, previous
+        return False, None, args, kwargs, previous
+
+    def after(self, module, output, previous):
+        rt = self.runtime
+        rt.last_grid, rt.grid = rt.grid, previous
+        return output
 
 
 class _AttnHook(TechniqueHook):
     """On one self-attention module: its own forward, with SDPA swapped when sparse."""
+
+    eager = True    # the swap is a torch-function mode around the forward
 
     def __init__(self, runtime: _Runtime, layer: _Layer):
         super().__init__(runtime.ctx.state)

@@ -13,6 +13,11 @@ Modes:
   step count are resampled to the nearest step, with a warning and a note in the report,
   unless ``fallback`` names a heuristic to build for that step count instead (the presets
   do this with learned schedules: resampling one cost 2-12 dB on the demo DiT).
+- ``forecast`` (either mode): on a reused step, instead of copying the last output, extrapolate
+  it in the step index from the last ``forecast + 1`` computed outputs (order 1: linear, order 2:
+  quadratic; TaylorSeer-style, by Lagrange extrapolation so unevenly spaced full steps are exact
+  for polynomials of that order). Until enough outputs exist it reuses. It keeps ``forecast + 1``
+  outputs per component instead of one.
 - ``dynamic``: First-Block-Cache-like. The first block always runs; when its residual
   (output - input) changed less than ``threshold`` (mean abs difference relative to the
   residual at the last full step), every component of the remaining blocks is reused.
@@ -24,6 +29,9 @@ resolution change recomputes. If an outer technique (guidance) shrinks a batched
 ``[uncond, cond]`` call to the cond half, a reused output is sliced to its cond half (the
 second half of the batch) rather than recomputed (unless the CFG layout is "separate",
 where a batch never holds both halves: then it recomputes). Everything is dropped between generations.
+A pipeline with several experts (Wan 2.2) gets one runtime (cache) per expert: an expert never reuses
+another's outputs, and its first step is a full compute; the schedule stays indexed by the
+generation's step (the noise level), which is what its full first and last steps protect.
 """
 
 from __future__ import annotations
@@ -68,6 +76,7 @@ class Config(TechniqueConfig):
     schedule_dir: str = ""            # a searched front to pick the schedule from
     max_quality_loss: float | None = None
     min_steps: int = 1                # generations with fewer steps run untouched (few-step models)
+    forecast: int = 0                 # 0: reuse the last output; 1, 2: extrapolate from the last 2, 3
 
     def validate(self) -> None:
         check_choice(self.NAME, "mode", self.mode, MODES)
@@ -75,6 +84,7 @@ class Config(TechniqueConfig):
         check_range(self.NAME, "warmup_steps", self.warmup_steps, 1, None, integer=True)
         check_range(self.NAME, "max_reuse", self.max_reuse, 0, None, integer=True)
         check_range(self.NAME, "min_steps", self.min_steps, 1, None, integer=True)
+        check_range(self.NAME, "forecast", self.forecast, 0, 2, integer=True)
         if not isinstance(self.fallback, str):
             raise ValueError(f"{self.NAME}.fallback: expected a heuristic name like 'fora:2' or '', "
                              f"got {type(self.fallback).__name__}")
@@ -124,6 +134,35 @@ def _is_halved(cached: tuple, now: tuple) -> bool:
             and n_shape[0] > 0 and c_shape[0] == 2 * n_shape[0])
 
 
+def lagrange_weights(steps: list[int], at: int) -> list[float]:
+    """Weights w_j with f(at) = sum_j w_j f(steps[j]) for any polynomial f of degree < len(steps)."""
+    out = []
+    for j, sj in enumerate(steps):
+        w = 1.0
+        for m, sm in enumerate(steps):
+            if m != j:
+                w *= (at - sm) / (sj - sm)
+        out.append(w)
+    return out
+
+
+def _extrapolate(history: list[tuple[int, Any]], at: int):
+    """The output predicted at step ``at`` from (step, output) pairs, oldest first."""
+    weights = lagrange_weights([s for s, _ in history], at)
+    outputs = [o for _, o in history]
+
+    def combine(*tensors):
+        total = tensors[0] * weights[0]
+        for w, t in zip(weights[1:], tensors[1:]):
+            total = total + t * w
+        return total.to(tensors[0].dtype)
+
+    if isinstance(outputs[0], torch.Tensor):
+        return combine(*outputs)
+    return type(outputs[0])(combine(*parts) if isinstance(parts[0], torch.Tensor) else parts[0]
+                            for parts in zip(*outputs))
+
+
 def _second_half(value, batch: int):
     """Slice every batch-sized tensor in ``value`` to its second half (the cond rows)."""
     if isinstance(value, torch.Tensor):
@@ -140,8 +179,14 @@ class _ComponentHook(TechniqueHook):
         super().__init__(runtime.state)
         self.runtime, self.block, self.component = runtime, block, component
 
-    def run(self, module, forward, args, kwargs):
-        return self.runtime.component_call(self.block, self.component, forward, args, kwargs)
+    def before(self, module, args, kwargs):
+        key, signature, cached = self.runtime.lookup(self.block, self.component, args, kwargs)
+        if cached is not None:
+            return True, cached, args, kwargs, None
+        return False, None, args, kwargs, (key, signature)
+
+    def after(self, module, output, token):
+        return self.runtime.store(*token, output)
 
 
 class _ProbeHook(TechniqueHook):
@@ -151,8 +196,14 @@ class _ProbeHook(TechniqueHook):
         super().__init__(runtime.state)
         self.runtime = runtime
 
-    def run(self, module, forward, args, kwargs):
-        return self.runtime.probe_call(forward, args, kwargs)
+    def before(self, module, args, kwargs):
+        self.runtime._sync()
+        hidden_in = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        return False, None, args, kwargs, hidden_in
+
+    def after(self, module, output, hidden_in):
+        self.runtime.probe(hidden_in, output)
+        return output
 
 
 class _Runtime:
@@ -229,12 +280,14 @@ class _Runtime:
     # -- decisions ----------------------------------------------------------------------
     def _wants_reuse(self, block: int, component: int, slot: int) -> bool:
         if self.config.mode == "schedule":
-            return not self.schedule.recompute_at(self.state.step, block, component)
+            # an expert's first step recomputes: its cache is empty (Wan 2.2's second expert at the switch)
+            return self.state.expert_step > 0 and not self.schedule.recompute_at(self.state.step, block, component)
         if block == 0:
             return False
         return self.dynamic.get(slot, {}).get("reuse", False)
 
-    def component_call(self, block: int, component: int, forward, args, kwargs):
+    def lookup(self, block: int, component: int, args, kwargs):
+        """(key, input signature, output to reuse or None) for this component call."""
         self._sync()
         state, slot = self.state, self._slot()
         key = (slot, block, component)
@@ -242,25 +295,35 @@ class _Runtime:
         if self._wants_reuse(block, component, slot):
             cached = self.outputs.get(key)
             if cached is not None:
-                cached_sig, output = cached
+                cached_sig, history = cached
                 if cached_sig == signature:
-                    state.count("components_reused")
-                    return output
+                    return key, signature, self._predict(history)
                 if _is_halved(cached_sig, signature) and state.cfg_layout != "separate":
-                    state.count("components_reused")
-                    return _second_half(output, cached_sig[0][0][0])
+                    batch = cached_sig[0][0][0]
+                    return key, signature, self._predict([(s, _second_half(o, batch)) for s, o in history])
             state.count("components_cache_miss")       # reuse planned but nothing valid cached
-        output = forward(*args, **kwargs)
-        self.outputs[key] = (signature, output)
-        state.count("components_recomputed")
+        return key, signature, None
+
+    def _predict(self, history):
+        self.state.count("components_reused")
+        if self.config.forecast and len(history) > 1:
+            self.state.count("components_forecast")
+            return _extrapolate(history, self.state.step)
+        return history[-1][1]
+
+    def store(self, key, signature, output):
+        """Keep the last ``forecast + 1`` outputs computed with this input signature."""
+        cached = self.outputs.get(key)
+        history = cached[1] if cached is not None and cached[0] == signature else []
+        keep = self.config.forecast + 1
+        history = [h for h in history if h[0] != self.state.step]    # a repeated step replaces its entry
+        self.outputs[key] = (signature, (history + [(self.state.step, output)])[-keep:])
+        self.state.count("components_recomputed")
         return output
 
-    def probe_call(self, forward, args, kwargs):
-        """Run the first block and decide, from its residual, whether the rest is reused."""
-        self._sync()
+    def probe(self, hidden_in, output) -> None:
+        """After the first block: decide, from its residual, whether the rest is reused."""
         state, config = self.state, self.config
-        hidden_in = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        output = forward(*args, **kwargs)
         hidden_out = output[-1] if isinstance(output, (tuple, list)) else output
         residual = (hidden_out - hidden_in).detach()
         slot = self.dynamic.setdefault(self._slot(), {"prev": None, "run": 0, "reuse": False})
@@ -273,14 +336,13 @@ class _Runtime:
                 prev = prev[prev.shape[0] // 2:]
             if prev.shape == residual.shape:
                 change = (residual - prev).abs().mean() / prev.abs().mean().clamp_min(1e-12)
-                reuse = float(change) < config.threshold
+                reuse = float(change) < config.threshold      # one host sync per call, outside any graph
         if reuse:
             slot["run"] += 1
             state.count("dynamic_calls_reused")
         else:
             slot["prev"], slot["run"] = residual, 0
         slot["reuse"] = reuse
-        return output
 
     def stats(self) -> dict:
         counters = self.state.counters
@@ -296,6 +358,8 @@ class _Runtime:
         else:
             out["threshold"] = self.config.threshold
             out["calls with blocks reused"] = counters["dynamic_calls_reused"]
+        if self.config.forecast:
+            out["forecast"] = f"order {self.config.forecast}: {counters['components_forecast']} reused outputs extrapolated"
         out["components recomputed"] = run
         out["components reused"] = reused
         if counters["components_cache_miss"]:

@@ -306,10 +306,10 @@ class _Runtime:
             self.mode, self.entry = "cached", entry
             self.rows = slice(None) if entry.batch == batch else slice(batch, None)
 
-    def finish_call(self, slot: int, ok: bool) -> None:
+    def finish_call(self, slot: int) -> None:
+        """After a call that ran to the end (a failed call never reaches here: nothing is cached)."""
         if self.mode == "full":
-            if ok:
-                self.caches[slot] = self.entry
+            self.caches[slot] = self.entry
             self.full.add(self.state.step)
             self.state.count("deepcache_full")
         elif self.mode == "cached":
@@ -339,17 +339,14 @@ class _ControllerHook(TechniqueHook):
         super().__init__(runtime.state)
         self.rt = runtime
 
-    def run(self, module, forward, args, kwargs):
+    def before(self, module, args, kwargs):
         sample = args[0] if args else kwargs.get("sample")
-        slot = self.rt.state.call_in_step
         self.rt.plan_call(sample)
-        ok = False
-        try:
-            out = forward(*args, **kwargs)
-            ok = True
-        finally:
-            self.rt.finish_call(slot, ok)
-        return out
+        return False, None, args, kwargs, self.rt.state.call_in_step
+
+    def after(self, module, output, slot):
+        self.rt.finish_call(slot)
+        return output
 
 
 class _DeepHook(TechniqueHook):
@@ -361,14 +358,17 @@ class _DeepHook(TechniqueHook):
         self.name = name
         self.is_cut = is_cut
 
-    def run(self, module, forward, args, kwargs):
+    def before(self, module, args, kwargs):
         rt = self.rt
         if rt.mode == "cached":
             if self.is_cut:
                 # a copy: FreeU scales the up path's input in place
-                return _map(rt.entry.feature, lambda t: t[rt.rows].clone())
-            return _zeros(rt.entry.specs[self.name], rt.batch)
-        out = forward(*args, **kwargs)
+                return True, _map(rt.entry.feature, lambda t: t[rt.rows].clone()), args, kwargs, None
+            return True, _zeros(rt.entry.specs[self.name], rt.batch), args, kwargs, None
+        return False, None, args, kwargs, None
+
+    def after(self, module, out, token):
+        rt = self.rt
         if rt.mode == "full":
             if self.is_cut:
                 rt.entry.feature = _map(out, lambda t: t.clone())

@@ -24,6 +24,10 @@ Modes (``Config.mode``):
 * ``linear`` (LinearAG): on steps listed in a fitted coefficient file the uncond
   prediction is not evaluated but estimated as ``a*eps_c[t] + b*eps_c[t-1] + c*eps_u[t-1]``;
   the AG switch (``threshold``) runs on top. Fit with :func:`fit_pipeline`.
+* ``cache`` (CFG caching, FasterCache-style): guidance stays on every step, but the uncond
+  branch is evaluated only every ``cache_interval`` steps; in between its prediction is the
+  step's cond prediction plus the (uncond - cond) difference of the last evaluated step.
+  ``cache_interval=1`` evaluates every step (exact).
 
 Per-sample decisions by default (``per_sample=False``: the whole batch switches when
 every sample has crossed the threshold). The report lists, per sample, the first step
@@ -46,7 +50,7 @@ from ..config import TechniqueConfig, check_choice, check_range
 from . import NotApplicable, PatchContext, PatchHandle, TechniqueHook
 
 NAME = "guidance"
-MODES = ("adaptive", "truncation", "interval", "linear")
+MODES = ("adaptive", "truncation", "interval", "linear", "cache")
 HOOK = "accelerate_diffusion.guidance"
 DATA_DIR = Path(__file__).parent / "guidance_data"   # shipped LinearAG coefficient files
 
@@ -64,6 +68,7 @@ class Config(TechniqueConfig):
     coefficients: str | None = None  # linear: a JSON path or shipped name; None: match the model
     record: bool = False             # keep every fully guided step's (cond, uncond) predictions (LinearAG fitting)
     min_steps: int = 1                # generations with fewer steps run untouched (few-step models)
+    cache_interval: int = 2           # cache: evaluate the uncond branch every this many steps
 
     def validate(self) -> None:
         check_choice(NAME, "mode", self.mode, MODES)
@@ -81,6 +86,7 @@ class Config(TechniqueConfig):
         check_choice(NAME, "per_sample", self.per_sample, (True, False))
         check_choice(NAME, "record", self.record, (True, False))
         check_range(NAME, "min_steps", self.min_steps, 1, integer=True)
+        check_range(NAME, "cache_interval", self.cache_interval, 1, integer=True)
         if self.coefficients is not None and not isinstance(self.coefficients, str):
             raise ValueError(f"{NAME}.coefficients: must be None or a path/name string, "
                              f"got {self.coefficients!r}")
@@ -165,7 +171,9 @@ class _Generation:
         self.guided_count: list[int] = []        # per sample: steps with a real uncond eval
         self.cond_out = None             # separate layout: this step's cond output
         self.prev: tuple[torch.Tensor, torch.Tensor] | None = None  # linear: (eps_c, eps_u) of t-1
-        self.estimated = 0               # linear: uncond predictions estimated
+        self.estimated = 0               # linear, cache: uncond predictions estimated
+        self.diff: torch.Tensor | None = None   # cache: uncond - cond at the last evaluated step
+        self.diff_step = 0
         self.linear_off: str | None = None
         self.unrecognised = False
 
@@ -197,6 +205,9 @@ class _Controller:
         if not self._cfg_window():
             return [], []
         guided = [i for i in range(gen.batch) if gen.switched[i] is None or step < gen.switched[i]]
+        if self.config.mode == "cache":
+            due = gen.diff is None or step - gen.diff_step >= self.config.cache_interval
+            return (guided, []) if due else ([], guided)
         if self.config.mode == "linear" and self.linear is not None and gen.linear_off is None:
             if step in self._replace and gen.prev is not None:
                 return [], guided
@@ -231,8 +242,8 @@ class _Controller:
                 return "batched"
         return {1: "cond", 2: "uncond"}.get(call, "single")
 
-    # the hook body ------------------------------------------------------------------------
-    def forward(self, original, module, args, kwargs):
+    # the hook body: before the denoiser runs (which rows), after (fill and observe) ------
+    def before(self, args, kwargs):
         layout = self._layout(args, kwargs)
         sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
         n = sample.shape[0] if isinstance(sample, torch.Tensor) else 0
@@ -240,18 +251,43 @@ class _Controller:
         if layout == "batched":
             if gen.layout is None:
                 self._start("batched", n // 2)
-            return self._batched(original, args, kwargs, n)
+            return self._batched(args, kwargs, n)
         if layout == "uncond":
             if gen.layout != "separate":
                 self._start("separate", n)
-            return self._uncond_call(original, args, kwargs, n)
-        out = original(*args, **kwargs)
+            return self._uncond_call(args, kwargs, n)
         self.state.count("guidance_nfe", n)
-        if layout == "cond":
-            gen.cond_out = out
-            if gen.layout is None:
-                gen.layout, gen.batch = "single", n
-        return out
+        return False, None, args, kwargs, ("plain", layout, n)
+
+    def after(self, out, token):
+        kind = token[0]
+        if kind == "plain":
+            if token[1] == "cond":
+                self.gen.cond_out = out
+                if self.gen.layout is None:
+                    self.gen.layout, self.gen.batch = "single", token[2]
+            return out
+        if kind == "batched":
+            b = token[1]
+            pred = _main(out)
+            self._observe(pred[b:], pred[:b], list(range(b)))
+            return out
+        if kind == "batched_rows":
+            evaluated, estimated = token[1], token[2]
+            pred = _main(out)
+            cond = pred[len(evaluated):]
+            uncond = self._fill(cond, pred[:len(evaluated)], evaluated, estimated)
+            self._observe(cond, uncond, evaluated)
+            return _with_main(out, torch.cat([uncond, cond]))
+        if kind == "uncond":
+            self._observe(token[1], _main(out), token[2])
+            return out
+        if kind == "uncond_rows":
+            cond, evaluated, estimated = token[1], token[2], token[3]
+            uncond = self._fill(cond, _main(out), evaluated, estimated)
+            self._observe(cond, uncond, evaluated)
+            return _with_main(out, uncond)
+        return out      # "unpaired"
 
     def step_end(self) -> None:
         """After step 0: CFG on but no layout we know is loud, not silent."""
@@ -262,48 +298,35 @@ class _Controller:
                           "batch or a cond call then an uncond call); running full CFG.",
                           stacklevel=2)
 
-    def _batched(self, original, args, kwargs, n):
+    def _batched(self, args, kwargs, n):
         b = n // 2
         evaluated, estimated = self._plan()
         run = evaluated + list(range(b, n))
         self.state.count("guidance_nfe", len(run))
         self.state.count("guidance_nfe_saved", n - len(run))
         if len(run) == n:
-            out = original(*args, **kwargs)
-            pred = _main(out)
-            self._observe(pred[b:], pred[:b], list(range(b)))
-            return out
+            return False, None, args, kwargs, ("batched", b)
         index = torch.tensor(run)
-        out = original(*_select(args, n, index), **_select(kwargs, n, index))
-        pred = _main(out)
-        cond = pred[len(evaluated):]
-        uncond = self._fill(cond, pred[:len(evaluated)], evaluated, estimated)
-        self._observe(cond, uncond, evaluated)
-        return _with_main(out, torch.cat([uncond, cond]))
+        return False, None, _select(args, n, index), _select(kwargs, n, index), ("batched_rows", evaluated, estimated)
 
-    def _uncond_call(self, original, args, kwargs, n):
+    def _uncond_call(self, args, kwargs, n):
         gen = self.gen
         if gen.cond_out is None or _main(gen.cond_out).shape[0] != n:
-            out = original(*args, **kwargs)     # no cond output of this step to pair with
-            self.state.count("guidance_nfe", n)
-            return out
+            self.state.count("guidance_nfe", n)   # no cond output of this step to pair with
+            return False, None, args, kwargs, ("unpaired",)
         cond = _main(gen.cond_out)
         evaluated, estimated = self._plan()
         self.state.count("guidance_nfe", len(evaluated))
         self.state.count("guidance_nfe_saved", n - len(evaluated))
         if len(evaluated) == n:
-            out = original(*args, **kwargs)
-            self._observe(cond, _main(out), evaluated)
-            return out
+            return False, None, args, kwargs, ("uncond", cond, evaluated)
         if evaluated:
             index = torch.tensor(evaluated)
-            out = original(*_select(args, n, index), **_select(kwargs, n, index))
-            real = _main(out)
-        else:
-            out, real = gen.cond_out, cond[:0]
-        uncond = self._fill(cond, real, evaluated, estimated)
+            return (False, None, _select(args, n, index), _select(kwargs, n, index),
+                    ("uncond_rows", cond, evaluated, estimated))
+        uncond = self._fill(cond, cond[:0], evaluated, estimated)
         self._observe(cond, uncond, evaluated)
-        return _with_main(out, uncond)
+        return True, _with_main(gen.cond_out, uncond), args, kwargs, None
 
     def _fill(self, cond, real, evaluated, estimated) -> torch.Tensor:
         """The full uncond prediction: real rows, LinearAG estimates, cond copies elsewhere."""
@@ -312,7 +335,11 @@ class _Controller:
         uncond = cond.clone()
         if evaluated:
             uncond[evaluated] = real.to(cond.dtype)
-        if estimated:
+        if estimated and self.config.mode == "cache":
+            uncond[estimated] = (cond[estimated] + self.gen.diff[estimated]).to(cond.dtype)
+            self.gen.estimated += len(estimated)
+            self.state.count("guidance_uncond_estimated", len(estimated))
+        elif estimated:
             a, b, c = self.linear["coefficients"][self.state.step]
             prev_c, prev_u = self.gen.prev
             uncond[estimated] = (a * cond[estimated] + b * prev_c[estimated]
@@ -328,6 +355,8 @@ class _Controller:
             self.recording.append((cond.detach().cpu().clone(), uncond.detach().cpu().clone()))
         if self.linear is not None:
             gen.prev = (cond.detach(), uncond.detach())
+        if self.config.mode == "cache" and evaluated and len(evaluated) == gen.batch:
+            gen.diff, gen.diff_step = (uncond - cond).detach(), step
         for i in evaluated:
             gen.last_guided[i] = step
             gen.guided_count[i] += 1
@@ -378,6 +407,9 @@ class _Controller:
                       f"{100 * saved / max(nfe + saved, 1):.1f}%)"}
         if self.linear is not None:
             out["linear"] = gen.linear_off or f"{gen.estimated} uncond predictions estimated"
+        if self.config.mode == "cache":
+            out["cache"] = (f"uncond evaluated every {self.config.cache_interval} steps; {gen.estimated} uncond "
+                            f"predictions = cond + the last evaluated (uncond - cond)")
         return out
 
 
@@ -392,8 +424,11 @@ class _GuidanceHook(TechniqueHook):
         self.context = StateManager(dict)
         controller._context = self.context
 
-    def run(self, module, forward, args, kwargs):
-        return self.controller.forward(forward, module, args, kwargs)
+    def before(self, module, args, kwargs):
+        return self.controller.before(args, kwargs)
+
+    def after(self, module, output, token):
+        return self.controller.after(output, token)
 
     def reset_state(self, module):
         return module   # pipelines reset cache hooks after the loop; the report must survive

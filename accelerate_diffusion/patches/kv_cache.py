@@ -1,4 +1,4 @@
-"""Temporal KV-cache compression for autoregressive video (SPECS §6): TempCache.
+"""Temporal KV-cache compression for autoregressive video: TempCache.
 
 Target: diffusers' ``AnyFlowFARPipeline``, which denoises a video chunk by chunk and keeps
 a per-layer KV cache of the chunks already made. Each layer's self-attention processor is
@@ -441,9 +441,9 @@ class _ObserveHook(TechniqueHook):
         super().__init__(ctrl.state)
         self.ctrl = ctrl
 
-    def run(self, module, forward, args, kwargs):
+    def before(self, module, args, kwargs):
         self.ctrl.observe(kwargs)
-        return forward(*args, **kwargs)
+        return False, None, args, kwargs, None
 
 
 def apply(ctx: PatchContext, config: Config) -> PatchHandle:

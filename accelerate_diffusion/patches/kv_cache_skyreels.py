@@ -371,6 +371,8 @@ def _wrap_plan(pipe, ctrl: _Controller):
 
 
 class _Hook(TechniqueHook):
+    eager = True      # re-runs the history frames around the forward: not one traced call
+
     def __init__(self, ctrl: _Controller):
         super().__init__(ctrl.state)
         self.forward_fn = _Forward(ctrl)

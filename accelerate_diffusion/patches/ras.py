@@ -333,13 +333,14 @@ class _DenoiserHook(TechniqueHook):
         super().__init__(runtime.state)
         self.runtime = runtime
 
-    def run(self, module, forward, args, kwargs):
+    def before(self, module, args, kwargs):
         rt = self.runtime
         previous, rt.call = rt.call, rt.begin_call(args, kwargs)
-        try:
-            return forward(*args, **kwargs)
-        finally:
-            rt.call = previous
+        return False, None, args, kwargs, previous
+
+    def after(self, module, output, previous):
+        self.runtime.call = previous
+        return output
 
 
 class _FluxSparseProcessor:

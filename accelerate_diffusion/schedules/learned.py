@@ -49,6 +49,20 @@ def folder_for(denoiser) -> str | None:
     return _index().get(fingerprint(denoiser))
 
 
+def served_steps(model: str, data_dir: str = DATA_DIR) -> int | None:
+    """The step count the shipped learned schedules of a model (by name, e.g. ``demo-dit``) were
+    searched at: front ends default to it so that ``balanced``/``fast``/``max`` run them."""
+    if os.path.isdir(data_dir):
+        for name in sorted(os.listdir(data_dir)):
+            path = os.path.join(data_dir, name, MODEL_FILE)
+            if os.path.isfile(path):
+                with open(path) as f:
+                    info = json.load(f)
+                if info.get("model") == model and info.get("steps"):
+                    return int(info["steps"])
+    return None
+
+
 def preset_schedule(denoiser, preset: str) -> CacheSchedule | None:
     """The learned schedule a preset uses on this model, or None (the preset keeps its heuristic)."""
     folder = folder_for(denoiser)

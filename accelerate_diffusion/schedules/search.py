@@ -82,7 +82,7 @@ class SearchResult:
     generations: int
     wall_seconds: float                   # over all sessions of this search (resumes included)
     out_dir: str
-    files: dict[str, str] = field(default_factory=dict)
+    files: dict = field(default_factory=dict)    # "front": the front-NN.json paths; "csv"; "plot"
 
 
 # -- seeds ---------------------------------------------------------------------------------
@@ -321,6 +321,9 @@ def search(pipe, prompts: Sequence[str] | str | os.PathLike, out_dir: str | os.P
         while done < config.generations:
             pop = algorithm.ask()
             gen = done + 1
+            if len(pop) != config.population:      # fewer offspring when duplicates were eliminated
+                bar.total += len(pop) - config.population
+                bar.refresh()
             F = np.zeros((len(pop), 2))
             for i, bits in enumerate(pop.get("X").astype(bool)):
                 key = _key(bits)
@@ -353,11 +356,27 @@ def search(pipe, prompts: Sequence[str] | str | os.PathLike, out_dir: str | os.P
     return _write_outputs(archive, layout, config, prompts, out_dir, name, evaluator, wall, done, list(compare))
 
 
+def _spread(seeds: list[CacheSchedule], k: int) -> list[CacheSchedule]:
+    """``k`` of the seeds: warm-start ones (an earlier front) first, the rest picked evenly over
+    their recompute fraction, so a small population still spans cheap to faithful schedules."""
+    def evenly(group: list[CacheSchedule], n: int) -> list[CacheSchedule]:
+        if n >= len(group):
+            return list(group)
+        ordered = sorted(group, key=lambda s: s.recompute_fraction())
+        return [ordered[i] for i in np.round(np.linspace(0, len(ordered) - 1, n)).astype(int)]
+
+    warm = [s for s in seeds if s.name.startswith(WARM_START)]
+    rest = [s for s in seeds if not s.name.startswith(WARM_START)]
+    chosen = evenly(warm, k)
+    return chosen + evenly(rest, k - len(chosen))
+
+
 def _initial(seeds: list[CacheSchedule], n_var: int, config: SearchConfig) -> np.ndarray:
-    """Every seed, then random schedules (recompute rate drawn in [0.4, 0.95]) up to the
-    population. More seeds than the population make a larger first generation (all of them are
-    evaluated; NSGA-II's survival keeps the population size from then on)."""
+    """The first generation, exactly ``population`` schedules: the seeds (capped to the
+    population by :func:`_spread`), then random schedules (recompute rate drawn in [0.4, 0.95])."""
     rng = np.random.default_rng(config.seed)
+    if len(seeds) > config.population:
+        seeds = _spread(seeds, config.population)
     rows = [s.to_bits() for s in seeds]
     while len(rows) < config.population:
         bits = rng.random(n_var) < rng.uniform(0.4, 0.95)
@@ -391,7 +410,7 @@ def _write_outputs(archive, layout, config, prompts, out_dir, name, evaluator, w
     on_front = {r["bits"] for r in front_rows}
     for old in glob.glob(os.path.join(out_dir, "front-*.json")):
         os.remove(old)
-    front, files = [], {}
+    front, files = [], {"front": []}
     for k, row in enumerate(front_rows):
         sched = CacheSchedule.from_bits(layout, config.steps, _unkey(row["bits"], n_var), name=f"{name}-{k:02d}")
         sched.metrics = {"quality_metric": config.metric, "quality_loss": row["quality_loss"],
@@ -403,6 +422,7 @@ def _write_outputs(archive, layout, config, prompts, out_dir, name, evaluator, w
         path = os.path.join(out_dir, f"front-{k:02d}.json")
         sched.save(path)
         front.append(sched)
+        files["front"].append(path)
     csv_path = os.path.join(out_dir, "evaluations.csv")
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)

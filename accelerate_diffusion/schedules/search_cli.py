@@ -57,9 +57,9 @@ def _run_cli(args) -> int:
                     progress=not args.quiet, seeds=seeds)
     print(f"{result.evaluations} schedules evaluated over {result.generations} generations in "
           f"{result.wall_seconds:.0f} s; Pareto front ({config.metric} loss vs MACs ratio, estimated):")
-    for s in result.front:
-        print(f"  {os.path.basename(s.metrics.get('path', s.name)):12s} {s.metrics['macs_ratio']:5.2f}x  "
-              f"loss {s.metrics['quality_loss']:.4f}  ({s.metrics['origin']})")
+    for path, s in zip(result.files["front"], result.front):
+        print(f"  {os.path.basename(path):14s} {s.metrics['macs_ratio']:5.2f}x  "
+              f"loss {s.metrics['quality_loss']:.4f}  ({s.metrics['origin']}; schedule name {s.name})")
     print(f"files in {args.out}: front-NN.json, evaluations.csv, front.png")
     return 0
 
@@ -73,8 +73,14 @@ def register(sub) -> None:
     p.add_argument("--prompts", required=True, help="calibration prompts, one per line")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--generations", type=int, default=10, help="pymoo generations (the seeded population is the first)")
-    p.add_argument("--population", type=int, default=72)
-    p.add_argument("--metric", default="ssim", choices=list(METRICS))
+    p.add_argument("--population", type=int, default=72,
+                   help="schedules per generation; the first is the heuristic (and --seed-front) seeds, spread "
+                        "over their cost when there are more than this, topped up with random ones")
+    from ..eval.models import lpips_missing
+
+    # LPIPS is offered only where torchvision is installed (no extra of this package installs it).
+    metrics = [m for m in METRICS if m != "lpips" or not lpips_missing()]
+    p.add_argument("--metric", default="ssim", choices=metrics, help="quality loss vs the uncached outputs")
     p.add_argument("--seed", type=int, default=0, help="prompt i uses seed+i; also seeds the search")
     p.add_argument("--mutation", type=float, default=SearchConfig.mutation_prob, help="bit-flip probability per bit")
     p.add_argument("--batch-size", type=int, default=0, help="prompts per pipeline call (0: all)")
