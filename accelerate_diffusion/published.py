@@ -119,7 +119,7 @@ PUBLISHED: dict[str, Published] = {p.name: p for p in (
         notes="micro-conditions (resolution, aspect ratio) on: sample_size 128"),
     Published(
         "pixart_sigma", "PixArt-Σ 1024", "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", "PixArtTransformer2DModel",
-        dict(_PIXART, sample_size=128, interpolation_scale=2, use_additional_conditions=False),
+        dict(_PIXART, sample_size=128, use_additional_conditions=False),
         "PixArtSigmaPipeline", *_PIXART_SCHEDULER,
         1024, 1024, 20, 4.5, "batched", {"prompt_embeds": (300, 4096)}),
     Published(
