@@ -12,16 +12,16 @@ from accelerate_diffusion.eval import compat
 from accelerate_diffusion.testing import call_kwargs, make_pipeline, run
 
 
+@pytest.mark.parametrize("preset", compat.PRESETS)
 @pytest.mark.parametrize("row", compat.ROWS)
-def test_every_usage_works_or_is_refused_loudly(row):
+def test_every_usage_works_or_is_refused_loudly(row, preset):
     failures = []
     for usage in compat.USAGES:
-        for preset in compat.PRESETS:
-            outcome = compat.check(row, usage, preset)
-            if outcome.status == "FAILS":
-                failures.append(f"{usage} / {preset}: {outcome.detail}")
-            elif outcome.status == "works" and usage != "pipeline sharing the components":
-                assert outcome.ran, f"{usage} / {preset}: accelerated but nothing was saved or reported"
+        outcome = compat.check(row, usage, preset)
+        if outcome.status == "FAILS":
+            failures.append(f"{usage} / {preset}: {outcome.detail}")
+        elif outcome.status == "works" and usage != "pipeline sharing the components":
+            assert outcome.ran, f"{usage} / {preset}: accelerated but nothing was saved or reported"
     assert failures == []
 
 
