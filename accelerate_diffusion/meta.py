@@ -79,17 +79,20 @@ def _cpu_pipeline_class(cls):
                                        "__module__": cls.__module__})
 
 
-def meta_pipeline(name: str):
+def meta_pipeline(name: str, device: str = "meta"):
     """The published model's pipeline class with its scheduler, the denoiser on meta, no text
-    encoders and no VAE; call it with :func:`meta_call_kwargs`."""
+    encoders and no VAE; call it with :func:`meta_call_kwargs`. ``device="cpu"``: the same with a
+    real denoiser of random weights (for real calls at a reduced size)."""
     import diffusers
     from diffusers.hooks import HookRegistry
 
     spec = get_published(name)
-    denoiser = build_denoiser(name)
-    HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(_bridge_hook(), BRIDGE_HOOK)
+    denoiser = build_denoiser(name, device)
     scheduler = getattr(diffusers, spec.scheduler)(**spec.scheduler_config)
-    cls = _cpu_pipeline_class(getattr(diffusers, spec.pipeline))
+    cls = getattr(diffusers, spec.pipeline)
+    if torch.device(device).type == "meta":
+        HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(_bridge_hook(), BRIDGE_HOOK)
+        cls = _cpu_pipeline_class(cls)
     attr = "unet" if spec.denoiser == "UNet2DConditionModel" else "transformer"
     components = {k: None for k in cls._get_signature_keys(cls)[0]}
     components.update({attr: denoiser, "scheduler": scheduler})
