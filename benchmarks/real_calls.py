@@ -46,6 +46,8 @@ def main() -> None:
         kwargs = dict(steps=args.steps, height=args.size, width=args.size)
         if name.startswith("wan"):
             kwargs["num_frames"] = args.frames
+        if name.startswith("pixart"):
+            kwargs["use_resolution_binning"] = False     # else PixArt runs at its 512/1024 px bin
         base = None
         for preset in PRESETS:
             accelerate(pipe, preset, measure_macs=True)
