@@ -58,7 +58,7 @@ def main() -> None:
             macs = pipe.acceleration.state.macs
             base = macs if preset == "off" else base
             applied = ", ".join(h.technique for h in pipe.acceleration.handles) or "-"
-            frames = f"x{args.frames}f" if "num_frames" in kwargs else ""
+            frames = f", {args.frames} frames" if "num_frames" in kwargs else ""
             lines.append(f"| {name} | {args.size}px{frames} | {preset} | {applied} | {format_macs(macs)} | "
                          f"{base / max(macs, 1):.2f}x | {wall:.1f} | {bool(torch.isfinite(torch.as_tensor(result)).all())} |")
             print(lines[-1], flush=True)
