@@ -128,15 +128,17 @@ def choose(pipe, family, denoiser, trial: Callable, *, target_psnr: float | None
         with trial(overrides or {}):     # {}: no acceleration, whatever the pipeline had before
             return _images(pipe(**kwargs))
 
+    def label(index: int, seed: int) -> str:
+        return f"{index}@{seed}"
+
     def measure(index: int, seed: int) -> dict:
-        label = f"{index}@{seed}"
-        if label not in record.rungs:
+        if label(index, seed) not in record.rungs:
             if seed not in baselines:
                 baselines[seed] = generate(seed, None)
             out = generate(seed, ladder[index])
-            record.rungs[label] = {kind_: _metric(kind_, baselines[seed], out) for kind_ in ("psnr", "ssim")}
+            record.rungs[label(index, seed)] = {k: _metric(k, baselines[seed], out) for k in ("psnr", "ssim")}
             record.save()
-        return record.rungs[label]
+        return record.rungs[label(index, seed)]
 
     def affordable(n_new: int) -> bool:
         return spent + n_new <= budget
@@ -144,7 +146,7 @@ def choose(pipe, family, denoiser, trial: Callable, *, target_psnr: float | None
     lo, hi = -1, len(ladder)          # lo: known to meet the target (-1: no acceleration); hi: known to miss
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        cost = (f"{mid}@{SEED}" not in record.rungs) * (1 + (SEED not in baselines))
+        cost = (label(mid, SEED) not in record.rungs) * (1 + (SEED not in baselines))
         if not affordable(cost):
             break
         if measure(mid, SEED)[kind] >= target:
@@ -153,13 +155,13 @@ def choose(pipe, family, denoiser, trial: Callable, *, target_psnr: float | None
             hi = mid
     verified = None
     if lo >= 0:
-        cost = (f"{lo}@{VERIFY_SEED}" not in record.rungs) * 2
+        cost = (label(lo, VERIFY_SEED) not in record.rungs) * 2
         if affordable(cost):
             verified = measure(lo, VERIFY_SEED)[kind]
             if verified < target:
                 lo -= 1
     bar.close()
     chosen = ladder[lo] if lo >= 0 else {}
-    measured = record.rungs.get(f"{lo}@{SEED}", {}).get(kind, math.inf if lo < 0 else None)
+    measured = record.rungs.get(label(lo, SEED), {}).get(kind, math.inf if lo < 0 else None)
     return {"overrides": chosen, "rung": lo, "of": len(ladder), "target": f"{kind} >= {target}",
             "measured": measured, "verified": verified, "generations_run": spent, "stored": str(record.path)}

@@ -164,7 +164,7 @@ class TechniqueHook(ModelHook):
         return forward(*args, **kwargs)
 
     def _passes(self) -> bool:
-        return not self.state.in_call or self.technique in self.state.paused
+        return _passes_through(self.state, self.technique)
 
     @torch.compiler.disable
     def _before(self, module, args, kwargs):
@@ -186,6 +186,11 @@ class TechniqueHook(ModelHook):
 _PASS = object()   # token of a call the hook passes through
 
 
+def _passes_through(state: AccelerationState, technique: str) -> bool:
+    """Another pipeline's call through a shared module, or a generation the technique sits out."""
+    return not state.in_call or technique in state.paused
+
+
 class OutputHook(ModelHook):
     """A hook that edits a module's output with ``fn(module, output)`` in this pipeline's calls
     (eagerly under ``torch.compile``: the edit is a decision, like every hook's)."""
@@ -198,7 +203,7 @@ class OutputHook(ModelHook):
 
     @torch.compiler.disable
     def post_forward(self, module, output):
-        if not self.state.in_call or self.technique in self.state.paused:
+        if _passes_through(self.state, self.technique):
             return output
         return self.fn(module, output)
 

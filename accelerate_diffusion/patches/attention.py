@@ -153,14 +153,13 @@ class _Runtime:
         self.layers: list[_Layer] = []
         self.dense_layers: set[int] = set()
         self._specs: dict = {}
-        self.backends: dict[str, int] = {}
         self.xformers_notes: dict[str, str] = {}   # spec -> why auto did not use xformers (CUDA)
         self.macs_dense = 0      # attention-core MACs of the sparse calls if they ran dense
         self.macs_kernel = 0.0   # the same calls at the mask's density (what a sparse kernel needs)
         self.session = kernels.AttentionSession()   # this pipeline's dispatcher memory (no global state)
 
     def reset(self) -> None:
-        self.backends = {}
+        self.session.calls.clear()           # calls per backend, per generation
         self.macs_dense, self.macs_kernel = 0, 0.0
         for layer in self.layers:
             layer.sparse_calls = layer.dense_calls = 0
@@ -177,7 +176,7 @@ class _Runtime:
         """Attention-core MACs of the sparse calls dense vs at mask density, the backends that
         ran, and the mask specs built (token grid, extra tokens, text side -> spec)."""
         return {"macs_dense": self.macs_dense, "macs_kernel": self.macs_kernel,
-                "backend_calls": dict(self.backends), "specs": dict(self._specs),
+                "backend_calls": dict(self.session.calls), "specs": dict(self._specs),
                 "layers": [{"name": l.name, "block": l.index, "sparse_calls": l.sparse_calls,
                             "dense_calls": l.dense_calls, "density": l.density} for l in self.layers]}
 
@@ -222,7 +221,6 @@ class _Runtime:
         self.macs_dense += 2 * b * h * n * n * d          # QK^T and PV, as FlopCounterMode counts SDPA
         self.macs_kernel += layer.density * 2 * b * h * n * n * d
         layer.sparse_calls += 1
-        self.backends[used] = self.backends.get(used, 0) + 1
         self.ctx.state.count("attention_sparse_calls")
         return out
 
@@ -250,7 +248,7 @@ class _Runtime:
         return {
             "token grid": self.last_grid,
             "density per block": text or "no call yet",
-            "backends": dict(self.backends, dense=dense) if dense else dict(self.backends),
+            "backends": dict(self.session.calls, dense=dense) if dense else dict(self.session.calls),
             "attention calls sparse/dense": f"{sparse}/{dense}",
             "mean attention density": round(weighted / max(sparse + dense, 1), 4),
             "attention MACs of sparse calls": f"{format_macs(self.macs_kernel)} at mask density "

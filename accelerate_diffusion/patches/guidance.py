@@ -329,24 +329,26 @@ class _Controller:
         return True, _with_main(gen.cond_out, uncond), args, kwargs, None
 
     def _fill(self, cond, real, evaluated, estimated) -> torch.Tensor:
-        """The full uncond prediction: real rows, LinearAG estimates, cond copies elsewhere."""
+        """The full uncond prediction: real rows, estimated rows, cond copies elsewhere."""
         if not evaluated and not estimated:
             return cond
         uncond = cond.clone()
         if evaluated:
             uncond[evaluated] = real.to(cond.dtype)
-        if estimated and self.config.mode == "cache":
-            uncond[estimated] = (cond[estimated] + self.gen.diff[estimated]).to(cond.dtype)
-            self.gen.estimated += len(estimated)
-            self.state.count("guidance_uncond_estimated", len(estimated))
-        elif estimated:
-            a, b, c = self.linear["coefficients"][self.state.step]
-            prev_c, prev_u = self.gen.prev
-            uncond[estimated] = (a * cond[estimated] + b * prev_c[estimated]
-                                 + c * prev_u[estimated]).to(cond.dtype)
+        if estimated:
+            uncond[estimated] = self._estimate(cond, estimated).to(cond.dtype)
             self.gen.estimated += len(estimated)
             self.state.count("guidance_uncond_estimated", len(estimated))
         return uncond
+
+    def _estimate(self, cond, rows) -> torch.Tensor:
+        """Uncond predictions not evaluated: cond + the cached difference (CFG caching), or
+        LinearAG's a*eps_c[t] + b*eps_c[t-1] + c*eps_u[t-1]."""
+        if self.config.mode == "cache":
+            return cond[rows] + self.gen.diff[rows]
+        a, b, c = self.linear["coefficients"][self.state.step]
+        prev_c, prev_u = self.gen.prev
+        return a * cond[rows] + b * prev_c[rows] + c * prev_u[rows]
 
     def _observe(self, cond, uncond, evaluated) -> None:
         """After a step's predictions: AG decisions, LinearAG history, recording."""
