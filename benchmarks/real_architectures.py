@@ -105,14 +105,15 @@ def _generation(pipe, kwargs: dict) -> dict:
     return out
 
 
-def attention_probe(pipe, name: str) -> dict | None:
-    """Two steps with sparse self-attention (window 0.5): self-attention core share and density."""
+def attention_probe(pipe, name: str, kwargs: dict | None = None, window: float = WINDOW) -> dict | None:
+    """Two steps with sparse self-attention (window 0.5): self-attention core share and density.
+    ``kwargs``: the call (default: the published one at 2 steps; PixArt treats 1 step as DMD)."""
     family = family_of(pipe.unet if hasattr(pipe, "unet") else pipe.transformer)
     if "attention" not in family.techniques:
         return None
-    accelerate(pipe, "off", measure_macs=True, attention={"window": WINDOW, "min_steps": 1})
+    accelerate(pipe, "off", measure_macs=True, attention={"window": window, "min_steps": 1})
     try:
-        run = _generation(pipe, meta_call_kwargs(name, steps=2))   # PixArt treats 1 step as DMD
+        run = _generation(pipe, kwargs or meta_call_kwargs(name, steps=2))
         grid = pipe.acceleration.stats()["attention"]["token grid"]
     finally:
         pipe.acceleration.remove()
