@@ -14,7 +14,7 @@ import string
 import torch
 
 PIPELINES = ("sd", "sdxl", "pixart", "sd3", "flux", "wan", "qwenimage", "wan22", "cogvideox", "hunyuan_video",
-             "wan_vace")
+             "wan_vace", "lumina2")
 SIZES = ("micro", "small")
 
 # Default call arguments per pipeline and size: resolution and frames kept tiny.
@@ -41,6 +41,8 @@ CALL_DEFAULTS = {
     ("hunyuan_video", "small"): dict(height=128, width=128, num_frames=9),
     ("wan_vace", "micro"): dict(height=16, width=16, num_frames=9),
     ("wan_vace", "small"): dict(height=128, width=128, num_frames=9),
+    ("lumina2", "micro"): dict(height=32, width=32),
+    ("lumina2", "small"): dict(height=256, width=256),
 }
 
 
@@ -146,6 +148,36 @@ def _llama(hidden: int, layers: int):
     return LlamaModel(LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
                                   num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                                   max_position_embeddings=1024, pad_token_id=tok.pad_token_id))
+
+
+GEMMA_SPECIAL = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>")
+
+
+def _gemma_tokenizer():
+    """A byte-per-token Gemma tokenizer built in memory (spaces are its own "\u2581"), with the
+    turn tokens SANA's prompt template names."""
+    from transformers import GemmaTokenizer
+
+    vocab = {t: i for i, t in enumerate(GEMMA_SPECIAL[:5])}
+    for c in _byte_chars() + ["\u2581"]:
+        vocab.setdefault(c, len(vocab))
+    for t in GEMMA_SPECIAL[5:]:
+        vocab[t] = len(vocab)
+    tok = GemmaTokenizer(vocab=vocab, merges=[])
+    tok.add_special_tokens({"additional_special_tokens": list(GEMMA_SPECIAL[5:])})
+    return tok
+
+
+def _gemma2(hidden: int, layers: int):
+    """A tiny Gemma 2 decoder: the text encoder of Lumina 2 and SANA (they read its hidden states)."""
+    from transformers import Gemma2Config, Gemma2Model
+
+    tok = _gemma_tokenizer()
+    return Gemma2Model(Gemma2Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
+                                    num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                    head_dim=hidden // 4, max_position_embeddings=1024,
+                                    pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                    eos_token_id=tok.eos_token_id))
 
 
 def _clip_text(hidden: int, layers: int, projection: bool = False, proj_dim: int | None = None):
@@ -411,6 +443,24 @@ def _build_hunyuan_video(size: str):
                                 text_encoder_2=_clip_text(d, 2), tokenizer_2=_clip_tokenizer())
 
 
+def _build_lumina2(size: str):
+    from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
+
+    if size == "micro":
+        tkw = dict(hidden_size=32, num_layers=2, num_refiner_layers=1, num_attention_heads=2, num_kv_heads=1,
+                   multiple_of=16, axes_dim_rope=(4, 6, 6), sample_size=4)
+        d, vae_ch = 32, (8, 8, 8, 8)
+    else:
+        tkw = dict(hidden_size=384, num_layers=8, num_refiner_layers=2, num_attention_heads=6, num_kv_heads=2,
+                   multiple_of=64, axes_dim_rope=(16, 24, 24), sample_size=32)
+        d, vae_ch = 64, (16, 32, 32, 32)
+    transformer = Lumina2Transformer2DModel(patch_size=2, in_channels=4, axes_lens=(512, 128, 128), cap_feat_dim=d,
+                                            **tkw)
+    # the pipeline's latents are 8x smaller than the image whatever the VAE: four VAE levels keep them so
+    return Lumina2Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(),
+                           vae=_vae(4, vae_ch), text_encoder=_gemma2(d, 2), tokenizer=_gemma_tokenizer())
+
+
 _BUILDERS = {
     "sd": lambda size: _build_sd(size),
     "sdxl": lambda size: _build_sd(size, xl=True),
@@ -423,6 +473,7 @@ _BUILDERS = {
     "qwenimage": _build_qwenimage,
     "cogvideox": _build_cogvideox,
     "hunyuan_video": _build_hunyuan_video,
+    "lumina2": _build_lumina2,
 }
 
 
@@ -451,6 +502,10 @@ def call_kwargs(name: str, size: str = "micro", steps: int = 4, seed: int = 0, *
         kw["max_sequence_length"] = 48
     if name == "pixart":
         kw.update(use_resolution_binning=False, clean_caption=False)
+    if name == "lumina2":
+        # CFG as a cond call then an uncond call; a short system prompt (the pipeline's own is ~170 bytes,
+        # one token each with the byte tokenizer)
+        kw.update(guidance_scale=4.0, max_sequence_length=64, system_prompt="You draw images.")
     if name in ("qwenimage", "hunyuan_video"):
         kw.update(negative_prompt=" ", true_cfg_scale=4.0)   # true CFG: a separate negative call
     if name == "hunyuan_video":
