@@ -210,7 +210,7 @@ FAMILIES: tuple[Family, ...] = (
               "token per 2x2 latent patch; true CFG, true_cfg_scale > 1 with a negative prompt, runs a separate "
               "negative call). Sparse attention needs one token grid: not the edit pipelines' several images",
     ),
-    # -- image families added together: Lumina 2 (RAS), SANA (linear attention) ----------------------
+    # -- image families added together: Lumina 2 (RAS), SANA (linear attention) ---------------------
     Family(
         name="lumina2", classes=("Lumina2Transformer2DModel",), kind="dit", denoiser_attr="transformer",
         # layers: the joint blocks over [text, image] (each row's image tokens right after its own text,
@@ -227,6 +227,20 @@ FAMILIES: tuple[Family, ...] = (
                  _DIT_NOT_DEEPCACHE, ("kv_cache", "no autoregressive rollout")),
         notes="Lumina-Image 2.0 (Gemma text encoder; CFG as a cond call then an uncond call). RAS sparsifies the "
               "joint blocks; the refiners run every token",
+    ),
+    Family(
+        name="sana", classes=("SanaTransformer2DModel",), kind="dit", denoiser_attr="transformer",
+        # attn1: linear self-attention over the image tokens; attn2: cross-attention to the text; ff: a
+        # GLU feed-forward with a 3x3 depthwise conv over the (h, w) token grid. No position embedding.
+        block_groups=(BlockGroup("transformer_blocks", ("attn1", "attn2", "ff"), (SelfAttention("attn1"),)),),
+        text_tokens="cross", pos_embed="none", cfg="batched",
+        techniques=("guidance", "block_cache"),
+        why_not=(("attention", "its self-attention is linear attention (SanaLinearAttnProcessor2_0, a ReLU kernel): "
+                               "there is no softmax attention map for a sparse mask to cut"),
+                 ("ras", "no RAS layout: every block's feed-forward runs a 3x3 depthwise conv over the whole (h, w) "
+                         "token grid, so no block can run on a subset of the tokens"),
+                 _DIT_NOT_DEEPCACHE, ("kv_cache", "no autoregressive rollout")),
+        notes="SANA 600M / 1600M (Gemma 2 text encoder, DC-AE 32x latents: 1024 px is 32 x 32 tokens; batched CFG)",
     ),
     Family(
         name="wan", classes=("WanTransformer3DModel",), kind="dit", denoiser_attr="transformer",

@@ -14,7 +14,7 @@ import string
 import torch
 
 PIPELINES = ("sd", "sdxl", "pixart", "sd3", "flux", "wan", "qwenimage", "wan22", "cogvideox", "hunyuan_video",
-             "wan_vace", "lumina2")
+             "wan_vace", "lumina2", "sana")
 SIZES = ("micro", "small")
 
 # Default call arguments per pipeline and size: resolution and frames kept tiny.
@@ -43,6 +43,8 @@ CALL_DEFAULTS = {
     ("wan_vace", "small"): dict(height=128, width=128, num_frames=9),
     ("lumina2", "micro"): dict(height=32, width=32),
     ("lumina2", "small"): dict(height=256, width=256),
+    ("sana", "micro"): dict(height=32, width=32),
+    ("sana", "small"): dict(height=256, width=256),
 }
 
 
@@ -461,6 +463,37 @@ def _build_lumina2(size: str):
                            vae=_vae(4, vae_ch), text_encoder=_gemma2(d, 2), tokenizer=_gemma_tokenizer())
 
 
+def _dc_ae(levels: int):
+    """A tiny DC-AE (SANA's VAE): the pipeline's latents are 2 ** (levels - 1) times smaller than the image."""
+    from diffusers import AutoencoderDC
+
+    return AutoencoderDC(
+        in_channels=3, latent_channels=4, attention_head_dim=2, encoder_block_types="ResBlock",
+        decoder_block_types="ResBlock", encoder_block_out_channels=(8,) * levels,
+        decoder_block_out_channels=(8,) * levels, encoder_layers_per_block=(1,) * levels,
+        decoder_layers_per_block=(1,) * levels, encoder_qkv_multiscales=((),) * levels,
+        decoder_qkv_multiscales=((),) * levels, downsample_block_type="conv", upsample_block_type="interpolate",
+        scaling_factor=0.41407)
+
+
+def _build_sana(size: str):
+    from diffusers import DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
+
+    if size == "micro":     # 32 px, 4x latents: 8 x 8 tokens
+        tkw = dict(num_layers=2, num_attention_heads=2, attention_head_dim=8, num_cross_attention_heads=2,
+                   cross_attention_head_dim=8, cross_attention_dim=16, sample_size=8)
+        d, levels = 32, 3
+    else:                   # 256 px, 8x latents: 32 x 32 tokens (SANA 1024 px: 32x latents, 32 x 32 tokens)
+        tkw = dict(num_layers=12, num_attention_heads=6, attention_head_dim=64, num_cross_attention_heads=6,
+                   cross_attention_head_dim=64, cross_attention_dim=384, sample_size=32)
+        d, levels = 64, 4
+    transformer = SanaTransformer2DModel(patch_size=1, in_channels=4, out_channels=4, caption_channels=d, **tkw)
+    # the scheduler SANA's checkpoints ship: DPM-Solver++ on flow sigmas
+    scheduler = DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return SanaPipeline(tokenizer=_gemma_tokenizer(), text_encoder=_gemma2(d, 2), vae=_dc_ae(levels),
+                        transformer=transformer, scheduler=scheduler)
+
+
 _BUILDERS = {
     "sd": lambda size: _build_sd(size),
     "sdxl": lambda size: _build_sd(size, xl=True),
@@ -474,6 +507,7 @@ _BUILDERS = {
     "cogvideox": _build_cogvideox,
     "hunyuan_video": _build_hunyuan_video,
     "lumina2": _build_lumina2,
+    "sana": _build_sana,
 }
 
 
@@ -506,6 +540,9 @@ def call_kwargs(name: str, size: str = "micro", steps: int = 4, seed: int = 0, *
         # CFG as a cond call then an uncond call; a short system prompt (the pipeline's own is ~170 bytes,
         # one token each with the byte tokenizer)
         kw.update(guidance_scale=4.0, max_sequence_length=64, system_prompt="You draw images.")
+    if name == "sana":      # no resolution bins, no caption cleaning (bs4, ftfy), no long instruction preamble
+        kw.update(guidance_scale=4.5, max_sequence_length=48, use_resolution_binning=False, clean_caption=False,
+                  complex_human_instruction=None)
     if name in ("qwenimage", "hunyuan_video"):
         kw.update(negative_prompt=" ", true_cfg_scale=4.0)   # true CFG: a separate negative call
     if name == "hunyuan_video":

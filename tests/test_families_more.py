@@ -1,5 +1,5 @@
 """Image families of the family table beyond the first ones: Lumina 2 (region-adaptive sampling through
-its joint blocks, CFG as separate calls). Tiny configs of the real classes; `off` exactness and
+its joint blocks, CFG as separate calls), SANA (linear attention). Tiny configs of the real classes; `off` exactness and
 `remove()` are also covered by test_foundation's PIPELINES, every preset by test_families."""
 
 import pytest
@@ -108,3 +108,29 @@ def test_lumina2_refusals_name_their_reason(pipelines):
         accelerate(pipe, "off", ras=SPARSE, block_cache={"schedule": "fora:2"})
     assert [s["technique"] for s in pipe.acceleration.report().skipped] == ["ras"]
     pipe.acceleration.remove()
+
+
+# -- SANA: linear self-attention, batched CFG --------------------------------------------------------
+def test_sana_block_cache_and_guidance_cut_macs(pipelines):
+    pipe = pipelines("sana")
+    reference, full = _macs(pipe, "sana")
+    out, same = _macs(pipe, "sana", block_cache={"schedule": "full"})
+    assert torch.equal(out, reference) and same == full
+    out, cached = _macs(pipe, "sana", block_cache={"schedule": "fora:2"})
+    assert cached < 0.8 * full and torch.isfinite(out).all()
+    accelerate(pipe, "off", measure_macs=True, guidance={"mode": "truncation", "cfg_fraction": 0.5})
+    run(pipe, "sana", steps=STEPS)
+    generation = pipe.acceleration.report().generation
+    pipe.acceleration.remove()
+    assert generation["cfg_layout"] == "batched" and generation["counters"]["guidance_nfe_saved"] == STEPS // 2
+    assert generation["macs"] == pytest.approx(0.75 * full, rel=0.05)   # half the steps run the cond half only
+
+
+def test_sana_refusals_name_their_reason(pipelines):
+    pipe = pipelines("sana")
+    assert type(pipe.transformer.transformer_blocks[0].attn1.processor).__name__ == "SanaLinearAttnProcessor2_0"
+    with pytest.raises(ValueError, match="attention: does not apply to the sana family .*linear attention"):
+        accelerate(pipe, "off", attention=True)
+    with pytest.raises(ValueError, match="ras: does not apply to the sana family .*depthwise conv"):
+        accelerate(pipe, "off", ras=True)
+    assert not hasattr(pipe, "acceleration")
