@@ -160,7 +160,8 @@ FAMILIES: tuple[Family, ...] = (
                  ("ras", "RAS selects a DiT's image tokens; a UNet works on feature maps at several resolutions"),
                  ("attention", "the sparse masks are for one DiT token grid; a UNet attends at several resolutions"),
                  ("kv_cache", "no autoregressive rollout")),
-        notes="SD 1.x/2.x, SDXL and their img2img/inpaint/ControlNet variants",
+        notes="SD 1.x/2.x, SDXL and their img2img/inpaint/ControlNet variants; Kolors (SDXL's UNet layout, its "
+              "ChatGLM text projected inside the UNet: encoder_hid_dim_type 'text_proj')",
     ),
     Family(
         name="pixart", classes=("PixArtTransformer2DModel",), kind="dit", denoiser_attr="transformer",

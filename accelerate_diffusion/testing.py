@@ -14,7 +14,7 @@ import string
 import torch
 
 PIPELINES = ("sd", "sdxl", "pixart", "sd3", "flux", "wan", "qwenimage", "wan22", "cogvideox", "hunyuan_video",
-             "wan_vace", "lumina2", "sana")
+             "wan_vace", "lumina2", "sana", "kolors")
 SIZES = ("micro", "small")
 
 # Default call arguments per pipeline and size: resolution and frames kept tiny.
@@ -45,6 +45,8 @@ CALL_DEFAULTS = {
     ("lumina2", "small"): dict(height=256, width=256),
     ("sana", "micro"): dict(height=32, width=32),
     ("sana", "small"): dict(height=256, width=256),
+    ("kolors", "micro"): dict(height=32, width=32),
+    ("kolors", "small"): dict(height=256, width=256),
 }
 
 
@@ -180,6 +182,44 @@ def _gemma2(hidden: int, layers: int):
                                     head_dim=hidden // 4, max_position_embeddings=1024,
                                     pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                                     eos_token_id=tok.eos_token_id))
+
+
+def _chatglm_tokenizer():
+    """Kolors' ChatGLM tokenizer (diffusers' own class) over a character-level SentencePiece model
+    trained here on the alphabet (nothing downloaded; the class reads its model from a file, so the
+    model passes through a temporary directory)."""
+    import io
+    import os
+    import tempfile
+
+    import sentencepiece
+    from diffusers.pipelines.kolors.tokenizer import ChatGLMTokenizer
+
+    model = io.BytesIO()
+    chars = list(string.ascii_lowercase + string.digits + ",.!?'-") + ["a red circle above a blue square"]
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(chars * 4), model_writer=model, model_type="char", vocab_size=len(chars) + 8,
+        character_coverage=1.0, unk_id=0, bos_id=-1, eos_id=2, pad_id=-1, minloglevel=2)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "tokenizer.model")
+        with open(path, "wb") as f:
+            f.write(model.getvalue())
+        return ChatGLMTokenizer(vocab_file=path)
+
+
+def _chatglm(hidden: int, layers: int):
+    """A tiny ChatGLM (diffusers' Kolors text encoder class): Kolors reads its last two hidden states."""
+    from diffusers.pipelines.kolors.text_encoder import ChatGLMConfig, ChatGLMModel
+
+    vocab = len(_chatglm_tokenizer()) + 8          # ChatGLM's [gMASK] and sop ids sit past the SentencePiece ones
+    model = ChatGLMModel(ChatGLMConfig(
+        num_layers=layers, padded_vocab_size=vocab, hidden_size=hidden, ffn_hidden_size=hidden * 2,
+        kv_channels=hidden // 4, num_attention_heads=4, seq_length=512, multi_query_attention=True,
+        multi_query_group_num=2, original_rope=True))
+    with torch.no_grad():      # the class leaves its weights uninitialised (torch.empty): checkpoints fill them
+        for p in model.parameters():
+            torch.nn.init.normal_(p, std=0.02) if p.ndim > 1 else torch.nn.init.ones_(p)   # 1-d: RMSNorm scales
+    return model
 
 
 def _clip_text(hidden: int, layers: int, projection: bool = False, proj_dim: int | None = None):
@@ -494,6 +534,34 @@ def _build_sana(size: str):
                         transformer=transformer, scheduler=scheduler)
 
 
+def _build_kolors(size: str):
+    """Kolors: the SDXL UNet layout with ChatGLM text: its 4096-wide (here ``d``) hidden states are
+    projected to the cross-attention width in the UNet (encoder_hid_dim_type "text_proj"), and the
+    pooled text plus six 256-wide (here 8) time ids feed the added embedding (4096 + 6 * 256 = 5632)."""
+    from diffusers import EulerDiscreteScheduler, KolorsPipeline, UNet2DConditionModel
+
+    d = 32 if size == "micro" else 64
+    if size == "micro":
+        unet_kw = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, attention_head_dim=4,
+                       sample_size=16, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                       up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=1)
+        vae_ch = (8, 8)
+    else:   # SDXL's three levels, the first without attention, transformer depths growing (SDXL: 1, 2, 10)
+        unet_kw = dict(block_out_channels=(32, 64, 128), layers_per_block=2, norm_num_groups=32, attention_head_dim=8,
+                       sample_size=32, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                       up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                       transformer_layers_per_block=(1, 2, 2))
+        vae_ch = (16, 32, 32, 32)
+    unet = UNet2DConditionModel(
+        in_channels=4, out_channels=4, cross_attention_dim=d * 2, encoder_hid_dim=d, encoder_hid_dim_type="text_proj",
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=8 * 6 + d,
+        use_linear_projection=True, **unet_kw)
+    return KolorsPipeline(
+        vae=_vae(4, vae_ch), text_encoder=_chatglm(d, 2), tokenizer=_chatglm_tokenizer(), unet=unet,
+        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.014, beta_schedule="scaled_linear",
+                                         num_train_timesteps=1100, timestep_spacing="leading", steps_offset=1))
+
+
 _BUILDERS = {
     "sd": lambda size: _build_sd(size),
     "sdxl": lambda size: _build_sd(size, xl=True),
@@ -508,6 +576,7 @@ _BUILDERS = {
     "hunyuan_video": _build_hunyuan_video,
     "lumina2": _build_lumina2,
     "sana": _build_sana,
+    "kolors": _build_kolors,
 }
 
 
@@ -527,12 +596,12 @@ def call_kwargs(name: str, size: str = "micro", steps: int = 4, seed: int = 0, *
     kw = dict(CALL_DEFAULTS[(name, size)])
     kw.update(prompt="a red circle above a blue square", num_inference_steps=steps,
               generator=torch.Generator("cpu").manual_seed(seed), output_type="latent")
-    if name in ("sd", "sdxl", "pixart", "sd3", "wan", "wan22", "wan_vace", "cogvideox"):
+    if name in ("sd", "sdxl", "pixart", "sd3", "wan", "wan22", "wan_vace", "cogvideox", "kolors"):
         kw["guidance_scale"] = 5.0
     if name == "flux":
         kw["guidance_scale"] = 1.0
         kw["max_sequence_length"] = 48
-    if name in ("pixart", "sd3", "wan", "wan22", "wan_vace", "cogvideox", "hunyuan_video"):
+    if name in ("pixart", "sd3", "wan", "wan22", "wan_vace", "cogvideox", "hunyuan_video", "kolors"):
         kw["max_sequence_length"] = 48
     if name == "pixart":
         kw.update(use_resolution_binning=False, clean_caption=False)

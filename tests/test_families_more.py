@@ -1,11 +1,12 @@
 """Image families of the family table beyond the first ones: Lumina 2 (region-adaptive sampling through
-its joint blocks, CFG as separate calls), SANA (linear attention). Tiny configs of the real classes; `off` exactness and
+its joint blocks, CFG as separate calls), SANA (linear attention), Kolors (the unet row: SDXL's UNet layout
+with ChatGLM text, driven through its own tokenizer class over a SentencePiece model trained in memory). Tiny configs of the real classes; `off` exactness and
 `remove()` are also covered by test_foundation's PIPELINES, every preset by test_families."""
 
 import pytest
 import torch
 
-from accelerate_diffusion import accelerate
+from accelerate_diffusion import PRESETS, accelerate, family_of
 from accelerate_diffusion.testing import call_kwargs, run, run_counted, surface
 
 STEPS = 8          # presets leave fewer steps untouched (min_steps)
@@ -134,3 +135,41 @@ def test_sana_refusals_name_their_reason(pipelines):
     with pytest.raises(ValueError, match="ras: does not apply to the sana family .*depthwise conv"):
         accelerate(pipe, "off", ras=True)
     assert not hasattr(pipe, "acceleration")
+
+
+# -- Kolors: the unet row (SDXL's UNet layout, ChatGLM text projected inside the UNet) ----------------
+def test_kolors_is_the_unet_row_and_deepcache_finds_its_branch_points(pipelines):
+    from accelerate_diffusion.patches import deepcache
+
+    pipe = pipelines("kolors")
+    assert family_of(pipe.unet).name == "unet"
+    assert pipe.unet.config.encoder_hid_dim_type == "text_proj"          # ChatGLM width -> cross-attention width
+    layout = deepcache._layout(pipe.unet)
+    # conv_in, then per down block one skip per layer plus the first block's downsampler: 1 + 1 + 1 + 1
+    assert layout.num_skips == 4 and layout.max_branch == 3 and len(layout.up) == 4
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p != "off"])
+def test_kolors_every_preset_runs_and_remove_is_exact(pipelines, preset):
+    pipe = pipelines("kolors")
+    reference = run(pipe, "kolors", steps=12)
+    before = surface(pipe)
+    accelerate(pipe, preset)
+    out = run(pipe, "kolors", steps=12)
+    report = pipe.acceleration.report()
+    pipe.acceleration.remove()
+    assert torch.isfinite(out).all() and not report.skipped
+    assert "deepcache" in {item["technique"] for item in report.applied}
+    assert report.generation["cfg_layout"] == "batched"
+    assert surface(pipe) == before and torch.equal(run(pipe, "kolors", steps=12), reference)
+
+
+def test_kolors_deepcache_and_guidance_cut_macs(pipelines):
+    pipe = pipelines("kolors")
+    reference, full = _macs(pipe, "kolors")
+    _, cached = _macs(pipe, "kolors", deepcache={"cache_interval": 2, "cache_branch": 0, "min_steps": 1})
+    _, halved = _macs(pipe, "kolors", guidance={"mode": "truncation", "cfg_fraction": 0.5})
+    assert cached < 0.8 * full
+    assert halved == pytest.approx(0.75 * full, rel=0.02)        # half the steps run the cond half only
+    with pytest.raises(ValueError, match="block_cache: does not apply to the unet family"):
+        accelerate(pipe, "off", block_cache=True)
