@@ -51,7 +51,7 @@ def measure(name: str, size: str, steps: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipelines", default="sd,sdxl,pixart,sd3,flux,qwenimage,wan,wan22,wan_vace,cogvideox,"
-                                                "hunyuan_video",
+                                                "hunyuan_video,lumina2,sana,kolors",
                         help=f"comma-separated tiny pipelines ({', '.join(PIPELINES)})")
     parser.add_argument("--size", default="small", choices=["micro", "small"])
     parser.add_argument("--steps", type=int, default=20)

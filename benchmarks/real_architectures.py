@@ -1,7 +1,7 @@
 """Denoiser MACs per preset on the published architectures, at their published settings.
 
 Each model of ``accelerate_diffusion/published.py`` (SD1.5, SD2.1, SDXL, PixArt-α/Σ, SD3/3.5,
-FLUX.1, Wan 2.1) is built on the meta device with its real config and driven through a whole
+FLUX.1, Wan 2.1, Lumina-Image 2.0, SANA 1600M, Kolors) is built on the meta device with its real config and driven through a whole
 generation by its real pipeline class and scheduler (``accelerate_diffusion/meta.py``) at the
 default resolution, step count and guidance, once per preset. ``FlopCounterMode`` counts the
 denoiser MACs from the shapes (attention included, elementwise ops not); for a fixed schedule
@@ -67,6 +67,7 @@ VARIANTS = {
     },
     "sd3": {"RAS alone (default settings: half the tokens at sparse steps)": dict(ras=True)},
     "flux": {"RAS alone (default settings: half the tokens at sparse steps)": dict(ras=True)},
+    "lumina2": {"RAS alone (default settings: half the tokens at sparse steps)": dict(ras=True)},
 }
 
 
