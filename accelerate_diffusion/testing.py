@@ -9,6 +9,7 @@ denoisers, for benchmarks, where Python overhead no longer hides the work).
 
 from __future__ import annotations
 
+import functools
 import string
 
 import torch
@@ -184,27 +185,32 @@ def _gemma2(hidden: int, layers: int):
                                     eos_token_id=tok.eos_token_id))
 
 
-def _chatglm_tokenizer():
-    """Kolors' ChatGLM tokenizer (diffusers' own class) over a character-level SentencePiece model
-    trained here on the alphabet (nothing downloaded; the class reads its model from a file, so the
-    model passes through a temporary directory)."""
+@functools.lru_cache(maxsize=None)
+def _sentencepiece_folder():
+    """A temporary folder holding a character-level SentencePiece model trained here on the alphabet
+    (nothing downloaded), kept for the life of the process: Kolors' tokenizer class reads its model from
+    a file, and copies that file again on ``save_pretrained``."""
     import io
-    import os
     import tempfile
 
     import sentencepiece
-    from diffusers.pipelines.kolors.tokenizer import ChatGLMTokenizer
 
     model = io.BytesIO()
     chars = list(string.ascii_lowercase + string.digits + ",.!?'-") + ["a red circle above a blue square"]
     sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=iter(chars * 4), model_writer=model, model_type="char", vocab_size=len(chars) + 8,
         character_coverage=1.0, unk_id=0, bos_id=-1, eos_id=2, pad_id=-1, minloglevel=2)
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "tokenizer.model")
-        with open(path, "wb") as f:
-            f.write(model.getvalue())
-        return ChatGLMTokenizer(vocab_file=path)
+    folder = tempfile.TemporaryDirectory()      # removed when the process ends
+    with open(f"{folder.name}/tokenizer.model", "wb") as f:
+        f.write(model.getvalue())
+    return folder
+
+
+def _chatglm_tokenizer():
+    """Kolors' ChatGLM tokenizer (diffusers' own class) over the SentencePiece model above."""
+    from diffusers.pipelines.kolors.tokenizer import ChatGLMTokenizer
+
+    return ChatGLMTokenizer(vocab_file=f"{_sentencepiece_folder().name}/tokenizer.model")
 
 
 def _chatglm(hidden: int, layers: int):
@@ -500,7 +506,8 @@ def _build_lumina2(size: str):
                                             **tkw)
     # the pipeline's latents are 8x smaller than the image whatever the VAE: four VAE levels keep them so
     return Lumina2Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(),
-                           vae=_vae(4, vae_ch), text_encoder=_gemma2(d, 2), tokenizer=_gemma_tokenizer())
+                           vae=_vae(4, vae_ch, shift_factor=0.1159, scaling_factor=0.3611),   # the Flux VAE's
+                           text_encoder=_gemma2(d, 2), tokenizer=_gemma_tokenizer())
 
 
 def _dc_ae(levels: int):
