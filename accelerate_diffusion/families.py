@@ -232,7 +232,8 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         name="sana", classes=("SanaTransformer2DModel",), kind="dit", denoiser_attr="transformer",
         # attn1: linear self-attention over the image tokens; attn2: cross-attention to the text; ff: a
-        # GLU feed-forward with a 3x3 depthwise conv over the (h, w) token grid. No position embedding.
+        # GLU feed-forward with a 3x3 depthwise conv over the (h, w) token grid. No position embedding
+        # unless the config sets interpolation_scale (then sincos, added at the patch embedding).
         block_groups=(BlockGroup("transformer_blocks", ("attn1", "attn2", "ff"), (SelfAttention("attn1"),)),),
         text_tokens="cross", pos_embed="none", cfg="batched",
         techniques=("guidance", "block_cache"),
