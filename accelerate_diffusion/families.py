@@ -45,8 +45,15 @@ class RasLayout:
 
     embed: str                        # module whose output is the image tokens, position-embedded
     processors: tuple[str, ...]       # attention processors whose image K/V come from to_k/to_v
-    output: str = "proj_out"          # module whose output is the per-token prediction
-    query_rope: str = ""              # "flux": RoPE is applied inside the processor (RAS rotates active rows)
+    output: str = "proj_out"          # module whose output is the per-token prediction (leading rows: text)
+    query_rope: str = ""              # "flux" | "lumina2": RoPE is applied inside the processor (RAS rotates
+                                      # active rows)
+    # where the active tokens are taken: "output" of ``embed`` (image tokens only) or its "input" (the
+    # joint sequence of a block, text first and image tokens last: Lumina 2's refiners run every token)
+    gather: str = "output"
+    # call argument holding the text padding mask: a call whose rows have different text lengths runs
+    # dense (the model packs each row's image tokens right after its own text, at different offsets)
+    text_mask: str = ""
 
 
 @dataclass(frozen=True)
@@ -153,7 +160,8 @@ FAMILIES: tuple[Family, ...] = (
                  ("ras", "RAS selects a DiT's image tokens; a UNet works on feature maps at several resolutions"),
                  ("attention", "the sparse masks are for one DiT token grid; a UNet attends at several resolutions"),
                  ("kv_cache", "no autoregressive rollout")),
-        notes="SD 1.x/2.x, SDXL and their img2img/inpaint/ControlNet variants",
+        notes="SD 1.x/2.x, SDXL and their img2img/inpaint/ControlNet variants; Kolors (SDXL's UNet layout, its "
+              "ChatGLM text projected inside the UNet: encoder_hid_dim_type 'text_proj')",
     ),
     Family(
         name="pixart", classes=("PixArtTransformer2DModel",), kind="dit", denoiser_attr="transformer",
@@ -202,6 +210,39 @@ FAMILIES: tuple[Family, ...] = (
         notes="Qwen-Image text-to-image, img2img, inpaint and edit (latents packed 2x2 by the pipeline: one "
               "token per 2x2 latent patch; true CFG, true_cfg_scale > 1 with a negative prompt, runs a separate "
               "negative call). Sparse attention needs one token grid: not the edit pipelines' several images",
+    ),
+    # -- image families added together: Lumina 2 (RAS), SANA (linear attention) ---------------------
+    Family(
+        name="lumina2", classes=("Lumina2Transformer2DModel",), kind="dit", denoiser_attr="transformer",
+        # layers: the joint blocks over [text, image] (each row's image tokens right after its own text,
+        # rows padded at the end and masked when their text lengths differ). The noise refiner (image
+        # tokens) and context refiner (text) before them are neither cached nor sparsified.
+        block_groups=(BlockGroup("layers", ("attn", "feed_forward"), (SelfAttention("attn", "prefix"),)),),
+        patch_size=(2, 2), text_tokens="joint", pos_embed="rope", cfg="separate",
+        ras=RasLayout(embed="layers.0", gather="input", processors=("Lumina2AttnProcessor2_0",),
+                      output="norm_out", query_rope="lumina2", text_mask="encoder_attention_mask"),
+        techniques=("guidance", "ras", "block_cache"),
+        why_not=(("attention", "the text before the image tokens is each row's own prompt length (rows padded and "
+                               "masked when they differ): the sparse masks need one fixed text prefix and plain "
+                               "(unmasked) self-attention"),
+                 _DIT_NOT_DEEPCACHE, ("kv_cache", "no autoregressive rollout")),
+        notes="Lumina-Image 2.0 (Gemma text encoder; CFG as a cond call then an uncond call). RAS sparsifies the "
+              "joint blocks; the refiners run every token",
+    ),
+    Family(
+        name="sana", classes=("SanaTransformer2DModel",), kind="dit", denoiser_attr="transformer",
+        # attn1: linear self-attention over the image tokens; attn2: cross-attention to the text; ff: a
+        # GLU feed-forward with a 3x3 depthwise conv over the (h, w) token grid. No position embedding
+        # unless the config sets interpolation_scale (then sincos, added at the patch embedding).
+        block_groups=(BlockGroup("transformer_blocks", ("attn1", "attn2", "ff"), (SelfAttention("attn1"),)),),
+        text_tokens="cross", pos_embed="none", cfg="batched",
+        techniques=("guidance", "block_cache"),
+        why_not=(("attention", "its self-attention is linear attention (SanaLinearAttnProcessor2_0, a ReLU kernel): "
+                               "there is no softmax attention map for a sparse mask to cut"),
+                 ("ras", "no RAS layout: every block's feed-forward runs a 3x3 depthwise conv over the whole (h, w) "
+                         "token grid, so no block can run on a subset of the tokens"),
+                 _DIT_NOT_DEEPCACHE, ("kv_cache", "no autoregressive rollout")),
+        notes="SANA 600M / 1600M (Gemma 2 text encoder, DC-AE 32x latents: 1024 px is 32 x 32 tokens; batched CFG)",
     ),
     Family(
         name="wan", classes=("WanTransformer3DModel",), kind="dit", denoiser_attr="transformer",

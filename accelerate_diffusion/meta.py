@@ -58,17 +58,36 @@ def _to_cpu_zeros(value):
     return value
 
 
-def _bridge_hook():
+# Denoisers that read a call argument's values on the host: Lumina 2 counts each row's prompt tokens
+# (``encoder_attention_mask.sum(1).tolist()`` in its rope_embedder, whose second argument it is). That
+# submodule is handed the CPU tensor the pipeline passed; everything else sees meta tensors.
+# class name -> (submodule, call argument, its position in the submodule's arguments)
+HOST_READS = {"Lumina2Transformer2DModel": ("rope_embedder", "encoder_attention_mask", 1)}
+
+
+def _bridge_hook(denoiser):
     from diffusers.hooks import ModelHook
+
+    read = HOST_READS.get(type(denoiser).__name__)
 
     class MetaBridge(ModelHook):
         """Innermost hook on a meta denoiser: CPU inputs in, meta inside, CPU zeros out."""
 
+        host = None
+
         def new_forward(self, module, *args, **kwargs):
+            if read is not None:
+                self.host = kwargs.get(read[1])
             out = self.fn_ref.original_forward(*_to_meta(args), **_to_meta(kwargs))
             return _to_cpu_zeros(out)
 
-    return MetaBridge()
+    bridge = MetaBridge()
+    if read is not None:
+        def host_values(module, args):
+            return (*args[:read[2]], bridge.host, *args[read[2] + 1:])
+
+        denoiser.get_submodule(read[0]).register_forward_pre_hook(host_values)
+    return bridge
 
 
 def _cpu_pipeline_class(cls):
@@ -91,7 +110,7 @@ def meta_pipeline(name: str, device: str = "meta"):
     scheduler = getattr(diffusers, spec.scheduler)(**spec.scheduler_config)
     cls = getattr(diffusers, spec.pipeline)
     if torch.device(device).type == "meta":
-        HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(_bridge_hook(), BRIDGE_HOOK)
+        HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(_bridge_hook(denoiser), BRIDGE_HOOK)
         cls = _cpu_pipeline_class(cls)
     attr = "unet" if spec.denoiser == "UNet2DConditionModel" else "transformer"
     components = {k: None for k in cls._get_signature_keys(cls)[0]}
@@ -116,7 +135,7 @@ def _embeds(spec: Published, batch: int = 1) -> dict:
         if cfg:
             out[key.replace("prompt_embeds", "negative_prompt_embeds")
                 if key.startswith("prompt") else "negative_" + key] = torch.zeros(batch, *shape)
-    if spec.pipeline.startswith("PixArt"):
+    if "prompt_attention_mask" in _call_parameters(spec.pipeline):     # PixArt, SANA, Lumina 2
         n = spec.embeds["prompt_embeds"][0]
         out["prompt_attention_mask"] = torch.ones(batch, n, dtype=torch.long)
         if cfg:

@@ -51,6 +51,16 @@ _SD15_UNET = dict(
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
 )
 
+_SDXL_UNET = dict(
+    act_fn="silu", addition_embed_type="text_time", addition_embed_type_num_heads=64, addition_time_embed_dim=256,
+    attention_head_dim=(5, 10, 20), block_out_channels=(320, 640, 1280), center_input_sample=False,
+    cross_attention_dim=2048, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    downsample_padding=1, flip_sin_to_cos=True, freq_shift=0, in_channels=4, layers_per_block=2,
+    mid_block_scale_factor=1, norm_eps=1e-5, norm_num_groups=32, out_channels=4, sample_size=128,
+    transformer_layers_per_block=(1, 2, 10), up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    use_linear_projection=True,
+)
+
 _PIXART = dict(
     activation_fn="gelu-approximate", attention_bias=True, attention_head_dim=72, attention_type="default",
     caption_channels=4096, cross_attention_dim=1152, dropout=0.0, in_channels=4, norm_elementwise_affine=False,
@@ -78,6 +88,24 @@ _UNIPC_WAN = ("UniPCMultistepScheduler", dict(
     num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
     solver_order=2, predict_x0=True, solver_type="bh2", lower_order_final=True))
 
+# Lumina-Image 2.0: the diffusers class defaults are its config (2.61B parameters built, the 2.6B of its
+# card), except cap_feat_dim: the class default is 1024, the checkpoint reads Gemma-2-2B's 2304-wide states.
+_LUMINA2 = dict(sample_size=128, patch_size=2, in_channels=16, hidden_size=2304, num_layers=26, num_refiner_layers=2,
+                num_attention_heads=24, num_kv_heads=8, multiple_of=256, norm_eps=1e-5, axes_dim_rope=(32, 32, 32),
+                axes_lens=(300, 512, 512), cap_feat_dim=2304)
+# SANA 1600M 1024px: the diffusers class defaults are its config (1.60B parameters built): 20 blocks of 2240
+# wide linear attention (70 heads of 32), cross-attention 20 heads of 112, Gemma-2-2B captions (2304), DC-AE
+# 32x latents with 32 channels: 1024 px is 32 x 32 tokens at patch 1.
+_SANA_1600M = dict(in_channels=32, out_channels=32, num_attention_heads=70, attention_head_dim=32, num_layers=20,
+                   num_cross_attention_heads=20, cross_attention_head_dim=112, cross_attention_dim=2240,
+                   caption_channels=2304, mlp_ratio=2.5, sample_size=32, patch_size=1)
+# Kolors: SDXL base's UNet (its technical report), fed ChatGLM3-6B text: the 4096-wide hidden states are
+# projected to SDXL's 2048 cross-attention width inside the UNet (encoder_hid_dim_type "text_proj"), and the
+# pooled 4096 plus SDXL's six 256-wide time ids make the added embedding's 5632 inputs (pipeline_kolors.py
+# builds both from ChatGLM's hidden states).
+_KOLORS_UNET_TEXT = dict(encoder_hid_dim=4096, encoder_hid_dim_type="text_proj",
+                         projection_class_embeddings_input_dim=5632)
+
 PUBLISHED: dict[str, Published] = {p.name: p for p in (
     Published(
         "sd15", "Stable Diffusion 1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5", "UNet2DConditionModel",
@@ -95,14 +123,7 @@ PUBLISHED: dict[str, Published] = {p.name: p for p in (
         768, 768, 50, 7.5, "batched", {"prompt_embeds": (77, 1024)}),
     Published(
         "sdxl", "SDXL base 1.0", "stabilityai/stable-diffusion-xl-base-1.0", "UNet2DConditionModel",
-        dict(act_fn="silu", addition_embed_type="text_time", addition_embed_type_num_heads=64,
-             addition_time_embed_dim=256, attention_head_dim=(5, 10, 20), block_out_channels=(320, 640, 1280),
-             center_input_sample=False, cross_attention_dim=2048,
-             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-             downsample_padding=1, flip_sin_to_cos=True, freq_shift=0, in_channels=4, layers_per_block=2,
-             mid_block_scale_factor=1, norm_eps=1e-5, norm_num_groups=32, out_channels=4,
-             projection_class_embeddings_input_dim=2816, sample_size=128, transformer_layers_per_block=(1, 2, 10),
-             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), use_linear_projection=True),
+        dict(_SDXL_UNET, projection_class_embeddings_input_dim=2816),
         "StableDiffusionXLPipeline",
         "EulerDiscreteScheduler", dict(_SD_BETAS, timestep_spacing="leading", steps_offset=1),
         1024, 1024, 50, 5.0, "batched",
@@ -168,6 +189,29 @@ PUBLISHED: dict[str, Published] = {p.name: p for p in (
         dict(_WAN, ffn_dim=13824, num_attention_heads=40, num_layers=40), "WanPipeline", *_UNIPC_WAN,
         480, 832, 50, 5.0, "separate", {"prompt_embeds": (512, 4096)}, num_frames=81,
         notes="run at 480p here (its card also lists 720p)"),
+    # -- image families added together: Lumina 2, SANA, Kolors --------------------------------------------
+    Published(
+        "lumina2", "Lumina-Image 2.0", "Alpha-VLLM/Lumina-Image-2.0", "Lumina2Transformer2DModel", _LUMINA2,
+        "Lumina2Pipeline", "FlowMatchEulerDiscreteScheduler", dict(num_train_timesteps=1000),
+        1024, 1024, 30, 4.0, "separate", {"prompt_embeds": (256, 2304)},
+        notes="Lumina2Pipeline's defaults (30 steps, guidance 4, CFG on every step: cfg_trunc_ratio 1); text mask "
+              "all ones: 256 text tokens, the most its default max_sequence_length keeps (real prompts are "
+              "shorter); 64 x 64 = 4096 image tokens"),
+    Published(
+        "sana_1600m", "SANA 1600M 1024px", "Efficient-Large-Model/Sana_1600M_1024px_diffusers", "SanaTransformer2DModel",
+        _SANA_1600M, "SanaPipeline", "DPMSolverMultistepScheduler",
+        dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0),
+        1024, 1024, 20, 4.5, "batched", {"prompt_embeds": (300, 2304)},
+        notes="SanaPipeline's defaults (20 steps, guidance 4.5, 300 text tokens); DPM-Solver++ makes one call per "
+              "step, so its shift does not change the MACs"),
+    Published(
+        "kolors", "Kolors", "Kwai-Kolors/Kolors-diffusers", "UNet2DConditionModel",
+        dict(_SDXL_UNET, **_KOLORS_UNET_TEXT), "KolorsPipeline",
+        "EulerDiscreteScheduler", dict(timestep_spacing="leading", steps_offset=1),
+        1024, 1024, 50, 5.0, "batched", {"prompt_embeds": (256, 4096), "pooled_prompt_embeds": (4096,)},
+        notes="KolorsPipeline's defaults (50 steps, guidance 5, 256 ChatGLM tokens); the scheduler's betas are left "
+              "at the class defaults (not checked against the repository): an Euler scheduler makes one call per "
+              "step whatever they are, so they do not change the MACs"),
 )}
 
 

@@ -9,12 +9,13 @@ denoisers, for benchmarks, where Python overhead no longer hides the work).
 
 from __future__ import annotations
 
+import functools
 import string
 
 import torch
 
 PIPELINES = ("sd", "sdxl", "pixart", "sd3", "flux", "wan", "qwenimage", "wan22", "cogvideox", "hunyuan_video",
-             "wan_vace")
+             "wan_vace", "lumina2", "sana", "kolors")
 SIZES = ("micro", "small")
 
 # Default call arguments per pipeline and size: resolution and frames kept tiny.
@@ -41,6 +42,12 @@ CALL_DEFAULTS = {
     ("hunyuan_video", "small"): dict(height=128, width=128, num_frames=9),
     ("wan_vace", "micro"): dict(height=16, width=16, num_frames=9),
     ("wan_vace", "small"): dict(height=128, width=128, num_frames=9),
+    ("lumina2", "micro"): dict(height=32, width=32),
+    ("lumina2", "small"): dict(height=256, width=256),
+    ("sana", "micro"): dict(height=32, width=32),
+    ("sana", "small"): dict(height=256, width=256),
+    ("kolors", "micro"): dict(height=32, width=32),
+    ("kolors", "small"): dict(height=256, width=256),
 }
 
 
@@ -146,6 +153,79 @@ def _llama(hidden: int, layers: int):
     return LlamaModel(LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
                                   num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                                   max_position_embeddings=1024, pad_token_id=tok.pad_token_id))
+
+
+GEMMA_SPECIAL = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>")
+
+
+def _gemma_tokenizer():
+    """A byte-per-token Gemma tokenizer built in memory (spaces are its own "\u2581"), with the
+    turn tokens SANA's prompt template names."""
+    from transformers import GemmaTokenizer
+
+    vocab = {t: i for i, t in enumerate(GEMMA_SPECIAL[:5])}
+    for c in _byte_chars() + ["\u2581"]:
+        vocab.setdefault(c, len(vocab))
+    for t in GEMMA_SPECIAL[5:]:
+        vocab[t] = len(vocab)
+    tok = GemmaTokenizer(vocab=vocab, merges=[])
+    tok.add_special_tokens({"additional_special_tokens": list(GEMMA_SPECIAL[5:])})
+    return tok
+
+
+def _gemma2(hidden: int, layers: int):
+    """A tiny Gemma 2 decoder: the text encoder of Lumina 2 and SANA (they read its hidden states)."""
+    from transformers import Gemma2Config, Gemma2Model
+
+    tok = _gemma_tokenizer()
+    return Gemma2Model(Gemma2Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
+                                    num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                    head_dim=hidden // 4, max_position_embeddings=1024,
+                                    pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                    eos_token_id=tok.eos_token_id))
+
+
+@functools.lru_cache(maxsize=None)
+def _sentencepiece_folder():
+    """A temporary folder holding a character-level SentencePiece model trained here on the alphabet
+    (nothing downloaded), kept for the life of the process: Kolors' tokenizer class reads its model from
+    a file, and copies that file again on ``save_pretrained``."""
+    import io
+    import tempfile
+
+    import sentencepiece
+
+    model = io.BytesIO()
+    chars = list(string.ascii_lowercase + string.digits + ",.!?'-") + ["a red circle above a blue square"]
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(chars * 4), model_writer=model, model_type="char", vocab_size=len(chars) + 8,
+        character_coverage=1.0, unk_id=0, bos_id=-1, eos_id=2, pad_id=-1, minloglevel=2)
+    folder = tempfile.TemporaryDirectory()      # removed when the process ends
+    with open(f"{folder.name}/tokenizer.model", "wb") as f:
+        f.write(model.getvalue())
+    return folder
+
+
+def _chatglm_tokenizer():
+    """Kolors' ChatGLM tokenizer (diffusers' own class) over the SentencePiece model above."""
+    from diffusers.pipelines.kolors.tokenizer import ChatGLMTokenizer
+
+    return ChatGLMTokenizer(vocab_file=f"{_sentencepiece_folder().name}/tokenizer.model")
+
+
+def _chatglm(hidden: int, layers: int):
+    """A tiny ChatGLM (diffusers' Kolors text encoder class): Kolors reads its last two hidden states."""
+    from diffusers.pipelines.kolors.text_encoder import ChatGLMConfig, ChatGLMModel
+
+    vocab = len(_chatglm_tokenizer()) + 8          # ChatGLM's [gMASK] and sop ids sit past the SentencePiece ones
+    model = ChatGLMModel(ChatGLMConfig(
+        num_layers=layers, padded_vocab_size=vocab, hidden_size=hidden, ffn_hidden_size=hidden * 2,
+        kv_channels=hidden // 4, num_attention_heads=4, seq_length=512, multi_query_attention=True,
+        multi_query_group_num=2, original_rope=True))
+    with torch.no_grad():      # the class leaves its weights uninitialised (torch.empty): checkpoints fill them
+        for p in model.parameters():
+            torch.nn.init.normal_(p, std=0.02) if p.ndim > 1 else torch.nn.init.ones_(p)   # 1-d: RMSNorm scales
+    return model
 
 
 def _clip_text(hidden: int, layers: int, projection: bool = False, proj_dim: int | None = None):
@@ -411,6 +491,84 @@ def _build_hunyuan_video(size: str):
                                 text_encoder_2=_clip_text(d, 2), tokenizer_2=_clip_tokenizer())
 
 
+def _build_lumina2(size: str):
+    from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
+
+    if size == "micro":
+        tkw = dict(hidden_size=32, num_layers=2, num_refiner_layers=1, num_attention_heads=2, num_kv_heads=1,
+                   multiple_of=16, axes_dim_rope=(4, 6, 6), sample_size=4)
+        d, vae_ch = 32, (8, 8, 8, 8)
+    else:
+        tkw = dict(hidden_size=384, num_layers=8, num_refiner_layers=2, num_attention_heads=6, num_kv_heads=2,
+                   multiple_of=64, axes_dim_rope=(16, 24, 24), sample_size=32)
+        d, vae_ch = 64, (16, 32, 32, 32)
+    transformer = Lumina2Transformer2DModel(patch_size=2, in_channels=4, axes_lens=(512, 128, 128), cap_feat_dim=d,
+                                            **tkw)
+    # the pipeline's latents are 8x smaller than the image whatever the VAE: four VAE levels keep them so
+    return Lumina2Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(),
+                           vae=_vae(4, vae_ch, shift_factor=0.1159, scaling_factor=0.3611),   # the Flux VAE's
+                           text_encoder=_gemma2(d, 2), tokenizer=_gemma_tokenizer())
+
+
+def _dc_ae(levels: int):
+    """A tiny DC-AE (SANA's VAE): the pipeline's latents are 2 ** (levels - 1) times smaller than the image."""
+    from diffusers import AutoencoderDC
+
+    return AutoencoderDC(
+        in_channels=3, latent_channels=4, attention_head_dim=2, encoder_block_types="ResBlock",
+        decoder_block_types="ResBlock", encoder_block_out_channels=(8,) * levels,
+        decoder_block_out_channels=(8,) * levels, encoder_layers_per_block=(1,) * levels,
+        decoder_layers_per_block=(1,) * levels, encoder_qkv_multiscales=((),) * levels,
+        decoder_qkv_multiscales=((),) * levels, downsample_block_type="conv", upsample_block_type="interpolate",
+        scaling_factor=0.41407)
+
+
+def _build_sana(size: str):
+    from diffusers import DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
+
+    if size == "micro":     # 32 px, 4x latents: 8 x 8 tokens
+        tkw = dict(num_layers=2, num_attention_heads=2, attention_head_dim=8, num_cross_attention_heads=2,
+                   cross_attention_head_dim=8, cross_attention_dim=16, sample_size=8)
+        d, levels = 32, 3
+    else:                   # 256 px, 8x latents: 32 x 32 tokens (SANA 1024 px: 32x latents, 32 x 32 tokens)
+        tkw = dict(num_layers=12, num_attention_heads=6, attention_head_dim=64, num_cross_attention_heads=6,
+                   cross_attention_head_dim=64, cross_attention_dim=384, sample_size=32)
+        d, levels = 64, 4
+    transformer = SanaTransformer2DModel(patch_size=1, in_channels=4, out_channels=4, caption_channels=d, **tkw)
+    # the scheduler SANA's checkpoints ship: DPM-Solver++ on flow sigmas
+    scheduler = DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return SanaPipeline(tokenizer=_gemma_tokenizer(), text_encoder=_gemma2(d, 2), vae=_dc_ae(levels),
+                        transformer=transformer, scheduler=scheduler)
+
+
+def _build_kolors(size: str):
+    """Kolors: the SDXL UNet layout with ChatGLM text: its 4096-wide (here ``d``) hidden states are
+    projected to the cross-attention width in the UNet (encoder_hid_dim_type "text_proj"), and the
+    pooled text plus six 256-wide (here 8) time ids feed the added embedding (4096 + 6 * 256 = 5632)."""
+    from diffusers import EulerDiscreteScheduler, KolorsPipeline, UNet2DConditionModel
+
+    d = 32 if size == "micro" else 64
+    if size == "micro":
+        unet_kw = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, attention_head_dim=4,
+                       sample_size=16, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                       up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=1)
+        vae_ch = (8, 8)
+    else:   # SDXL's three levels, the first without attention, transformer depths growing (SDXL: 1, 2, 10)
+        unet_kw = dict(block_out_channels=(32, 64, 128), layers_per_block=2, norm_num_groups=32, attention_head_dim=8,
+                       sample_size=32, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                       up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                       transformer_layers_per_block=(1, 2, 2))
+        vae_ch = (16, 32, 32, 32)
+    unet = UNet2DConditionModel(
+        in_channels=4, out_channels=4, cross_attention_dim=d * 2, encoder_hid_dim=d, encoder_hid_dim_type="text_proj",
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=8 * 6 + d,
+        use_linear_projection=True, **unet_kw)
+    return KolorsPipeline(
+        vae=_vae(4, vae_ch), text_encoder=_chatglm(d, 2), tokenizer=_chatglm_tokenizer(), unet=unet,
+        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.014, beta_schedule="scaled_linear",
+                                         num_train_timesteps=1100, timestep_spacing="leading", steps_offset=1))
+
+
 _BUILDERS = {
     "sd": lambda size: _build_sd(size),
     "sdxl": lambda size: _build_sd(size, xl=True),
@@ -423,6 +581,9 @@ _BUILDERS = {
     "qwenimage": _build_qwenimage,
     "cogvideox": _build_cogvideox,
     "hunyuan_video": _build_hunyuan_video,
+    "lumina2": _build_lumina2,
+    "sana": _build_sana,
+    "kolors": _build_kolors,
 }
 
 
@@ -442,15 +603,22 @@ def call_kwargs(name: str, size: str = "micro", steps: int = 4, seed: int = 0, *
     kw = dict(CALL_DEFAULTS[(name, size)])
     kw.update(prompt="a red circle above a blue square", num_inference_steps=steps,
               generator=torch.Generator("cpu").manual_seed(seed), output_type="latent")
-    if name in ("sd", "sdxl", "pixart", "sd3", "wan", "wan22", "wan_vace", "cogvideox"):
+    if name in ("sd", "sdxl", "pixart", "sd3", "wan", "wan22", "wan_vace", "cogvideox", "kolors"):
         kw["guidance_scale"] = 5.0
     if name == "flux":
         kw["guidance_scale"] = 1.0
         kw["max_sequence_length"] = 48
-    if name in ("pixart", "sd3", "wan", "wan22", "wan_vace", "cogvideox", "hunyuan_video"):
+    if name in ("pixart", "sd3", "wan", "wan22", "wan_vace", "cogvideox", "hunyuan_video", "kolors"):
         kw["max_sequence_length"] = 48
     if name == "pixart":
         kw.update(use_resolution_binning=False, clean_caption=False)
+    if name == "lumina2":
+        # CFG as a cond call then an uncond call; a short system prompt (the pipeline's own is ~170 bytes,
+        # one token each with the byte tokenizer)
+        kw.update(guidance_scale=4.0, max_sequence_length=64, system_prompt="You draw images.")
+    if name == "sana":      # no resolution bins, no caption cleaning (bs4, ftfy), no long instruction preamble
+        kw.update(guidance_scale=4.5, max_sequence_length=48, use_resolution_binning=False, clean_caption=False,
+                  complex_human_instruction=None)
     if name in ("qwenimage", "hunyuan_video"):
         kw.update(negative_prompt=" ", true_cfg_scale=4.0)   # true CFG: a separate negative call
     if name == "hunyuan_video":

@@ -7,6 +7,7 @@ no trained weights for (random weights: no fidelity figure here).
 
     python benchmarks/bench_family_macs.py --size small --steps 20
     python benchmarks/bench_family_macs.py --pipelines qwenimage,wan22 --size small --steps 20
+    python benchmarks/bench_family_macs.py --pipelines lumina2 --ras 0.5,0.25   # RAS alone beside the presets
 """
 
 from __future__ import annotations
@@ -22,16 +23,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
 from accelerate_diffusion import PRESETS, accelerate  # noqa: E402
+from accelerate_diffusion.families import family_of, find_denoiser  # noqa: E402
 from accelerate_diffusion.macs import format_macs  # noqa: E402
 from accelerate_diffusion.testing import PIPELINES, call_kwargs, make_pipeline  # noqa: E402
 
 
-def measure(name: str, size: str, steps: int) -> list[dict]:
-    """One row per preset: MACs, ratio vs off, uncond evaluations skipped, block outputs reused."""
+def measure(name: str, size: str, steps: int, ras: tuple[float, ...] = ()) -> list[dict]:
+    """One row per preset: MACs, ratio vs off, uncond evaluations skipped, block outputs reused;
+    then, for families with a RAS layout, one row per RAS ``sample_ratio`` alone (on `off`)."""
     pipe = make_pipeline(name, size)
     rows, base = [], None
-    for preset in PRESETS:
-        accelerate(pipe, preset, measure_macs=True)
+    runs = [(preset, {}) for preset in PRESETS]
+    if family_of(find_denoiser(pipe)[1]).ras is not None:
+        runs += [(f"ras {r:g}", {"ras": {"sample_ratio": r}}) for r in ras]
+    for preset, extra in runs:
+        accelerate(pipe, "off" if extra else preset, measure_macs=True, **extra)
         start = time.perf_counter()
         out = pipe(**call_kwargs(name, size, steps=steps))
         seconds = time.perf_counter() - start
@@ -51,11 +57,13 @@ def measure(name: str, size: str, steps: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipelines", default="sd,sdxl,pixart,sd3,flux,qwenimage,wan,wan22,wan_vace,cogvideox,"
-                                                "hunyuan_video",
+                                                "hunyuan_video,lumina2,sana,kolors",
                         help=f"comma-separated tiny pipelines ({', '.join(PIPELINES)})")
     parser.add_argument("--size", default="small", choices=["micro", "small"])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ras", default="", help="comma-separated RAS sample ratios, run alone on the families "
+                                                  "with a RAS layout (e.g. 0.5,0.25)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"size {args.size}, {args.steps} steps, latent output, seed 0; MACs on the denoiser(s)\n")
@@ -63,7 +71,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     rows = []
     for name in args.pipelines.split(","):
-        for r in measure(name, args.size, args.steps):
+        for r in measure(name, args.size, args.steps, tuple(float(v) for v in args.ras.split(",") if v)):
             if not r["finite"]:
                 raise SystemExit(f"{name} / {r['preset']}: the output is not finite")
             rows.append(r)

@@ -1,7 +1,7 @@
 """Denoiser MACs per preset on the published architectures, at their published settings.
 
 Each model of ``accelerate_diffusion/published.py`` (SD1.5, SD2.1, SDXL, PixArt-α/Σ, SD3/3.5,
-FLUX.1, Wan 2.1) is built on the meta device with its real config and driven through a whole
+FLUX.1, Wan 2.1, Lumina-Image 2.0, SANA 1600M, Kolors) is built on the meta device with its real config and driven through a whole
 generation by its real pipeline class and scheduler (``accelerate_diffusion/meta.py``) at the
 default resolution, step count and guidance, once per preset. ``FlopCounterMode`` counts the
 denoiser MACs from the shapes (attention included, elementwise ops not); for a fixed schedule
@@ -67,6 +67,7 @@ VARIANTS = {
     },
     "sd3": {"RAS alone (default settings: half the tokens at sparse steps)": dict(ras=True)},
     "flux": {"RAS alone (default settings: half the tokens at sparse steps)": dict(ras=True)},
+    "lumina2": {"RAS alone (default settings: half the tokens at sparse steps)": dict(ras=True)},
 }
 
 
@@ -226,6 +227,12 @@ def write_doc(results: dict, presets: list[str]) -> str:
         "models because self-attention is most of Wan's MACs at 480p (table below) and is counted at",
         "the ideal mask density; a real kernel reaches less.",
         "",
+        "Lumina-Image 2.0 runs CFG as a cond call then an uncond call, each with a text mask of ones: 256",
+        "text tokens (its default `max_sequence_length`, the most a prompt keeps; real prompts are shorter)",
+        "beside 4,096 image tokens; its 2 + 2 refiner blocks (noise and context) run at every step, only its",
+        "26 joint blocks are cached. SANA 1600M gives PixArt's ratios (20 steps, batched CFG, every block",
+        "cached alike); Kolors gives SDXL's (the same UNet; its text projection is one linear layer).",
+        "",
         "## Sparse attention at the published token counts",
         "",
         f"Two steps of each DiT with `attention={{\"window\": {WINDOW}}}` (neighborhood mask, half of each",
@@ -293,14 +300,19 @@ def _papers(results: dict) -> list[str]:
         ("Stable Diffusion 1.5", n3, _ratio(results, "sd15", n3, True), "DeepCache: 2.3x wall time at 50 PLMS steps (abstract; its N and branch for that figure not restated here)"),
         ("Stable Diffusion 1.5", n5, _ratio(results, "sd15", n5, True), "see above"),
         ("SDXL base 1.0", n3, _ratio(results, "sdxl", n3, True), "DeepCache: 2.6x wall time (project README)"),
-        ("PixArt-α 512", fora, _ratio(results, "pixart_alpha_512", fora, True), "ECAD: 2.58x MACs at 256 px, 20 steps, searched schedule (figure as quoted in issue #19)"),
+        ("PixArt-α 512", fora, _ratio(results, "pixart_alpha_512", fora, True), "ECAD: 2.58x MACs at 256 px, 20 steps, searched schedule (figure as quoted, not checked against the paper here)"),
         ("Wan 2.1 T2V 1.3B", f"sparse attention alone, window {WINDOW} (ideal at mask density)",
-         _ideal(results, "wan21_1_3b"), "Sparse-vDiT: 1.58x end to end on Wan 2.1 (as quoted in issue #19)"),
+         _ideal(results, "wan21_1_3b"), "Sparse-vDiT: 1.58x end to end on Wan 2.1 (as quoted, not checked against the paper here)"),
         ("Wan 2.1 T2V 14B", fora, _ratio(results, "wan21_14b", fora, True), "-"),
         ("SD3 medium", ras, _ratio(results, "sd3_medium", ras, True), "RAS reports SD3 (no figure quoted here)"),
         ("SD3 medium", fora, _ratio(results, "sd3_medium", fora, True), "-"),
         ("FLUX.1-dev", ras, _ratio(results, "flux_dev", ras, True), "-"),
         ("FLUX.1-dev", fora, _ratio(results, "flux_dev", fora, True), "-"),
+        ("Lumina-Image 2.0", ras, _ratio(results, "lumina2", ras, True), "-"),
+        ("Lumina-Image 2.0", fora, _ratio(results, "lumina2", fora, True), "-"),
+        ("SANA 1600M 1024px", fora, _ratio(results, "sana_1600m", fora, True), "-"),
+        ("Kolors", n3, _ratio(results, "kolors", n3, True), "-"),
+        ("Kolors", n5, _ratio(results, "kolors", n5, True), "-"),
     ]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     lines += ["", "Gaps. The papers' figures are wall time on GPUs, ours MACs: wall time gains less than",

@@ -39,10 +39,14 @@ EXPECTED = {
     "flux_schnell": ("flux", {"transformer_blocks": 19, "single_transformer_blocks": 38}, 57, 57 * 3),
     "wan21_1_3b": ("wan", {"blocks": 30}, 30, 30 * 3),
     "wan21_14b": ("wan", {"blocks": 40}, 40, 40 * 3),
+    # Lumina 2: 26 joint blocks (attn, feed_forward); its 2 + 2 refiners are not in the table's blocks
+    "lumina2": ("lumina2", {"layers": 26}, 26, 26 * 2),
+    "sana_1600m": ("sana", {"transformer_blocks": 20}, 20, 20 * 3),
+    "kolors": ("unet", {}, 0, 0),
 }
 # text width the denoiser reads its embeddings with, per config key
 TEXT_WIDTH = {"unet": "cross_attention_dim", "pixart": "caption_channels", "sd3": "joint_attention_dim",
-              "flux": "joint_attention_dim", "wan": "text_dim"}
+              "flux": "joint_attention_dim", "wan": "text_dim", "lumina2": "cap_feat_dim", "sana": "caption_channels"}
 
 _built: dict = {}
 
@@ -77,7 +81,8 @@ def test_text_embeddings_match_the_denoiser(name):
     spec = get_published(name)
     config = denoiser(name).config
     family = EXPECTED[name][0]
-    assert spec.embeds["prompt_embeds"][1] == config[TEXT_WIDTH[family]]
+    # Kolors: the UNet projects ChatGLM's states to its cross-attention width itself (encoder_hid_dim)
+    assert spec.embeds["prompt_embeds"][1] == (config.get("encoder_hid_dim") or config[TEXT_WIDTH[family]])
     if "pooled_prompt_embeds" in spec.embeds:
         pooled = spec.embeds["pooled_prompt_embeds"][0]
         if family == "unet":   # SDXL: pooled text + 6 micro-conditions of addition_time_embed_dim
@@ -96,10 +101,10 @@ def test_wan_480p_token_grid():
 
 # -- DeepCache on the real UNets --------------------------------------------------------------
 # skip tensors: conv_in + every down resnet(+attention) layer and downsampler
-SKIPS = {"sd15": 1 + 3 * 3 + 2, "sd21": 1 + 3 * 3 + 2, "sdxl": 1 + 2 * 3 + 2}
+SKIPS = {"sd15": 1 + 3 * 3 + 2, "sd21": 1 + 3 * 3 + 2, "sdxl": 1 + 2 * 3 + 2, "kolors": 1 + 2 * 3 + 2}
 
 
-@pytest.mark.parametrize("name", ["sd15", "sd21", "sdxl"])
+@pytest.mark.parametrize("name", ["sd15", "sd21", "sdxl", "kolors"])
 def test_deepcache_branch_points_on_real_unets(name):
     layout = deepcache._layout(denoiser(name))
     assert layout.num_skips == SKIPS[name]
@@ -124,6 +129,23 @@ def test_deepcache_deep_modules_on_sd15():
                                         "down_blocks.3", "mid_block", "up_blocks.0", "up_blocks.1",
                                         "up_blocks.2"]
     assert [n for n, _, cut in deep2 if cut] == ["up_blocks.2"]
+
+
+def test_deepcache_deep_modules_on_kolors():
+    """Kolors' UNet is SDXL's layout: three down blocks (the first without attention, two resnets and a
+    downsampler each but the last), the mid block, three up blocks of three layers. Branch 0 caches all
+    but the last up layer; branch 2 keeps down_blocks.0's two resnets and the up layers fed their skips."""
+    unet = denoiser("kolors")
+    layout = deepcache._layout(unet)
+    deep0 = deepcache._deep_modules(unet, layout, 0)
+    assert [n for n, _, _ in deep0] == ["down_blocks.0", "down_blocks.1", "down_blocks.2", "mid_block",
+                                        "up_blocks.0", "up_blocks.1", "up_blocks.2.resnets.0",
+                                        "up_blocks.2.resnets.1"]
+    assert [n for n, _, cut in deep0 if cut] == ["up_blocks.2.resnets.1"]
+    deep2 = deepcache._deep_modules(unet, layout, 2)
+    assert [n for n, _, _ in deep2] == ["down_blocks.0.downsamplers.0", "down_blocks.1", "down_blocks.2",
+                                        "mid_block", "up_blocks.0", "up_blocks.1"]
+    assert [n for n, _, cut in deep2 if cut] == ["up_blocks.1"]
 
 
 # -- every preset on the real layout ----------------------------------------------------------

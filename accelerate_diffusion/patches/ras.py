@@ -12,21 +12,28 @@ How it plugs in (no class is patched):
 
 * a hook on the denoiser decides, per call, dense or sparse and which rows are active;
 * ``pos_embed`` (SD3) / ``x_embedder`` (Flux) output -> gather the active tokens, after the
-  absolute position embedding was added on the full grid;
+  absolute position embedding was added on the full grid; Lumina 2 (``RasLayout.gather="input"``):
+  the input of its first joint block, text rows kept, image rows gathered (its refiners run every
+  token, and it packs each row's image tokens right after that row's text);
 * ``to_k`` / ``to_v`` of each image attention -> store (dense) or scatter-and-expand
   (sparse) the full-length keys/values: queries stay active-only, keys/values full;
-* Flux only: the attention processor is wrapped so that at sparse steps RoPE is applied
-  with the active rows' positions to the queries and the full positions to the keys;
-* ``proj_out`` output -> scatter the active tokens into the stored full output map
-  (cached tokens keep their last output), so the unpatchify sees every token.
+* Flux and Lumina 2 (``RasLayout.query_rope``): the attention processor is wrapped so that at
+  sparse steps RoPE is applied with the active rows' positions to the queries and the full
+  positions to the keys;
+* ``proj_out`` (Lumina 2: ``norm_out``) output -> scatter the active tokens into the stored full
+  output map (cached tokens keep their last output; leading text rows pass), so the unpatchify
+  sees every token.
 
 Selection is per sample and shared by the uncond/cond rows of that sample (it comes from
 the guided output). A change of batch size (adaptive guidance dropping the uncond half)
-or image size runs that call dense and re-seeds the stores.
+or image size runs that call dense and re-seeds the stores, and so does a call whose rows have
+different text lengths where the layout names a text mask (their image tokens sit at different
+offsets).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -183,7 +190,7 @@ class _Runtime:
         sel = self.selection
         if (self.supported_scheduler and sel is not None and sel[0] == state.step
                 and self.batch.get(key) == (rows, n) and sel[1].shape[0] > 0
-                and rows % sel[1].shape[0] == 0 and self._plain_call(kwargs)
+                and rows % sel[1].shape[0] == 0 and self._plain_call(kwargs) and self._uniform_text(kwargs)
                 and not self.config.is_dense(state.step, state.num_steps)):
             idx = sel[1]
             call.sparse = True
@@ -199,6 +206,15 @@ class _Runtime:
                 self.history.append(None)
             self.history[state.step] = sel[1].cpu() if call.sparse else None
         return call
+
+    def _uniform_text(self, kwargs) -> bool:
+        """Every row has the same text length (always so for one prompt per call)."""
+        name = self.ctx.family.ras.text_mask
+        mask = kwargs.get(name) if name else None
+        if not isinstance(mask, torch.Tensor) or mask.ndim != 2:
+            return True
+        lengths = mask.bool().sum(dim=1)
+        return bool((lengths == lengths[0]).all())
 
     @staticmethod
     def _plain_call(kwargs) -> bool:
@@ -234,10 +250,14 @@ class _Runtime:
 
     # -- the token stores -------------------------------------------------------------
     def gather(self, module, output: torch.Tensor) -> torch.Tensor:
+        """The active image tokens; image tokens are the last rows and any leading rows (a joint
+        block's text) are kept."""
         call = self.call
         if call is None or not call.sparse:
             return output
-        return output.gather(1, _rows(call.idx, output.shape[-1]))
+        lead = output.shape[1] - call.n
+        active = output[:, lead:].gather(1, _rows(call.idx, output.shape[-1]))
+        return active if lead == 0 else torch.cat([output[:, :lead], active], dim=1)
 
     def expand(self, module, output: torch.Tensor) -> torch.Tensor:
         """Full-length K or V: fresh rows for active tokens, stored rows for the others.
@@ -259,17 +279,19 @@ class _Runtime:
         return torch.cat([output[:, :-k], full], dim=1)
 
     def scatter(self, module, output: torch.Tensor) -> torch.Tensor:
-        """Full output map: recomputed tokens fresh, cached tokens their last output."""
+        """Full output map: recomputed tokens fresh, cached tokens their last output. Image
+        tokens are the last rows; leading rows (Lumina 2's text) pass through."""
         call = self.call
         if call is None:
             return output
         key = (call.key, "out")
         if not call.sparse:
-            self.stores[key] = output
+            self.stores[key] = output[:, output.shape[1] - call.n:]
             return output
-        full = self.stores[key].scatter(1, _rows(call.idx, output.shape[-1]), output)
+        k = call.idx.shape[1]
+        full = self.stores[key].scatter(1, _rows(call.idx, output.shape[-1]), output[:, output.shape[1] - k:])
         self.stores[key] = full
-        return full
+        return full if output.shape[1] == k else torch.cat([output[:, :-k], full], dim=1)
 
     # -- report ---------------------------------------------------------------------------
     def stats(self) -> dict:
@@ -343,6 +365,21 @@ class _DenoiserHook(TechniqueHook):
         return output
 
 
+class _InputGatherHook(TechniqueHook):
+    """Gathers the active tokens of a block's input hidden states (``RasLayout.gather="input"``)."""
+
+    def __init__(self, runtime: _Runtime):
+        super().__init__(runtime.state)
+        self.runtime = runtime
+
+    def before(self, module, args, kwargs):
+        if args:
+            args = (self.runtime.gather(module, args[0]), *args[1:])
+        else:
+            kwargs = {**kwargs, "hidden_states": self.runtime.gather(module, kwargs["hidden_states"])}
+        return False, None, args, kwargs, None
+
+
 class _FluxSparseProcessor:
     """Wraps Flux's processor: dense calls go to it unchanged; sparse calls run the same
     joint attention with active-only queries and full keys/values, applying RoPE with the
@@ -397,15 +434,74 @@ def _rope_rows(x, cos, sin, n_text, idx):
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
 
+class _Lumina2SparseProcessor:
+    """Wraps Lumina 2's processor: dense calls go to it unchanged; sparse calls run the same
+    self-attention over [text, active image tokens] queries and full-length keys/values (the
+    to_k/to_v hooks expand them), with the complex RoPE of the active rows' positions on the
+    queries and of every position on the keys."""
+
+    def __init__(self, inner, runtime: _Runtime):
+        self.inner = inner
+        self.runtime = runtime
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask=None, image_rotary_emb=None,
+                 base_sequence_length=None):
+        call = self.runtime.call
+        if call is None or not call.sparse or not self.runtime.state.in_call:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
+                              base_sequence_length)
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        b, s, _ = hidden_states.shape
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(encoder_hidden_states)                         # full length
+        value = attn.to_v(encoder_hidden_states)
+        head_dim = query.shape[-1] // attn.heads
+        kv_heads = key.shape[-1] // head_dim
+        dtype = query.dtype
+        query = query.view(b, -1, attn.heads, head_dim)
+        key = key.view(b, -1, kv_heads, head_dim)
+        value = value.view(b, -1, kv_heads, head_dim)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        if image_rotary_emb is not None:
+            k = call.idx.shape[1]
+            n_text = s - k
+            rows = torch.cat([torch.arange(n_text, device=call.idx.device).expand(b, -1), call.idx + n_text], dim=1)
+            rope = image_rotary_emb.gather(1, rows[..., None].expand(-1, -1, image_rotary_emb.shape[-1])
+                                           .to(image_rotary_emb.device))
+            query = apply_rotary_emb(query, rope, use_real=False)
+            key = apply_rotary_emb(key, image_rotary_emb, use_real=False)
+        query, key = query.to(dtype), key.to(dtype)
+        scale = attn.scale
+        if base_sequence_length is not None:      # proportional attention: the full sequence length
+            scale = math.sqrt(math.log(key.shape[1], base_sequence_length)) * attn.scale
+        n_rep = attn.heads // kv_heads
+        if n_rep >= 1:
+            key = key.unsqueeze(3).repeat(1, 1, 1, n_rep, 1).flatten(2, 3)
+            value = value.unsqueeze(3).repeat(1, 1, 1, n_rep, 1).flatten(2, 3)
+        if attention_mask is not None:           # over the full-length keys
+            attention_mask = attention_mask.bool().view(b, 1, 1, -1)
+        out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                                             attn_mask=attention_mask, scale=scale)
+        out = out.transpose(1, 2).reshape(b, -1, attn.heads * head_dim).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
 # Processors that wrap the model's own to rotate only the active queries (RasLayout.query_rope).
-QUERY_ROPE = {"flux": _FluxSparseProcessor}
+QUERY_ROPE = {"flux": _FluxSparseProcessor, "lumina2": _Lumina2SparseProcessor}
 
 
-def _foreign_block_hooks(denoiser) -> list[str]:
-    """Hooks other techniques (block caches) left on the transformer's blocks."""
+def _foreign_block_hooks(family, denoiser) -> list[str]:
+    """Hooks other techniques (block caches) left on the transformer's blocks (the family's block
+    groups and everything inside them)."""
     found = []
+    blocks = {name for name, _ in family.blocks(denoiser)}
+    inside = tuple(f"{name}." for name in blocks)
     for name, module in denoiser.named_modules():
-        if not name or ("blocks" not in name):
+        if name not in blocks and not name.startswith(inside):
             continue
         registry = getattr(module, "_diffusers_hook", None)
         if registry is not None and registry.hooks:
@@ -422,7 +518,7 @@ def apply(ctx: PatchContext, config: Config) -> PatchHandle:
         raise NotApplicable(f"ras needs a flow-matching Euler scheduler ({', '.join(SCHEDULERS)}); "
                             f"this pipeline uses {type(ctx.pipe.scheduler).__name__}, whose update "
                             f"does not reuse a velocity")
-    foreign = _foreign_block_hooks(denoiser)
+    foreign = _foreign_block_hooks(ctx.family, denoiser)
     if foreign:
         raise NotApplicable("ras cannot run with block-level hooks from another technique (block caching) "
                             f"(found hooks {', '.join(foreign[:3])}): cached block outputs have the "
@@ -438,13 +534,17 @@ def apply(ctx: PatchContext, config: Config) -> PatchHandle:
                                 "(the attention technique and fused QKV cannot be combined with ras)")
 
     runtime = _Runtime(ctx, config)
-    ctx.hook(getattr(denoiser, layout.embed), OutputHook(ctx.state, runtime.gather), HOOK)
+    embed = denoiser.get_submodule(layout.embed)
+    if layout.gather == "input":
+        ctx.hook(embed, _InputGatherHook(runtime), HOOK)
+    else:
+        ctx.hook(embed, OutputHook(ctx.state, runtime.gather), HOOK)
     for name, attn in attentions:
         ctx.hook(attn.to_k, OutputHook(ctx.state, runtime.expand), HOOK)
         ctx.hook(attn.to_v, OutputHook(ctx.state, runtime.expand), HOOK)
         if layout.query_rope:
             ctx.set_processor(attn, QUERY_ROPE[layout.query_rope](attn.processor, runtime))
-    ctx.hook(getattr(denoiser, layout.output), OutputHook(ctx.state, runtime.scatter), HOOK)
+    ctx.hook(denoiser.get_submodule(layout.output), OutputHook(ctx.state, runtime.scatter), HOOK)
     ctx.hook(denoiser, _DenoiserHook(runtime), HOOK)
     ctx.on_reset(runtime.reset)
     ctx.on_scheduler_step(runtime.after_step)
