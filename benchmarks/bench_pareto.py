@@ -232,6 +232,9 @@ def bench(kind: str, split: str, n: int, sweep: str, guidance: list[str], with_p
 
     linear_path = fit_linear(pipe, kind, out_dir) if sweep and "LinearAG" in guidance else ""
     for label, kwargs in ours(kind, sweep, guidance, linear_path, extra):
+        if kwargs.get("model", kind) != kind:
+            continue
+        kwargs = {k: v for k, v in kwargs.items() if k != "model"}
         if wanted(label):
             record(label, *run_ours(pipe, make, kwargs))
     if not with_peers:
@@ -302,7 +305,8 @@ def main(argv=None):
     parser.add_argument("--only", default="", help="|-separated substrings of method labels to run")
     parser.add_argument("--config", action="append", default=[],
                         help="extra row 'LABEL=JSON of accelerate() kwargs', e.g. "
-                             "'x={\"preset\": \"fast\", \"guidance\": {\"mode\": \"cache\"}}'")
+                             "'x={\"preset\": \"fast\", \"guidance\": {\"mode\": \"cache\"}}'; "
+                             "a \"model\": \"dit\" or \"unet\" key keeps it to that model")
     parser.add_argument("--out", default="benchmarks/results/pareto")
     parser.add_argument("--json", default="")
     args = parser.parse_args(argv)
@@ -311,8 +315,8 @@ def main(argv=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     extra = []
     for c in args.config:
-        label, _, spec = c.partition("=")
-        extra.append((f"ours {label}", json.loads(spec)))
+        label, _, spec = c.partition("={")       # labels may hold "=" (N=3)
+        extra.append((f"ours {label}", json.loads("{" + spec)))
     rows = []
     for kind in args.models.split(","):
         kind = kind.strip()
