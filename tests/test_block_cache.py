@@ -69,16 +69,21 @@ def test_reused_component_is_skipped_and_its_cached_output_used(pipelines):
     pipe.acceleration.remove()
 
 
+def _skip_ff_block1_step3(pipe):
+    """A 5-step schedule that computes everything but block 1's ff at step 3; and that ff."""
+    layout = _layout(pipe)
+    sched = CacheSchedule.full(layout, 5, name="skip-ff-block1-step3")
+    sched.recompute[3, 1, layout.components.index("ff")] = False
+    return sched, find_denoiser(pipe)[1].transformer_blocks[1].ff
+
+
 @pytest.mark.parametrize("order, expected", [
     (1, lambda o: 2 * o[2] - o[1]),                 # the line through steps 1 and 2, at step 3
     (2, lambda o: 3 * o[2] - 3 * o[1] + o[0]),      # the parabola through steps 0, 1, 2
 ])
 def test_forecast_extrapolates_the_skipped_output(pipelines, order, expected):
     pipe = pipelines("pixart")
-    layout = _layout(pipe)
-    sched = CacheSchedule.full(layout, 5, name="skip-ff-block1-step3")
-    sched.recompute[3, 1, layout.components.index("ff")] = False
-    ff = find_denoiser(pipe)[1].transformer_blocks[1].ff
+    sched, ff = _skip_ff_block1_step3(pipe)
     outputs = []
     handle = ff.register_forward_hook(lambda m, a, out: outputs.append(out))
     try:
@@ -89,6 +94,34 @@ def test_forecast_extrapolates_the_skipped_output(pipelines, order, expected):
     torch.testing.assert_close(outputs[3], expected(outputs), rtol=1e-5, atol=1e-6)
     assert _stats(pipe)["forecast"].startswith(f"order {order}: 1 ")
     pipe.acceleration.remove()
+
+
+def test_forecast_drift_check_recomputes_a_forecast_that_moves_too_far(pipelines):
+    pipe = pipelines("pixart")
+    sched, ff = _skip_ff_block1_step3(pipe)
+    outputs = []
+    handle = ff.register_forward_hook(lambda m, a, out: outputs.append(out))
+    try:
+        reference = run(pipe, "pixart", steps=5)
+        o1, o2 = outputs[1], outputs[2]
+        # order 1 at step 3 from steps 1, 2: the forecast moves step 2's output by o2 - o1
+        drift = float((o2 - o1).abs().mean() / o2.abs().mean())
+        results = {}
+        for check in (0.0, drift * 1.1, drift * 0.9):
+            outputs.clear()
+            accelerate(pipe, "off", block_cache={"schedule": sched, "forecast": 1, "forecast_check": check})
+            results[check] = (run(pipe, "pixart", steps=5), _stats(pipe)["forecast"])
+            pipe.acceleration.remove()
+    finally:
+        handle.remove()
+    off, loose, tight = results[0.0], results[drift * 1.1], results[drift * 0.9]
+    assert torch.equal(loose[0], off[0])             # the check passed: the same forecast
+    assert not torch.equal(off[0], reference)
+    assert "refused" not in off[1] and loose[1].startswith("order 1: 1 ")
+    assert torch.equal(tight[0], reference)          # refused: ff ran at step 3, nothing else was reused
+    assert "0 reused outputs extrapolated; 1 refused by the drift check" in tight[1]
+    with pytest.raises(ValueError, match=r"block_cache\.forecast_check"):
+        accelerate(pipe, "off", block_cache={"forecast": 1, "forecast_check": -1})
 
 
 def test_forecast_weights_are_exact_for_polynomials():

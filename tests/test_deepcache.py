@@ -56,6 +56,31 @@ def test_cached_steps_skip_the_deep_part(pipelines):
     assert counts["conv_in"] == counts["cut_up"] == counts["shallow_down"] == 7
 
 
+def test_forecast_extrapolates_the_deep_feature(pipelines):
+    pipe = pipelines("sd")
+    cut = next(m for _, m, is_cut in deepcache._deep_modules(pipe.unet, deepcache._layout(pipe.unet), 1) if is_cut)
+    features = []
+    handle = cut.register_forward_hook(lambda m, a, out: features.append(out))
+    try:
+        accelerate(pipe, "off", deepcache={"cache_interval": 2, "cache_branch": 1})
+        reused = run(pipe, "sd", steps=5)            # full steps 0, 2, 4; cached 1, 3
+        pipe.acceleration.remove()
+        plain = list(features)
+        features.clear()
+        accelerate(pipe, "off", deepcache={"cache_interval": 2, "cache_branch": 1, "forecast": 1})
+        forecast = run(pipe, "sd", steps=5)
+        stats = pipe.acceleration.report().applied[0]["stats"]
+        pipe.acceleration.remove()
+    finally:
+        handle.remove()
+    f0, f2 = features[0], features[2]
+    assert torch.equal(plain[1], plain[0]) and torch.equal(features[1], f0)   # step 1: one full step so far
+    torch.testing.assert_close(features[3], f2 + (f2 - f0) / 2)               # the line through steps 0, 2 at 3
+    assert stats["forecast"].startswith("1 cached calls") and not torch.equal(forecast, reused)
+    with pytest.raises(ValueError, match=r"deepcache\.forecast"):
+        accelerate(pipe, "off", deepcache={"forecast": 2})
+
+
 def test_schedules():
     cfg = deepcache.Config
     assert deepcache.full_step_indices(cfg(cache_interval=5, always_full_end=2), 12) == [0, 5, 10, 11]
@@ -222,8 +247,12 @@ def test_composes_with_guidance_truncation(pipelines):
 
 def test_presets_pick_deepcache_for_unets(pipelines):
     pipe = pipelines("sd")
-    for preset, (n, b) in {"quality": (2, 2), "balanced": (2, 0), "fast": (3, 0), "max": (5, 0)}.items():
+    plans = {"quality": (2, 2, None), "balanced": (2, 0, None), "fast": (5, 0, 2), "max": (8, 0, 3)}
+    for preset, (n, b, cfg_cache) in plans.items():
         accelerate(pipe, preset)
-        config = pipe.acceleration.plan["deepcache"]
+        config, guidance = pipe.acceleration.plan["deepcache"], pipe.acceleration.plan.get("guidance")
         pipe.acceleration.remove()
         assert (config.cache_interval, config.cache_branch) == (n, b)
+        # fast / max: CFG caching (uncond every k steps), not truncation; quality / balanced: full CFG
+        assert (None if guidance is None else (guidance.mode, guidance.cache_interval)) == (
+            None if cfg_cache is None else ("cache", cfg_cache))

@@ -17,7 +17,11 @@ Modes:
   it in the step index from the last ``forecast + 1`` computed outputs (order 1: linear, order 2:
   quadratic; TaylorSeer-style, by Lagrange extrapolation so unevenly spaced full steps are exact
   for polynomials of that order). Until enough outputs exist it reuses. It keeps ``forecast + 1``
-  outputs per component instead of one.
+  outputs per component instead of one. ``forecast_check`` (drift check): a forecast that would
+  move the output by more than this fraction of the last computed output (mean absolute values)
+  is not trusted and the component runs for real instead; 0 turns the check off. The signal is
+  per component, block and call, costs one reduction, and catches the extrapolations that
+  overshoot (a fast-changing output), where plain reuse would be wrong too.
 - ``dynamic``: First-Block-Cache-like. The first block always runs; when its residual
   (output - input) changed less than ``threshold`` (mean abs difference relative to the
   residual at the last full step), every component of the remaining blocks is reused.
@@ -77,6 +81,7 @@ class Config(TechniqueConfig):
     max_quality_loss: float | None = None
     min_steps: int = 1                # generations with fewer steps run untouched (few-step models)
     forecast: int = 0                 # 0: reuse the last output; 1, 2: extrapolate from the last 2, 3
+    forecast_check: float = 0.0       # > 0: recompute where a forecast moves the output more than this (relative)
 
     def validate(self) -> None:
         check_choice(self.NAME, "mode", self.mode, MODES)
@@ -85,6 +90,7 @@ class Config(TechniqueConfig):
         check_range(self.NAME, "max_reuse", self.max_reuse, 0, None, integer=True)
         check_range(self.NAME, "min_steps", self.min_steps, 1, None, integer=True)
         check_range(self.NAME, "forecast", self.forecast, 0, 2, integer=True)
+        check_range(self.NAME, "forecast_check", self.forecast_check, 0.0, None)
         if not isinstance(self.fallback, str):
             raise ValueError(f"{self.NAME}.fallback: expected a heuristic name like 'fora:2' or '', "
                              f"got {type(self.fallback).__name__}")
@@ -161,6 +167,16 @@ def _extrapolate(history: list[tuple[int, Any]], at: int):
         return combine(*outputs)
     return type(outputs[0])(combine(*parts) if isinstance(parts[0], torch.Tensor) else parts[0]
                             for parts in zip(*outputs))
+
+
+def _main_tensor(value) -> torch.Tensor:
+    return value if isinstance(value, torch.Tensor) else next(v for v in value if isinstance(v, torch.Tensor))
+
+
+def forecast_drift(last, predicted) -> float:
+    """How far a forecast moves a component's output: mean |predicted - last| / mean |last|."""
+    last, predicted = _main_tensor(last), _main_tensor(predicted)
+    return float((predicted - last).abs().mean() / last.abs().mean().clamp_min(1e-12))
 
 
 def _second_half(value, batch: int):
@@ -294,21 +310,27 @@ class _Runtime:
         signature = _signature(args, kwargs)
         if self._wants_reuse(block, component, slot):
             cached = self.outputs.get(key)
-            if cached is not None:
-                cached_sig, history = cached
-                if cached_sig == signature:
-                    return key, signature, self._predict(history)
-                if _is_halved(cached_sig, signature) and state.cfg_layout != "separate":
-                    batch = cached_sig[0][0][0]
-                    return key, signature, self._predict([(s, _second_half(o, batch)) for s, o in history])
+            cached_sig, history = cached if cached is not None else (None, None)
+            if cached_sig == signature:
+                return key, signature, self._predict(history)
+            if _is_halved(cached_sig, signature) and state.cfg_layout != "separate":
+                batch = cached_sig[0][0][0]
+                return key, signature, self._predict([(s, _second_half(o, batch)) for s, o in history])
             state.count("components_cache_miss")       # reuse planned but nothing valid cached
         return key, signature, None
 
     def _predict(self, history):
-        self.state.count("components_reused")
+        """The output to use instead of running the component, or None (the drift check refused it)."""
         if self.config.forecast and len(history) > 1:
+            predicted = _extrapolate(history, self.state.step)
+            check = self.config.forecast_check
+            if check and forecast_drift(history[-1][1], predicted) > check:   # one host sync, outside any graph
+                self.state.count("components_forecast_refused")
+                return None
+            self.state.count("components_reused")
             self.state.count("components_forecast")
-            return _extrapolate(history, self.state.step)
+            return predicted
+        self.state.count("components_reused")
         return history[-1][1]
 
     def store(self, key, signature, output):
@@ -360,6 +382,9 @@ class _Runtime:
             out["calls with blocks reused"] = counters["dynamic_calls_reused"]
         if self.config.forecast:
             out["forecast"] = f"order {self.config.forecast}: {counters['components_forecast']} reused outputs extrapolated"
+            if self.config.forecast_check:
+                out["forecast"] += (f"; {counters['components_forecast_refused']} refused by the drift check "
+                                    f"(> {self.config.forecast_check:g}) and recomputed")
         out["components recomputed"] = run
         out["components reused"] = reused
         if counters["components_cache_miss"]:

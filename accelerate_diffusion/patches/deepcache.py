@@ -63,6 +63,8 @@ class Config(TechniqueConfig):
     schedule_dir: str = ""             # a calibration folder: the point is picked from its front
     max_quality_loss: float | None = None   # with schedule_dir: the fastest point within this loss
     min_steps: int = 1                # generations with fewer steps run untouched (few-step models)
+    forecast: int = 0                 # 1: cached steps get the deep feature extrapolated (linear in the step)
+                                      # from the last two full steps instead of the last one's copy
 
     LOOKUP = ("point", "schedule_dir", "max_quality_loss")   # where settings come from, not settings
 
@@ -78,6 +80,7 @@ class Config(TechniqueConfig):
         check_range(NAME, "power", self.power, 1.0, 10.0, lo_open=True)
         check_range(NAME, "always_full_start", self.always_full_start, 0, integer=True)
         check_range(NAME, "always_full_end", self.always_full_end, 0, integer=True)
+        check_range(NAME, "forecast", self.forecast, 0, 1, integer=True)
         check_range(NAME, "min_steps", self.min_steps, 1, integer=True)
         for name in ("point", "schedule_dir"):
             if not isinstance(getattr(self, name), (str, os.PathLike)):
@@ -240,6 +243,17 @@ def _zeros(spec, batch: int):
     return spec[1]
 
 
+def _map2(out, other, fn):
+    """``fn(a, b)`` over the tensors of two outputs of the same structure."""
+    if isinstance(out, torch.Tensor):
+        return fn(out, other)
+    if isinstance(out, tuple):
+        return tuple(_map2(o, p, fn) for o, p in zip(out, other))
+    if dataclasses.is_dataclass(out):
+        return type(out)(**{k: _map2(v, other[k], fn) for k, v in out.items()})
+    return out
+
+
 def _map(out, fn):
     if isinstance(out, torch.Tensor):
         return fn(out)
@@ -258,6 +272,8 @@ class _Entry:
     batch: int
     specs: dict = dataclasses.field(default_factory=dict)
     feature: Any = None
+    step: int = 0
+    previous: tuple | None = None   # (step, feature) of the full call before, same inputs (forecast)
 
 
 class _Runtime:
@@ -306,10 +322,26 @@ class _Runtime:
             self.mode, self.entry = "cached", entry
             self.rows = slice(None) if entry.batch == batch else slice(batch, None)
 
+    def forecast(self):
+        """The deep feature for a cached call: the last full call's, or (``forecast=1``) the line
+        through the last two full calls' features, at this step (TaylorSeer-style, first order)."""
+        entry = self.entry
+        if entry.previous is None:
+            return entry.feature
+        s0, f0 = entry.previous
+        w = (self.state.step - entry.step) / (entry.step - s0)
+        self.state.count("deepcache_forecast")
+        return _map2(entry.feature, f0, lambda a, b: a + (a - b) * w)
+
     def finish_call(self, slot: int) -> None:
         """After a call that ran to the end (a failed call never reaches here: nothing is cached)."""
         if self.mode == "full":
-            self.caches[slot] = self.entry
+            before, entry = self.caches.get(slot), self.entry
+            entry.step = self.state.step
+            if (self.config.forecast and before is not None and before.key == entry.key
+                    and before.batch == entry.batch and before.step < entry.step):
+                entry.previous = (before.step, before.feature)
+            self.caches[slot] = entry
             self.full.add(self.state.step)
             self.state.count("deepcache_full")
         elif self.mode == "cached":
@@ -329,7 +361,9 @@ class _Runtime:
         return {"schedule": f"{kind}, branch {c.cache_branch}",
                 "full_steps": len(self.full), "cached_steps": len(cached_only),
                 "full_step_indices": sorted(self.full),
-                "forced_full_calls": self.forced}
+                "forced_full_calls": self.forced,
+                **({"forecast": f"{self.state.counters['deepcache_forecast']} cached calls got an extrapolated "
+                                f"deep feature"} if c.forecast else {})}
 
 
 class _ControllerHook(TechniqueHook):
@@ -363,7 +397,7 @@ class _DeepHook(TechniqueHook):
         if rt.mode == "cached":
             if self.is_cut:
                 # a copy: FreeU scales the up path's input in place
-                return True, _map(rt.entry.feature, lambda t: t[rt.rows].clone()), args, kwargs, None
+                return True, _map(rt.forecast(), lambda t: t[rt.rows].clone()), args, kwargs, None
             return True, _zeros(rt.entry.specs[self.name], rt.batch), args, kwargs, None
         return False, None, args, kwargs, None
 
