@@ -143,6 +143,10 @@ _DIT_NOT_DEEPCACHE = ("deepcache", "DeepCache caches a UNet's skip branches; thi
 _VIDEO_DIT_NOT = (("ras", "no RAS layout: RAS patches SD3's and Flux's image-token processors"), _DIT_NOT_DEEPCACHE,
                   ("kv_cache", "no autoregressive rollout: every step attends over the whole clip"))
 
+# Flux's dual-stream blocks (joint attn over [text, image], ff, ff_context), then its single-stream blocks
+_FLUX_BLOCKS = (BlockGroup("transformer_blocks", ("attn", "ff", "ff_context"), (SelfAttention("attn", "prefix"),)),
+                BlockGroup("single_transformer_blocks", ("attn", "proj_mlp", "proj_out"),
+                           (SelfAttention("attn", "prefix"),)))
 _WAN_BLOCKS = (BlockGroup("blocks", ("attn1", "attn2", "ffn"), (SelfAttention("attn1"),)),)
 
 FAMILIES: tuple[Family, ...] = (
@@ -177,9 +181,7 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         name="flux", classes=("FluxTransformer2DModel",), kind="dit", denoiser_attr="transformer",
-        block_groups=(BlockGroup("transformer_blocks", ("attn", "ff", "ff_context"), (SelfAttention("attn", "prefix"),)),
-                      BlockGroup("single_transformer_blocks", ("attn", "proj_mlp", "proj_out"),
-                                 (SelfAttention("attn", "prefix"),))),
+        block_groups=_FLUX_BLOCKS,
         patch_size=(2, 2), token_grid="ids", text_tokens="joint", pos_embed="rope", cfg="separate",
         ras=RasLayout(embed="x_embedder", processors=("FluxAttnProcessor",), query_rope="flux"),
         techniques=("guidance", "ras", "block_cache", "attention"),
@@ -202,6 +204,22 @@ FAMILIES: tuple[Family, ...] = (
         notes="Qwen-Image text-to-image, img2img, inpaint and edit (latents packed 2x2 by the pipeline: one "
               "token per 2x2 latent patch; true CFG, true_cfg_scale > 1 with a negative prompt, runs a separate "
               "negative call). Sparse attention needs one token grid: not the edit pipelines' several images",
+    ),
+    # -- image families added together: Chroma, Flux.2, Qwen-Image 2.1 -------------------------------
+    Family(
+        name="chroma", classes=("ChromaTransformer2DModel",), kind="dit", denoiser_attr="transformer",
+        # Flux's blocks and FluxAttention; the adaLN modulation comes from one approximator MLP run once
+        # per call on the timestep (not per block), so the blocks are cached exactly as Flux's
+        block_groups=_FLUX_BLOCKS,
+        patch_size=(2, 2), token_grid="ids", text_tokens="joint", pos_embed="rope", cfg="separate",
+        # Flux's layout: RAS's sparse processor keeps the padding mask's rows of the active queries
+        ras=RasLayout(embed="x_embedder", processors=("FluxAttnProcessor",), query_rope="flux"),
+        techniques=("guidance", "ras", "block_cache"),
+        why_not=(("attention", "every call gives its attention the T5 padding mask; sparse attention replaces "
+                               "plain (unmasked) self-attention only"),
+                 _DIT_NOT_DEEPCACHE, ("kv_cache", "no autoregressive rollout")),
+        notes="Chroma (Flux-like, its own modulation approximator; real CFG: guidance_scale > 1 runs a separate "
+              "negative call; latents packed 2x2 by the pipeline)",
     ),
     Family(
         name="wan", classes=("WanTransformer3DModel",), kind="dit", denoiser_attr="transformer",

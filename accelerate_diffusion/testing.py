@@ -14,7 +14,7 @@ import string
 import torch
 
 PIPELINES = ("sd", "sdxl", "pixart", "sd3", "flux", "wan", "qwenimage", "wan22", "cogvideox", "hunyuan_video",
-             "wan_vace")
+             "wan_vace", "chroma")
 SIZES = ("micro", "small")
 
 # Default call arguments per pipeline and size: resolution and frames kept tiny.
@@ -41,6 +41,8 @@ CALL_DEFAULTS = {
     ("hunyuan_video", "small"): dict(height=128, width=128, num_frames=9),
     ("wan_vace", "micro"): dict(height=16, width=16, num_frames=9),
     ("wan_vace", "small"): dict(height=128, width=128, num_frames=9),
+    ("chroma", "micro"): dict(height=32, width=32),
+    ("chroma", "small"): dict(height=256, width=256),
 }
 
 
@@ -411,6 +413,25 @@ def _build_hunyuan_video(size: str):
                                 text_encoder_2=_clip_text(d, 2), tokenizer_2=_clip_tokenizer())
 
 
+def _build_chroma(size: str):
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    if size == "micro":
+        tkw = dict(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                   axes_dims_rope=[4, 4, 8], approximator_hidden_dim=32, approximator_layers=1)
+        hidden, vae_ch = 32, (8, 8)
+    else:     # Flux's small size; the approximator as deep as Chroma1-HD's (5 layers), narrower
+        tkw = dict(num_layers=4, num_single_layers=8, attention_head_dim=64, num_attention_heads=6,
+                   axes_dims_rope=[16, 24, 24], approximator_hidden_dim=256, approximator_layers=5)
+        hidden, vae_ch = 64, (16, 32, 32, 32)
+    transformer = ChromaTransformer2DModel(patch_size=1, in_channels=16, joint_attention_dim=hidden,
+                                           approximator_num_channels=16, **tkw)
+    return ChromaPipeline(scheduler=FlowMatchEulerDiscreteScheduler(),
+                          vae=_vae(4, vae_ch, shift_factor=0.0609, scaling_factor=1.5035),
+                          text_encoder=_t5(hidden, 2), tokenizer=_t5_tokenizer(), transformer=transformer,
+                          image_encoder=None, feature_extractor=None)
+
+
 _BUILDERS = {
     "sd": lambda size: _build_sd(size),
     "sdxl": lambda size: _build_sd(size, xl=True),
@@ -423,6 +444,7 @@ _BUILDERS = {
     "qwenimage": _build_qwenimage,
     "cogvideox": _build_cogvideox,
     "hunyuan_video": _build_hunyuan_video,
+    "chroma": _build_chroma,
 }
 
 
@@ -447,8 +469,10 @@ def call_kwargs(name: str, size: str = "micro", steps: int = 4, seed: int = 0, *
     if name == "flux":
         kw["guidance_scale"] = 1.0
         kw["max_sequence_length"] = 48
-    if name in ("pixart", "sd3", "wan", "wan22", "wan_vace", "cogvideox", "hunyuan_video"):
+    if name in ("pixart", "sd3", "wan", "wan22", "wan_vace", "cogvideox", "hunyuan_video", "chroma"):
         kw["max_sequence_length"] = 48
+    if name == "chroma":
+        kw.update(guidance_scale=4.0, negative_prompt=" ")   # real CFG: a separate negative call
     if name == "pixart":
         kw.update(use_resolution_binning=False, clean_caption=False)
     if name in ("qwenimage", "hunyuan_video"):
