@@ -129,6 +129,10 @@ class Family:
             if ids is None:
                 raise ValueError(f"{type(denoiser).__name__} was called without img_ids: the token grid is unknown")
             ids = ids.reshape(-1, ids.shape[-1])[: x.shape[1]]
+            if ids.shape[-1] == 4 and bool((ids[:, 0] != ids[0, 0]).any()):    # Flux.2's (t, h, w, l) ids
+                images = len(torch.unique(ids[:, 0]))
+                raise ValueError(f"{type(denoiser).__name__} was called with {images} images in one sequence "
+                                 f"(reference images of an edit call): its tokens form no single grid")
             return (int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1)
         patch = self.patch(denoiser)
         spatial = tuple(x.shape[-len(patch):])
@@ -220,6 +224,22 @@ FAMILIES: tuple[Family, ...] = (
                  _DIT_NOT_DEEPCACHE, ("kv_cache", "no autoregressive rollout")),
         notes="Chroma (Flux-like, its own modulation approximator; real CFG: guidance_scale > 1 runs a separate "
               "negative call; latents packed 2x2 by the pipeline)",
+    ),
+    Family(
+        name="flux2", classes=("Flux2Transformer2DModel",), kind="dit", denoiser_attr="transformer",
+        # dual-stream blocks (joint attn over [text, image], ff, ff_context), then single-stream blocks
+        # whose attn is a "parallel" block: one fused projection for Q/K/V and the MLP input, one for both
+        # outputs, so attn is the whole block's work. Modulation is computed once per call, outside the blocks.
+        block_groups=(BlockGroup("transformer_blocks", ("attn", "ff", "ff_context"), (SelfAttention("attn", "prefix"),)),
+                      BlockGroup("single_transformer_blocks", ("attn",), (SelfAttention("attn", "prefix"),))),
+        patch_size=(2, 2), token_grid="ids", text_tokens="joint", pos_embed="rope", cfg="separate",
+        techniques=("guidance", "block_cache", "attention"),
+        why_not=(("ras", "no RAS layout: Flux.2's single-stream blocks fuse the Q/K/V projections with the MLP "
+                         "input (to_qkv_mlp_proj), and RAS keeps full-length keys/values from separate to_k/to_v"),
+                 _DIT_NOT_DEEPCACHE, ("kv_cache", "no autoregressive rollout")),
+        notes="FLUX.2 [dev] (guidance-distilled: guidance_scale is an embedding, one call per step) and FLUX.2 "
+              "[klein] (base: real CFG, guidance_scale > 1 runs a separate negative call; latents packed 2x2). "
+              "Sparse attention needs one token grid: not an edit call's reference images",
     ),
     Family(
         name="wan", classes=("WanTransformer3DModel",), kind="dit", denoiser_attr="transformer",

@@ -14,7 +14,7 @@ import string
 import torch
 
 PIPELINES = ("sd", "sdxl", "pixart", "sd3", "flux", "wan", "qwenimage", "wan22", "cogvideox", "hunyuan_video",
-             "wan_vace", "chroma")
+             "wan_vace", "chroma", "flux2")
 SIZES = ("micro", "small")
 
 # Default call arguments per pipeline and size: resolution and frames kept tiny.
@@ -43,6 +43,8 @@ CALL_DEFAULTS = {
     ("wan_vace", "small"): dict(height=128, width=128, num_frames=9),
     ("chroma", "micro"): dict(height=32, width=32),
     ("chroma", "small"): dict(height=256, width=256),
+    ("flux2", "micro"): dict(height=32, width=32),
+    ("flux2", "small"): dict(height=256, width=256),
 }
 
 
@@ -432,6 +434,50 @@ def _build_chroma(size: str):
                           image_encoder=None, feature_extractor=None)
 
 
+# Qwen3's chat layout as FLUX.2 [klein] formats its prompts (user turn, then the assistant's turn opened)
+_QWEN_CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+# hidden states FLUX.2 [klein]'s prompt embedding stacks (its default: layers 9, 18, 27 of Qwen3)
+FLUX2_TEXT_LAYERS = (1, 2, 3)
+
+
+def _qwen3(hidden: int, layers: int):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tok = _qwen_tokenizer()
+    return Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=1024,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None))
+
+
+def _build_flux2(size: str):
+    """FLUX.2 [klein] (Qwen3 text encoder, real CFG): the Flux2Transformer2DModel pipeline whose text
+    encoder builds tiny offline (FLUX.2 [dev]'s Mistral 3 needs its Pixtral processor)."""
+    from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline,
+                           Flux2Transformer2DModel)
+
+    if size == "micro":
+        tkw = dict(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                   axes_dims_rope=(4, 4, 4, 4), timestep_guidance_channels=32)
+        hidden, vae_ch = 32, (8, 8)
+    else:
+        tkw = dict(num_layers=4, num_single_layers=8, attention_head_dim=64, num_attention_heads=6,
+                   axes_dims_rope=(16, 16, 16, 16), timestep_guidance_channels=64)
+        hidden, vae_ch = 64, (16, 32, 32, 32)
+    transformer = Flux2Transformer2DModel(patch_size=1, in_channels=16, joint_attention_dim=hidden * 3,
+                                          guidance_embeds=False, **tkw)
+    n = len(vae_ch)
+    vae = AutoencoderKLFlux2(latent_channels=4, block_out_channels=vae_ch, layers_per_block=1,
+                             norm_num_groups=min(vae_ch), down_block_types=("DownEncoderBlock2D",) * n,
+                             up_block_types=("UpDecoderBlock2D",) * n)
+    tokenizer = _qwen_tokenizer()
+    tokenizer.chat_template = _QWEN_CHAT
+    return Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), vae=vae,
+                              text_encoder=_qwen3(hidden, len(FLUX2_TEXT_LAYERS)), tokenizer=tokenizer,
+                              transformer=transformer, is_distilled=False)
+
+
 _BUILDERS = {
     "sd": lambda size: _build_sd(size),
     "sdxl": lambda size: _build_sd(size, xl=True),
@@ -445,6 +491,7 @@ _BUILDERS = {
     "cogvideox": _build_cogvideox,
     "hunyuan_video": _build_hunyuan_video,
     "chroma": _build_chroma,
+    "flux2": _build_flux2,
 }
 
 
@@ -473,6 +520,8 @@ def call_kwargs(name: str, size: str = "micro", steps: int = 4, seed: int = 0, *
         kw["max_sequence_length"] = 48
     if name == "chroma":
         kw.update(guidance_scale=4.0, negative_prompt=" ")   # real CFG: a separate negative call
+    if name == "flux2":     # klein base: real CFG against the empty prompt, a separate call
+        kw.update(guidance_scale=4.0, max_sequence_length=48, text_encoder_out_layers=FLUX2_TEXT_LAYERS)
     if name == "pixart":
         kw.update(use_resolution_binning=False, clean_caption=False)
     if name in ("qwenimage", "hunyuan_video"):

@@ -8,7 +8,7 @@ from accelerate_diffusion import accelerate, family_of
 from accelerate_diffusion.testing import call_kwargs, run, run_counted
 
 STEPS = 8          # presets leave fewer steps untouched (min_steps)
-IMAGE_FAMILIES = ["chroma"]
+IMAGE_FAMILIES = ["chroma", "flux2"]
 
 
 def _macs(pipe, name, **acceleration):
@@ -61,4 +61,58 @@ def test_chroma_says_why_sparse_attention_does_not_apply(pipelines):
     pipe = pipelines("chroma")
     with pytest.raises(ValueError, match="attention: does not apply to the chroma family .*padding mask"):
         accelerate(pipe, "off", attention=True)
+    assert not hasattr(pipe, "acceleration")
+
+
+# -- Flux.2 (klein: real CFG as a separate call; single-stream "parallel" blocks) ---------------------
+def test_flux2_row_matches_the_real_class(pipelines):
+    pipe = pipelines("flux2")
+    family = family_of(pipe.transformer)
+    assert family.name == "flux2" and family.cfg == "separate"
+    config = pipe.transformer.config
+    assert len(family.blocks(pipe.transformer)) == config.num_layers + config.num_single_layers
+    single = pipe.transformer.single_transformer_blocks[0]
+    # the single block's attn holds the fused QKV + MLP-in projection: all its work but the norm
+    assert hasattr(single.attn, "to_qkv_mlp_proj") and set(dict(single.named_children())) == {"norm", "attn"}
+
+
+def test_flux2_sparse_attention_on_its_4d_ids(pipelines):
+    pipe = pipelines("flux2")
+    reference = run(pipe, "flux2", steps=2)
+    accelerate(pipe, "off", attention={"window": 1.0})           # a dense mask: same result
+    assert torch.allclose(run(pipe, "flux2", steps=2), reference, atol=1e-5)
+    pipe.acceleration.remove()
+    accelerate(pipe, "off", attention={"window": 0.5})
+    out = run(pipe, "flux2", steps=2)
+    stats = pipe.acceleration.stats()["attention"]
+    pipe.acceleration.remove()
+    side = call_kwargs("flux2")["height"] // pipe.vae_scale_factor // 2       # (t, h, w, l) ids: h, w read
+    assert stats["token grid"] == (side, side) and 0 < stats["mean attention density"] < 1
+    assert torch.isfinite(out).all() and not torch.equal(out, reference)
+
+
+def test_flux2_edit_call_with_a_reference_image_has_no_single_grid(pipelines):
+    """An edit call puts the reference image's tokens (ids with t = 10) after the noise tokens."""
+    pipe = pipelines("flux2")
+    side, channels = 4, pipe.transformer.config.in_channels
+    ids = pipe._prepare_latent_ids(torch.zeros(1, channels, side, side))
+    reference_ids = ids.clone()
+    reference_ids[..., 0] = 10
+    text = torch.zeros(1, 8, pipe.transformer.config.joint_attention_dim)
+    call = dict(hidden_states=torch.randn(1, 2 * side * side, channels), encoder_hidden_states=text,
+                timestep=torch.ones(1), img_ids=torch.cat([ids, reference_ids], dim=1),
+                txt_ids=pipe._prepare_text_ids(text), return_dict=False)
+    accelerate(pipe, "off", block_cache={"schedule": "fora:2"})   # caching needs no grid: it runs
+    pipe.transformer(**call)
+    pipe.acceleration.remove()
+    accelerate(pipe, "off", attention={"window": 0.5})
+    with pytest.raises(ValueError, match="2 images in one sequence"):
+        pipe.transformer(**call)
+    pipe.acceleration.remove()
+
+
+def test_flux2_says_why_ras_does_not_apply(pipelines):
+    pipe = pipelines("flux2")
+    with pytest.raises(ValueError, match="ras: does not apply to the flux2 family .*to_qkv_mlp_proj"):
+        accelerate(pipe, "off", ras=True)
     assert not hasattr(pipe, "acceleration")
