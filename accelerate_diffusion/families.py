@@ -242,6 +242,22 @@ FAMILIES: tuple[Family, ...] = (
               "Sparse attention needs one token grid: not an edit call's reference images",
     ),
     Family(
+        name="qwenimage21", classes=("QwenImage21Transformer2DModel",), kind="dit", denoiser_attr="transformer",
+        # single-stream blocks over one joint sequence (text with condition images in place, the target image
+        # appended): attn, then img_mlp, each under a gate sliced from one shared modulation
+        block_groups=(BlockGroup("transformer_blocks", ("attn", "img_mlp"), (SelfAttention("attn", "prefix"),)),),
+        token_grid="img_shapes", text_tokens="joint", pos_embed="rope", cfg="separate",
+        techniques=("guidance", "block_cache"),
+        why_not=(("attention", "block-causal attention (causal text, each image block bidirectional) run as masked "
+                               "segments; sparse attention replaces plain (unmasked) self-attention only"),
+                 ("ras", "no RAS layout: its single-stream processor attends block-causally with Qwen's complex RoPE"),
+                 _DIT_NOT_DEEPCACHE,
+                 ("kv_cache", "no autoregressive rollout (the model's own prefix KV cache of text and condition "
+                              "images is diffusers' use_kv_cache, left as it is)")),
+        notes="Qwen-Image 2.1 (QwenImage21ModularPipeline: its guider runs CFG as separate cond/uncond calls; "
+              "with use_kv_cache, steps after the first run the target image's tokens only)",
+    ),
+    Family(
         name="wan", classes=("WanTransformer3DModel",), kind="dit", denoiser_attr="transformer",
         # Wan 2.2 A14B: `transformer` denoises the high-noise steps (t >= boundary_ratio * 1000),
         # `transformer_2` the rest; each expert gets its own hooks and caches.

@@ -14,7 +14,7 @@ import string
 import torch
 
 PIPELINES = ("sd", "sdxl", "pixart", "sd3", "flux", "wan", "qwenimage", "wan22", "cogvideox", "hunyuan_video",
-             "wan_vace", "chroma", "flux2")
+             "wan_vace", "chroma", "flux2", "qwenimage21")
 SIZES = ("micro", "small")
 
 # Default call arguments per pipeline and size: resolution and frames kept tiny.
@@ -45,6 +45,8 @@ CALL_DEFAULTS = {
     ("chroma", "small"): dict(height=256, width=256),
     ("flux2", "micro"): dict(height=32, width=32),
     ("flux2", "small"): dict(height=256, width=256),
+    ("qwenimage21", "micro"): dict(height=128, width=128),     # 16 px a token: 8 x 8 tokens
+    ("qwenimage21", "small"): dict(height=256, width=256),
 }
 
 
@@ -478,6 +480,38 @@ def _build_flux2(size: str):
                               transformer=transformer, is_distilled=False)
 
 
+_QWEN21_TEXT = {"micro": 32, "small": 64}     # width of the tiny prompt embeddings
+
+
+def _build_qwenimage21(size: str):
+    """Qwen-Image 2.1's denoising part of QwenImage21ModularPipeline (its core denoise step: latents,
+    timesteps, RoPE inputs, the guider's CFG loop, unpacking), driven with prompt embeddings: its
+    Qwen3-VL text encoder and processor do not build tiny offline here."""
+    from diffusers import ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler, QwenImage21Transformer2DModel
+    from diffusers.modular_pipelines.qwenimage21.modular_blocks_qwenimage21 import QwenImage21CoreDenoiseStep
+
+    if size == "micro":
+        tkw = dict(num_layers=2, attention_head_dim=16, num_attention_heads=2, axes_dims_rope=(4, 6, 6))
+    else:
+        tkw = dict(num_layers=8, attention_head_dim=64, num_attention_heads=6, axes_dims_rope=(16, 24, 24))
+    transformer = QwenImage21Transformer2DModel(in_channels=16, out_channels=16,
+                                                context_in_dim=_QWEN21_TEXT[size], **tkw)
+    pipe = QwenImage21CoreDenoiseStep().init_pipeline()
+    pipe.update_components(transformer=transformer, guider=ClassifierFreeGuidance(guidance_scale=4.0),
+                           scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True))
+    return pipe
+
+
+def _qwenimage21_embeds(size: str, seed: int, tokens: int = 24) -> dict:
+    """Random prompt and negative-prompt embeddings (all tokens valid, no image slots: text-to-image)."""
+    g = torch.Generator("cpu").manual_seed(seed + 1)
+    width = _QWEN21_TEXT[size]
+    valid, slots = torch.ones(1, tokens, dtype=torch.bool), torch.zeros(1, tokens, dtype=torch.bool)
+    return dict(prompt_embeds=torch.randn(1, tokens, width, generator=g), prompt_embeds_mask=valid,
+                negative_prompt_embeds=torch.randn(1, tokens, width, generator=g),
+                negative_prompt_embeds_mask=valid, image_pad_mask=slots, negative_image_pad_mask=slots)
+
+
 _BUILDERS = {
     "sd": lambda size: _build_sd(size),
     "sdxl": lambda size: _build_sd(size, xl=True),
@@ -492,6 +526,7 @@ _BUILDERS = {
     "hunyuan_video": _build_hunyuan_video,
     "chroma": _build_chroma,
     "flux2": _build_flux2,
+    "qwenimage21": _build_qwenimage21,
 }
 
 
@@ -528,15 +563,26 @@ def call_kwargs(name: str, size: str = "micro", steps: int = 4, seed: int = 0, *
         kw.update(negative_prompt=" ", true_cfg_scale=4.0)   # true CFG: a separate negative call
     if name == "hunyuan_video":
         kw["guidance_scale"] = 6.0                           # guidance-distilled: an embedding, not CFG
+    if name == "qwenimage21":      # a modular pipeline driven with embeddings; output="latents" returns them
+        for key in ("prompt", "output_type"):
+            kw.pop(key)
+        kw.update(_qwenimage21_embeds(size, seed), output="latents")
     kw.update(overrides)
     return kw
 
 
-def run(pipe, name: str, size: str = "micro", **kw) -> torch.Tensor:
-    """Call the pipeline with :func:`call_kwargs` and return the output tensor."""
-    out = pipe(**call_kwargs(name, size, **kw))
+def output_tensor(out) -> torch.Tensor:
+    """The generated tensor of a pipeline call: ``frames`` (video), ``images``, or the tensor a
+    modular pipeline returns for ``output="latents"``."""
+    if isinstance(out, torch.Tensor):
+        return out
     result = out.frames if hasattr(out, "frames") else out.images
     return result if isinstance(result, torch.Tensor) else torch.as_tensor(result)
+
+
+def run(pipe, name: str, size: str = "micro", **kw) -> torch.Tensor:
+    """Call the pipeline with :func:`call_kwargs` and return the output tensor."""
+    return output_tensor(pipe(**call_kwargs(name, size, **kw)))
 
 
 def run_counted(pipe, kwargs: dict, **acceleration) -> tuple[torch.Tensor, int]:
@@ -546,9 +592,7 @@ def run_counted(pipe, kwargs: dict, **acceleration) -> tuple[torch.Tensor, int]:
 
     accelerate(pipe, "off", measure_macs=True, **acceleration)
     try:
-        out = pipe(**kwargs)
-        result = out.frames if hasattr(out, "frames") else out.images
-        return torch.as_tensor(result), pipe.acceleration.state.macs
+        return output_tensor(pipe(**kwargs)), pipe.acceleration.state.macs
     finally:
         pipe.acceleration.remove()
 

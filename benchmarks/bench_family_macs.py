@@ -23,7 +23,7 @@ warnings.filterwarnings("ignore")
 
 from accelerate_diffusion import PRESETS, accelerate  # noqa: E402
 from accelerate_diffusion.macs import format_macs  # noqa: E402
-from accelerate_diffusion.testing import PIPELINES, call_kwargs, make_pipeline  # noqa: E402
+from accelerate_diffusion.testing import PIPELINES, call_kwargs, make_pipeline, output_tensor  # noqa: E402
 
 
 def measure(name: str, size: str, steps: int) -> list[dict]:
@@ -35,7 +35,7 @@ def measure(name: str, size: str, steps: int) -> list[dict]:
         start = time.perf_counter()
         out = pipe(**call_kwargs(name, size, steps=steps))
         seconds = time.perf_counter() - start
-        result = out.frames if hasattr(out, "frames") else out.images
+        result = output_tensor(out)
         gen = pipe.acceleration.report().generation
         counters = gen["counters"]
         applied = [h.technique for h in pipe.acceleration.handles]
@@ -51,7 +51,7 @@ def measure(name: str, size: str, steps: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipelines", default="sd,sdxl,pixart,sd3,flux,qwenimage,wan,wan22,wan_vace,cogvideox,"
-                                                "hunyuan_video",
+                                                "hunyuan_video,chroma,flux2,qwenimage21",
                         help=f"comma-separated tiny pipelines ({', '.join(PIPELINES)})")
     parser.add_argument("--size", default="small", choices=["micro", "small"])
     parser.add_argument("--steps", type=int, default=20)

@@ -8,7 +8,7 @@ from accelerate_diffusion import accelerate, family_of
 from accelerate_diffusion.testing import call_kwargs, run, run_counted
 
 STEPS = 8          # presets leave fewer steps untouched (min_steps)
-IMAGE_FAMILIES = ["chroma", "flux2"]
+IMAGE_FAMILIES = ["chroma", "flux2", "qwenimage21"]
 
 
 def _macs(pipe, name, **acceleration):
@@ -115,4 +115,56 @@ def test_flux2_says_why_ras_does_not_apply(pipelines):
     pipe = pipelines("flux2")
     with pytest.raises(ValueError, match="ras: does not apply to the flux2 family .*to_qkv_mlp_proj"):
         accelerate(pipe, "off", ras=True)
+    assert not hasattr(pipe, "acceleration")
+
+
+# -- Qwen-Image 2.1 (its modular pipeline's denoising part, driven with prompt embeddings) -------------
+def test_qwenimage21_row_matches_the_real_class(pipelines):
+    pipe = pipelines("qwenimage21")
+    family = family_of(pipe.transformer)
+    assert family.name == "qwenimage21" and family.cfg == "separate"
+    blocks = family.blocks(pipe.transformer)
+    assert len(blocks) == pipe.transformer.config.num_layers
+    # single-stream blocks: one attention and one feed-forward, no text-stream modules (unlike Qwen-Image)
+    assert all(not hasattr(block, "txt_mlp") for _, block in blocks)
+
+
+def test_qwenimage21_block_cache_with_and_without_the_models_prefix_kv_cache(pipelines):
+    """With use_kv_cache (the default), the first step runs text + image tokens and later steps the
+    image tokens only: a reuse planned on the first step's outputs is a cache miss, recomputed."""
+    pipe = pipelines("qwenimage21")
+    for kv_cache in (True, False):
+        reference, full = run_counted(pipe, call_kwargs("qwenimage21", steps=STEPS, use_kv_cache=kv_cache))
+        accelerate(pipe, "off", measure_macs=True, block_cache={"schedule": "fora:2,first=1"})
+        out = run(pipe, "qwenimage21", steps=STEPS, use_kv_cache=kv_cache)
+        generation = pipe.acceleration.report().generation
+        pipe.acceleration.remove()
+        counters = generation["counters"]
+        assert torch.isfinite(out).all() and out.shape == reference.shape and generation["macs"] < 0.8 * full
+        assert counters["components_reused"] > 0
+        assert ("components_cache_miss" in counters) == kv_cache
+
+
+def test_qwenimage21_guidance_follows_its_guider(pipelines):
+    from diffusers import ClassifierFreeGuidance
+
+    pipe = pipelines("qwenimage21")
+    accelerate(pipe, "off", guidance={"mode": "truncation", "cfg_fraction": 0.5})
+    run(pipe, "qwenimage21", steps=STEPS)
+    counters = pipe.acceleration.report().generation["counters"]
+    assert counters["guidance_nfe_saved"] == STEPS // 2
+    guider = pipe.guider
+    pipe.update_components(guider=ClassifierFreeGuidance(guidance_scale=1.0))    # no CFG: nothing to cut
+    try:
+        run(pipe, "qwenimage21", steps=STEPS)
+        assert pipe.acceleration.stats()["guidance"]["status"].startswith("inactive")
+    finally:
+        pipe.update_components(guider=guider)
+        pipe.acceleration.remove()
+
+
+def test_qwenimage21_says_why_sparse_attention_does_not_apply(pipelines):
+    pipe = pipelines("qwenimage21")
+    with pytest.raises(ValueError, match="attention: does not apply to the qwenimage21 family .*block-causal"):
+        accelerate(pipe, "off", attention=True)
     assert not hasattr(pipe, "acceleration")
