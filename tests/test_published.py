@@ -39,10 +39,15 @@ EXPECTED = {
     "flux_schnell": ("flux", {"transformer_blocks": 19, "single_transformer_blocks": 38}, 57, 57 * 3),
     "wan21_1_3b": ("wan", {"blocks": 30}, 30, 30 * 3),
     "wan21_14b": ("wan", {"blocks": 40}, 40, 40 * 3),
+    "chroma1_hd": ("chroma", {"transformer_blocks": 19, "single_transformer_blocks": 38}, 57, 57 * 3),
+    # FLUX.2's single blocks: one fused attn (QKV + MLP in, attention + MLP out) per block
+    "flux2_dev": ("flux2", {"transformer_blocks": 8, "single_transformer_blocks": 48}, 56, 8 * 3 + 48),
+    "qwenimage": ("qwenimage", {"transformer_blocks": 60}, 60, 60 * 3),
 }
 # text width the denoiser reads its embeddings with, per config key
 TEXT_WIDTH = {"unet": "cross_attention_dim", "pixart": "caption_channels", "sd3": "joint_attention_dim",
-              "flux": "joint_attention_dim", "wan": "text_dim"}
+              "flux": "joint_attention_dim", "wan": "text_dim", "chroma": "joint_attention_dim",
+              "flux2": "joint_attention_dim", "qwenimage": "joint_attention_dim"}
 
 _built: dict = {}
 
