@@ -67,6 +67,7 @@ VARIANTS = {
     },
     "sd3": {"RAS alone (default settings: half the tokens at sparse steps)": dict(ras=True)},
     "flux": {"RAS alone (default settings: half the tokens at sparse steps)": dict(ras=True)},
+    "chroma": {"RAS alone (default settings: half the tokens at sparse steps)": dict(ras=True)},
 }
 
 

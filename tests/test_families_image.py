@@ -1,6 +1,8 @@
 """Image families added from the family table alone: Chroma, Flux.2, Qwen-Image 2.1. Tiny configs of
 the real classes; every preset and `remove()`: test_families; `off` exactness: test_foundation."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -150,9 +152,26 @@ def test_qwenimage21_guidance_follows_its_guider(pipelines):
 
     pipe = pipelines("qwenimage21")
     accelerate(pipe, "off", guidance={"mode": "truncation", "cfg_fraction": 0.5})
-    run(pipe, "qwenimage21", steps=STEPS)
+    ran, current = [], []      # the guider's context name of every call the model really ran
+    original = pipe.transformer.cache_context
+
+    @contextlib.contextmanager
+    def recording(name, **kwargs):
+        current[:] = [name]
+        with original(name, **kwargs):
+            yield
+
+    pipe.transformer.cache_context = recording
+    handle = pipe.transformer.img_in.register_forward_pre_hook(lambda *_: ran.append(current[0]))
+    try:
+        run(pipe, "qwenimage21", steps=STEPS)
+    finally:
+        handle.remove()
+        del pipe.transformer.cache_context
     counters = pipe.acceleration.report().generation["counters"]
     assert counters["guidance_nfe_saved"] == STEPS // 2
+    # the skipped calls are the guider's unconditional ones, told by its context name
+    assert ran == ["pred_cond", "pred_uncond"] * (STEPS // 2) + ["pred_cond"] * (STEPS // 2)
     guider = pipe.guider
     pipe.update_components(guider=ClassifierFreeGuidance(guidance_scale=1.0))    # no CFG: nothing to cut
     try:
