@@ -23,7 +23,7 @@ from .families import TECHNIQUES, Family, family_of, find_denoiser, find_denoise
 from .journal import Journal, invalidate_hook_caches
 from .macs import format_macs
 from .presets import get_preset
-from .state import AccelerationState, Clock
+from .state import AccelerationState, Clock, pipeline_classes
 
 logger = logging.getLogger("accelerate_diffusion")
 
@@ -32,10 +32,8 @@ GENERIC = Family(name="generic", classes=(), kind="unknown", denoiser_attr="", c
 
 
 def _check_pipeline(pipe) -> tuple[str, Any]:
-    from diffusers import DiffusionPipeline
-
-    if not isinstance(pipe, DiffusionPipeline):
-        raise TypeError(f"accelerate(): expected a diffusers DiffusionPipeline, got "
+    if not isinstance(pipe, pipeline_classes()):
+        raise TypeError(f"accelerate(): expected a diffusers DiffusionPipeline or ModularPipeline, got "
                         f"{type(pipe).__name__}")
     found = find_denoiser(pipe)
     if found is None:

@@ -136,6 +136,10 @@ class Family:
             if ids is None:
                 raise ValueError(f"{type(denoiser).__name__} was called without img_ids: the token grid is unknown")
             ids = ids.reshape(-1, ids.shape[-1])[: x.shape[1]]
+            if ids.shape[-1] == 4 and bool((ids[:, 0] != ids[0, 0]).any()):    # Flux.2's (t, h, w, l) ids
+                images = len(torch.unique(ids[:, 0]))
+                raise ValueError(f"{type(denoiser).__name__} was called with {images} images in one sequence "
+                                 f"(reference images of an edit call): its tokens form no single grid")
             return (int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1)
         patch = self.patch(denoiser)
         spatial = tuple(x.shape[-len(patch):])
@@ -150,6 +154,10 @@ _DIT_NOT_DEEPCACHE = ("deepcache", "DeepCache caches a UNet's skip branches; thi
 _VIDEO_DIT_NOT = (("ras", "no RAS layout: RAS patches SD3's and Flux's image-token processors"), _DIT_NOT_DEEPCACHE,
                   ("kv_cache", "no autoregressive rollout: every step attends over the whole clip"))
 
+# Flux's dual-stream blocks (joint attn over [text, image], ff, ff_context), then its single-stream blocks
+_FLUX_BLOCKS = (BlockGroup("transformer_blocks", ("attn", "ff", "ff_context"), (SelfAttention("attn", "prefix"),)),
+                BlockGroup("single_transformer_blocks", ("attn", "proj_mlp", "proj_out"),
+                           (SelfAttention("attn", "prefix"),)))
 _WAN_BLOCKS = (BlockGroup("blocks", ("attn1", "attn2", "ffn"), (SelfAttention("attn1"),)),)
 
 FAMILIES: tuple[Family, ...] = (
@@ -185,9 +193,7 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         name="flux", classes=("FluxTransformer2DModel",), kind="dit", denoiser_attr="transformer",
-        block_groups=(BlockGroup("transformer_blocks", ("attn", "ff", "ff_context"), (SelfAttention("attn", "prefix"),)),
-                      BlockGroup("single_transformer_blocks", ("attn", "proj_mlp", "proj_out"),
-                                 (SelfAttention("attn", "prefix"),))),
+        block_groups=_FLUX_BLOCKS,
         patch_size=(2, 2), token_grid="ids", text_tokens="joint", pos_embed="rope", cfg="separate",
         ras=RasLayout(embed="x_embedder", processors=("FluxAttnProcessor",), query_rope="flux"),
         techniques=("guidance", "ras", "block_cache", "attention"),
@@ -243,6 +249,54 @@ FAMILIES: tuple[Family, ...] = (
                          "token grid, so no block can run on a subset of the tokens"),
                  _DIT_NOT_DEEPCACHE, ("kv_cache", "no autoregressive rollout")),
         notes="SANA 600M / 1600M (Gemma 2 text encoder, DC-AE 32x latents: 1024 px is 32 x 32 tokens; batched CFG)",
+    ),
+    # -- image families added together: Chroma, Flux.2, Qwen-Image 2.1 -------------------------------
+    Family(
+        name="chroma", classes=("ChromaTransformer2DModel",), kind="dit", denoiser_attr="transformer",
+        # Flux's blocks and FluxAttention; the adaLN modulation comes from one approximator MLP run once
+        # per call on the timestep (not per block), so the blocks are cached exactly as Flux's
+        block_groups=_FLUX_BLOCKS,
+        patch_size=(2, 2), token_grid="ids", text_tokens="joint", pos_embed="rope", cfg="separate",
+        # Flux's layout: RAS's sparse processor keeps the padding mask's rows of the active queries
+        ras=RasLayout(embed="x_embedder", processors=("FluxAttnProcessor",), query_rope="flux"),
+        techniques=("guidance", "ras", "block_cache"),
+        why_not=(("attention", "every call gives its attention the T5 padding mask; sparse attention replaces "
+                               "plain (unmasked) self-attention only"),
+                 _DIT_NOT_DEEPCACHE, ("kv_cache", "no autoregressive rollout")),
+        notes="Chroma (Flux-like, its own modulation approximator; real CFG: guidance_scale > 1 runs a separate "
+              "negative call; latents packed 2x2 by the pipeline)",
+    ),
+    Family(
+        name="flux2", classes=("Flux2Transformer2DModel",), kind="dit", denoiser_attr="transformer",
+        # dual-stream blocks (joint attn over [text, image], ff, ff_context), then single-stream blocks
+        # whose attn is a "parallel" block: one fused projection for Q/K/V and the MLP input, one for both
+        # outputs, so attn is the whole block's work. Modulation is computed once per call, outside the blocks.
+        block_groups=(BlockGroup("transformer_blocks", ("attn", "ff", "ff_context"), (SelfAttention("attn", "prefix"),)),
+                      BlockGroup("single_transformer_blocks", ("attn",), (SelfAttention("attn", "prefix"),))),
+        patch_size=(2, 2), token_grid="ids", text_tokens="joint", pos_embed="rope", cfg="separate",
+        techniques=("guidance", "block_cache", "attention"),
+        why_not=(("ras", "no RAS layout: Flux.2's single-stream blocks fuse the Q/K/V projections with the MLP "
+                         "input (to_qkv_mlp_proj), and RAS keeps full-length keys/values from separate to_k/to_v"),
+                 _DIT_NOT_DEEPCACHE, ("kv_cache", "no autoregressive rollout")),
+        notes="FLUX.2 [dev] (guidance-distilled: guidance_scale is an embedding, one call per step) and FLUX.2 "
+              "[klein] (base: real CFG, guidance_scale > 1 runs a separate negative call; latents packed 2x2). "
+              "Sparse attention needs one token grid: not an edit call's reference images",
+    ),
+    Family(
+        name="qwenimage21", classes=("QwenImage21Transformer2DModel",), kind="dit", denoiser_attr="transformer",
+        # single-stream blocks over one joint sequence (text with condition images in place, the target image
+        # appended): attn, then img_mlp, each under a gate sliced from one shared modulation
+        block_groups=(BlockGroup("transformer_blocks", ("attn", "img_mlp"), (SelfAttention("attn", "prefix"),)),),
+        token_grid="img_shapes", text_tokens="joint", pos_embed="rope", cfg="separate",
+        techniques=("guidance", "block_cache"),
+        why_not=(("attention", "block-causal attention (causal text, each image block bidirectional) run as masked "
+                               "segments; sparse attention replaces plain (unmasked) self-attention only"),
+                 ("ras", "no RAS layout: its single-stream processor attends block-causally with Qwen's complex RoPE"),
+                 _DIT_NOT_DEEPCACHE,
+                 ("kv_cache", "no autoregressive rollout (the model's own prefix KV cache of text and condition "
+                              "images is diffusers' use_kv_cache, left as it is)")),
+        notes="Qwen-Image 2.1 (QwenImage21ModularPipeline: its guider runs CFG as separate cond/uncond calls; "
+              "with use_kv_cache, steps after the first run the target image's tokens only)",
     ),
     Family(
         name="wan", classes=("WanTransformer3DModel",), kind="dit", denoiser_attr="transformer",

@@ -131,11 +131,14 @@ def _embeds(spec: Published, batch: int = 1) -> dict:
     out = {}
     cfg = spec.cfg in ("batched", "separate") and spec.guidance_scale > 1
     for key, shape in spec.embeds.items():
-        out[key] = torch.zeros(batch, *shape)
+        # a text mask (Chroma's prompt_attention_mask, Qwen-Image's prompt_embeds_mask): every token valid, in
+        # the embeddings' dtype as their pipelines make it
+        value = torch.ones(batch, *shape) if key.endswith("_mask") else torch.zeros(batch, *shape)
+        out[key] = value
         if cfg:
-            out[key.replace("prompt_embeds", "negative_prompt_embeds")
-                if key.startswith("prompt") else "negative_" + key] = torch.zeros(batch, *shape)
-    if "prompt_attention_mask" in _call_parameters(spec.pipeline):     # PixArt, SANA, Lumina 2
+            out["negative_" + key] = value.clone()
+    if "prompt_attention_mask" in _call_parameters(spec.pipeline) and "prompt_attention_mask" not in out:
+        # PixArt, SANA, Lumina 2 (Chroma's mask is one of its published embeddings)
         n = spec.embeds["prompt_embeds"][0]
         out["prompt_attention_mask"] = torch.ones(batch, n, dtype=torch.long)
         if cfg:

@@ -105,6 +105,19 @@ _SANA_1600M = dict(in_channels=32, out_channels=32, num_attention_heads=70, atte
 # builds both from ChatGLM's hidden states).
 _KOLORS_UNET_TEXT = dict(encoder_hid_dim=4096, encoder_hid_dim_type="text_proj",
                          projection_class_embeddings_input_dim=5632)
+# Chroma1-HD, FLUX.2 [dev], Qwen-Image: their denoiser configs are the diffusers classes' __init__ defaults
+# (ChromaTransformer2DModel, Flux2Transformer2DModel, QwenImageTransformer2DModel in diffusers 0.42.1 default
+# to these checkpoints), written out here. Steps, guidance and resolution: each pipeline's __call__ defaults.
+# Their schedulers' shift settings move the timesteps, not the MACs, and are not checked here.
+_CHROMA = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+               num_attention_heads=24, joint_attention_dim=4096, axes_dims_rope=(16, 56, 56),
+               approximator_num_channels=64, approximator_hidden_dim=5120, approximator_layers=5)
+_FLUX2_DEV = dict(patch_size=1, in_channels=128, num_layers=8, num_single_layers=48, attention_head_dim=128,
+                  num_attention_heads=48, joint_attention_dim=15360, timestep_guidance_channels=256, mlp_ratio=3.0,
+                  axes_dims_rope=(32, 32, 32, 32), rope_theta=2000, guidance_embeds=True)
+_QWENIMAGE = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
+                  num_attention_heads=24, joint_attention_dim=3584, axes_dims_rope=(16, 56, 56), guidance_embeds=False)
+_FLOW_DYNAMIC = ("FlowMatchEulerDiscreteScheduler", dict(num_train_timesteps=1000, use_dynamic_shifting=True))
 
 PUBLISHED: dict[str, Published] = {p.name: p for p in (
     Published(
@@ -212,6 +225,22 @@ PUBLISHED: dict[str, Published] = {p.name: p for p in (
         notes="KolorsPipeline's defaults (50 steps, guidance 5, 256 ChatGLM tokens); the scheduler's betas are left "
               "at the class defaults (not checked against the repository): an Euler scheduler makes one call per "
               "step whatever they are, so they do not change the MACs"),
+    Published(
+        "chroma1_hd", "Chroma1-HD", "lodestones/Chroma1-HD", "ChromaTransformer2DModel", _CHROMA,
+        "ChromaPipeline", *_FLOW_DYNAMIC, 1024, 1024, 35, 5.0, "separate",
+        {"prompt_embeds": (512, 4096), "prompt_attention_mask": (512,)},
+        notes="real CFG: a negative call per step; 512 T5 tokens (padded, masked)"),
+    Published(
+        "flux2_dev", "FLUX.2 [dev]", "black-forest-labs/FLUX.2-dev", "Flux2Transformer2DModel", _FLUX2_DEV,
+        "Flux2Pipeline", *_FLOW_DYNAMIC, 1024, 1024, 50, 4.0, "distilled", {"prompt_embeds": (512, 15360)},
+        notes="guidance-distilled: one call per step; text: 3 Mistral Small 3.1 layers stacked (3 x 5120)"),
+    Published(
+        "qwenimage", "Qwen-Image", "Qwen/Qwen-Image", "QwenImageTransformer2DModel", _QWENIMAGE,
+        "QwenImagePipeline", *_FLOW_DYNAMIC, 1024, 1024, 50, 4.0, "separate",
+        {"prompt_embeds": (77, 3584), "prompt_embeds_mask": (77,)},
+        extra_call=dict(true_cfg_scale=4.0, guidance_scale=None),
+        notes="true CFG (true_cfg_scale 4 with a negative prompt): a negative call per step; Qwen-Image does not "
+              "pad its prompts, a 77-token prompt is assumed here"),
 )}
 
 

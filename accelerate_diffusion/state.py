@@ -123,17 +123,24 @@ class ConcurrentUseError(RuntimeError):
     """An accelerated pipeline was entered from a second thread while a first one was running it."""
 
 
+def pipeline_classes() -> tuple[type, ...]:
+    """What accelerate() takes: a ``DiffusionPipeline``, or a ``ModularPipeline`` (Qwen-Image 2.1's
+    only diffusers pipeline is modular) whose components include the denoiser and the scheduler."""
+    from diffusers import DiffusionPipeline, ModularPipeline
+
+    return DiffusionPipeline, ModularPipeline
+
+
 def calling_pipeline(frame=None):
     """The innermost diffusers pipeline whose ``__call__`` is on this thread's stack (or on the
     stack ending at ``frame``), or None."""
-    from diffusers import DiffusionPipeline
-
+    classes = pipeline_classes()
     f = frame if frame is not None else sys._getframe(1)
     while f is not None:
         code = f.f_code
         if code.co_name == "__call__" and code.co_argcount and code.co_varnames[0] == "self":
             obj = f.f_locals.get("self")
-            if isinstance(obj, DiffusionPipeline):
+            if isinstance(obj, classes):
                 return obj
         f = f.f_back
     return None

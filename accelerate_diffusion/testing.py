@@ -15,7 +15,8 @@ import string
 import torch
 
 PIPELINES = ("sd", "sdxl", "pixart", "sd3", "flux", "wan", "qwenimage", "wan22", "cogvideox", "hunyuan_video",
-             "wan_vace", "lumina2", "sana", "kolors")
+             "wan_vace", "lumina2", "sana", "kolors",
+             "chroma", "flux2", "qwenimage21")
 SIZES = ("micro", "small")
 
 # Default call arguments per pipeline and size: resolution and frames kept tiny.
@@ -48,6 +49,12 @@ CALL_DEFAULTS = {
     ("sana", "small"): dict(height=256, width=256),
     ("kolors", "micro"): dict(height=32, width=32),
     ("kolors", "small"): dict(height=256, width=256),
+    ("chroma", "micro"): dict(height=32, width=32),
+    ("chroma", "small"): dict(height=256, width=256),
+    ("flux2", "micro"): dict(height=32, width=32),
+    ("flux2", "small"): dict(height=256, width=256),
+    ("qwenimage21", "micro"): dict(height=128, width=128),     # 16 px a token: 8 x 8 tokens
+    ("qwenimage21", "small"): dict(height=256, width=256),
 }
 
 
@@ -569,6 +576,101 @@ def _build_kolors(size: str):
                                          num_train_timesteps=1100, timestep_spacing="leading", steps_offset=1))
 
 
+def _build_chroma(size: str):
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    if size == "micro":
+        tkw = dict(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                   axes_dims_rope=[4, 4, 8], approximator_hidden_dim=32, approximator_layers=1)
+        hidden, vae_ch = 32, (8, 8)
+    else:     # Flux's small size; the approximator as deep as Chroma1-HD's (5 layers), narrower
+        tkw = dict(num_layers=4, num_single_layers=8, attention_head_dim=64, num_attention_heads=6,
+                   axes_dims_rope=[16, 24, 24], approximator_hidden_dim=256, approximator_layers=5)
+        hidden, vae_ch = 64, (16, 32, 32, 32)
+    transformer = ChromaTransformer2DModel(patch_size=1, in_channels=16, joint_attention_dim=hidden,
+                                           approximator_num_channels=16, **tkw)
+    return ChromaPipeline(scheduler=FlowMatchEulerDiscreteScheduler(),
+                          vae=_vae(4, vae_ch, shift_factor=0.0609, scaling_factor=1.5035),
+                          text_encoder=_t5(hidden, 2), tokenizer=_t5_tokenizer(), transformer=transformer,
+                          image_encoder=None, feature_extractor=None)
+
+
+# Qwen3's chat layout as FLUX.2 [klein] formats its prompts (user turn, then the assistant's turn opened)
+_QWEN_CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+# hidden states FLUX.2 [klein]'s prompt embedding stacks (its default: layers 9, 18, 27 of Qwen3)
+FLUX2_TEXT_LAYERS = (1, 2, 3)
+
+
+def _qwen3(hidden: int, layers: int):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tok = _qwen_tokenizer()
+    return Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=1024,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None))
+
+
+def _build_flux2(size: str):
+    """FLUX.2 [klein] (Qwen3 text encoder, real CFG): the Flux2Transformer2DModel pipeline whose text
+    encoder builds tiny offline (FLUX.2 [dev]'s Mistral 3 needs its Pixtral processor)."""
+    from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline,
+                           Flux2Transformer2DModel)
+
+    if size == "micro":
+        tkw = dict(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                   axes_dims_rope=(4, 4, 4, 4), timestep_guidance_channels=32)
+        hidden, vae_ch = 32, (8, 8)
+    else:
+        tkw = dict(num_layers=4, num_single_layers=8, attention_head_dim=64, num_attention_heads=6,
+                   axes_dims_rope=(16, 16, 16, 16), timestep_guidance_channels=64)
+        hidden, vae_ch = 64, (16, 32, 32, 32)
+    transformer = Flux2Transformer2DModel(patch_size=1, in_channels=16, joint_attention_dim=hidden * 3,
+                                          guidance_embeds=False, **tkw)
+    n = len(vae_ch)
+    vae = AutoencoderKLFlux2(latent_channels=4, block_out_channels=vae_ch, layers_per_block=1,
+                             norm_num_groups=min(vae_ch), down_block_types=("DownEncoderBlock2D",) * n,
+                             up_block_types=("UpDecoderBlock2D",) * n)
+    tokenizer = _qwen_tokenizer()
+    tokenizer.chat_template = _QWEN_CHAT
+    return Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), vae=vae,
+                              text_encoder=_qwen3(hidden, len(FLUX2_TEXT_LAYERS)), tokenizer=tokenizer,
+                              transformer=transformer, is_distilled=False)
+
+
+_QWEN21_TEXT = {"micro": 32, "small": 64}     # width of the tiny prompt embeddings
+
+
+def _build_qwenimage21(size: str):
+    """Qwen-Image 2.1's denoising part of QwenImage21ModularPipeline (its core denoise step: latents,
+    timesteps, RoPE inputs, the guider's CFG loop, unpacking), driven with prompt embeddings: its
+    Qwen3-VL text encoder and processor do not build tiny offline here."""
+    from diffusers import ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler, QwenImage21Transformer2DModel
+    from diffusers.modular_pipelines.qwenimage21.modular_blocks_qwenimage21 import QwenImage21CoreDenoiseStep
+
+    if size == "micro":
+        tkw = dict(num_layers=2, attention_head_dim=16, num_attention_heads=2, axes_dims_rope=(4, 6, 6))
+    else:
+        tkw = dict(num_layers=8, attention_head_dim=64, num_attention_heads=6, axes_dims_rope=(16, 24, 24))
+    transformer = QwenImage21Transformer2DModel(in_channels=16, out_channels=16,
+                                                context_in_dim=_QWEN21_TEXT[size], **tkw)
+    pipe = QwenImage21CoreDenoiseStep().init_pipeline()
+    pipe.update_components(transformer=transformer, guider=ClassifierFreeGuidance(guidance_scale=4.0),
+                           scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True))
+    return pipe
+
+
+def _qwenimage21_embeds(size: str, seed: int, tokens: int = 24) -> dict:
+    """Random prompt and negative-prompt embeddings (all tokens valid, no image slots: text-to-image)."""
+    g = torch.Generator("cpu").manual_seed(seed + 1)
+    width = _QWEN21_TEXT[size]
+    valid, slots = torch.ones(1, tokens, dtype=torch.bool), torch.zeros(1, tokens, dtype=torch.bool)
+    return dict(prompt_embeds=torch.randn(1, tokens, width, generator=g), prompt_embeds_mask=valid,
+                negative_prompt_embeds=torch.randn(1, tokens, width, generator=g),
+                negative_prompt_embeds_mask=valid, image_pad_mask=slots, negative_image_pad_mask=slots)
+
+
 _BUILDERS = {
     "sd": lambda size: _build_sd(size),
     "sdxl": lambda size: _build_sd(size, xl=True),
@@ -584,6 +686,9 @@ _BUILDERS = {
     "lumina2": _build_lumina2,
     "sana": _build_sana,
     "kolors": _build_kolors,
+    "chroma": _build_chroma,
+    "flux2": _build_flux2,
+    "qwenimage21": _build_qwenimage21,
 }
 
 
@@ -608,8 +713,12 @@ def call_kwargs(name: str, size: str = "micro", steps: int = 4, seed: int = 0, *
     if name == "flux":
         kw["guidance_scale"] = 1.0
         kw["max_sequence_length"] = 48
-    if name in ("pixart", "sd3", "wan", "wan22", "wan_vace", "cogvideox", "hunyuan_video", "kolors"):
+    if name in ("pixart", "sd3", "wan", "wan22", "wan_vace", "cogvideox", "hunyuan_video", "kolors", "chroma"):
         kw["max_sequence_length"] = 48
+    if name == "chroma":
+        kw.update(guidance_scale=4.0, negative_prompt=" ")   # real CFG: a separate negative call
+    if name == "flux2":     # klein base: real CFG against the empty prompt, a separate call
+        kw.update(guidance_scale=4.0, max_sequence_length=48, text_encoder_out_layers=FLUX2_TEXT_LAYERS)
     if name == "pixart":
         kw.update(use_resolution_binning=False, clean_caption=False)
     if name == "lumina2":
@@ -623,15 +732,26 @@ def call_kwargs(name: str, size: str = "micro", steps: int = 4, seed: int = 0, *
         kw.update(negative_prompt=" ", true_cfg_scale=4.0)   # true CFG: a separate negative call
     if name == "hunyuan_video":
         kw["guidance_scale"] = 6.0                           # guidance-distilled: an embedding, not CFG
+    if name == "qwenimage21":      # a modular pipeline driven with embeddings; output="latents" returns them
+        for key in ("prompt", "output_type"):
+            kw.pop(key)
+        kw.update(_qwenimage21_embeds(size, seed), output="latents")
     kw.update(overrides)
     return kw
 
 
-def run(pipe, name: str, size: str = "micro", **kw) -> torch.Tensor:
-    """Call the pipeline with :func:`call_kwargs` and return the output tensor."""
-    out = pipe(**call_kwargs(name, size, **kw))
+def output_tensor(out) -> torch.Tensor:
+    """The generated tensor of a pipeline call: ``frames`` (video), ``images``, or the tensor a
+    modular pipeline returns for ``output="latents"``."""
+    if isinstance(out, torch.Tensor):
+        return out
     result = out.frames if hasattr(out, "frames") else out.images
     return result if isinstance(result, torch.Tensor) else torch.as_tensor(result)
+
+
+def run(pipe, name: str, size: str = "micro", **kw) -> torch.Tensor:
+    """Call the pipeline with :func:`call_kwargs` and return the output tensor."""
+    return output_tensor(pipe(**call_kwargs(name, size, **kw)))
 
 
 def run_counted(pipe, kwargs: dict, **acceleration) -> tuple[torch.Tensor, int]:
@@ -641,9 +761,7 @@ def run_counted(pipe, kwargs: dict, **acceleration) -> tuple[torch.Tensor, int]:
 
     accelerate(pipe, "off", measure_macs=True, **acceleration)
     try:
-        out = pipe(**kwargs)
-        result = out.frames if hasattr(out, "frames") else out.images
-        return torch.as_tensor(result), pipe.acceleration.state.macs
+        return output_tensor(pipe(**kwargs)), pipe.acceleration.state.macs
     finally:
         pipe.acceleration.remove()
 

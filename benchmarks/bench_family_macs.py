@@ -25,7 +25,7 @@ warnings.filterwarnings("ignore")
 from accelerate_diffusion import PRESETS, accelerate  # noqa: E402
 from accelerate_diffusion.families import family_of, find_denoiser  # noqa: E402
 from accelerate_diffusion.macs import format_macs  # noqa: E402
-from accelerate_diffusion.testing import PIPELINES, call_kwargs, make_pipeline  # noqa: E402
+from accelerate_diffusion.testing import PIPELINES, call_kwargs, make_pipeline, output_tensor  # noqa: E402
 
 
 def measure(name: str, size: str, steps: int, ras: tuple[float, ...] = ()) -> list[dict]:
@@ -41,7 +41,7 @@ def measure(name: str, size: str, steps: int, ras: tuple[float, ...] = ()) -> li
         start = time.perf_counter()
         out = pipe(**call_kwargs(name, size, steps=steps))
         seconds = time.perf_counter() - start
-        result = out.frames if hasattr(out, "frames") else out.images
+        result = output_tensor(out)
         gen = pipe.acceleration.report().generation
         counters = gen["counters"]
         applied = [h.technique for h in pipe.acceleration.handles]
@@ -57,7 +57,7 @@ def measure(name: str, size: str, steps: int, ras: tuple[float, ...] = ()) -> li
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipelines", default="sd,sdxl,pixart,sd3,flux,qwenimage,wan,wan22,wan_vace,cogvideox,"
-                                                "hunyuan_video,lumina2,sana,kolors",
+                                                "hunyuan_video,lumina2,sana,kolors,chroma,flux2,qwenimage21",
                         help=f"comma-separated tiny pipelines ({', '.join(PIPELINES)})")
     parser.add_argument("--size", default="small", choices=["micro", "small"])
     parser.add_argument("--steps", type=int, default=20)

@@ -68,6 +68,7 @@ VARIANTS = {
     "sd3": {"RAS alone (default settings: half the tokens at sparse steps)": dict(ras=True)},
     "flux": {"RAS alone (default settings: half the tokens at sparse steps)": dict(ras=True)},
     "lumina2": {"RAS alone (default settings: half the tokens at sparse steps)": dict(ras=True)},
+    "chroma": {"RAS alone (default settings: half the tokens at sparse steps)": dict(ras=True)},
 }
 
 
@@ -217,7 +218,11 @@ def write_doc(results: dict, presets: list[str]) -> str:
         "UNets is DeepCache (and CFG truncation from `fast`); on the DiTs block caching (and CFG",
         "truncation from `balanced`); Wan's `max` adds sparse attention. FLUX.1 is guidance-distilled",
         "(one call per step): CFG truncation has nothing to remove there. FLUX.1-schnell runs 4 steps,",
-        "below the presets' `min_steps` of 8: every preset leaves it untouched by design.",
+        "below the presets' `min_steps` of 8: every preset leaves it untouched by design. FLUX.2 [dev]",
+        "is guidance-distilled too; Chroma1-HD and Qwen-Image run CFG as a separate negative call per",
+        "step, which CFG truncation drops for the second half of the steps. Qwen-Image does not pad its",
+        "prompts: its row assumes a 77-token prompt. FLUX.2's single-stream block is one cached `attn`",
+        "(its fused QKV + MLP projection), so block caching skips whole single blocks there.",
         "",
         "Reading the table: PixArt-α 512/1024 and PixArt-Σ give the same ratios, because block caching",
         "and CFG truncation save the same fraction of every block whatever the resolution. SD3.5 medium",
@@ -313,6 +318,9 @@ def _papers(results: dict) -> list[str]:
         ("SANA 1600M 1024px", fora, _ratio(results, "sana_1600m", fora, True), "-"),
         ("Kolors", n3, _ratio(results, "kolors", n3, True), "-"),
         ("Kolors", n5, _ratio(results, "kolors", n5, True), "-"),
+        ("FLUX.2 [dev]", fora, _ratio(results, "flux2_dev", fora, True), "-"),
+        ("Chroma1-HD", ras, _ratio(results, "chroma1_hd", ras, True), "-"),
+        ("Chroma1-HD", fora, _ratio(results, "chroma1_hd", fora, True), "-"),
     ]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     lines += ["", "Gaps. The papers' figures are wall time on GPUs, ours MACs: wall time gains less than",

@@ -2,6 +2,7 @@
 every family, under `fast` and `max`, run on the tiny pipelines.
 
     python scripts/compat_matrix.py [--out docs/compatibility.md]
+    python scripts/compat_matrix.py --rows chroma,flux2      # those families' cells, printed only
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from accelerate_diffusion.eval import compat  # noqa: E402
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/compatibility.md")
+    parser.add_argument("--rows", default="", help="comma-separated families: print their cells only, write nothing")
     args = parser.parse_args()
+    rows = tuple(args.rows.split(",")) if args.rows else compat.ROWS
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     from diffusers.utils import logging as dlog
@@ -34,7 +37,7 @@ def main() -> int:
     start = time.time()
     cells, notes = {}, {}
     for usage, build in compat.USAGES.items():
-        for row in compat.ROWS:
+        for row in rows:
             outcomes = {p: compat.check(row, usage, p) for p in compat.PRESETS}
             statuses = {o.status for o in outcomes.values()}
             if statuses == {"n/a"}:
@@ -46,6 +49,8 @@ def main() -> int:
                 cells[usage, row] = "; ".join(f"{p}: {o.cell()}" for p, o in outcomes.items())
             print(f"{usage:34s} {row:12s} {cells[usage, row]}", flush=True)
 
+    if args.rows:
+        return 0
     lines = [
         "# Compatibility: how people run diffusers, under `accelerate()`",
         "",

@@ -13,7 +13,8 @@ from accelerate_diffusion.testing import PIPELINES, call_kwargs, make_pipeline, 
 EXPECTED_FAMILY = {"sd": "unet", "sdxl": "unet", "pixart": "pixart", "sd3": "sd3",
                    "flux": "flux", "wan": "wan", "qwenimage": "qwenimage", "wan22": "wan",
                    "cogvideox": "cogvideox", "hunyuan_video": "hunyuan_video", "wan_vace": "wan_vace",
-                   "lumina2": "lumina2", "sana": "sana", "kolors": "unet"}
+                   "lumina2": "lumina2", "sana": "sana", "kolors": "unet",
+                   "chroma": "chroma", "flux2": "flux2", "qwenimage21": "qwenimage21"}
 
 
 @pytest.mark.parametrize("name", PIPELINES)

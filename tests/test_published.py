@@ -43,10 +43,15 @@ EXPECTED = {
     "lumina2": ("lumina2", {"layers": 26}, 26, 26 * 2),
     "sana_1600m": ("sana", {"transformer_blocks": 20}, 20, 20 * 3),
     "kolors": ("unet", {}, 0, 0),
+    "chroma1_hd": ("chroma", {"transformer_blocks": 19, "single_transformer_blocks": 38}, 57, 57 * 3),
+    # FLUX.2's single blocks: one fused attn (QKV + MLP in, attention + MLP out) per block
+    "flux2_dev": ("flux2", {"transformer_blocks": 8, "single_transformer_blocks": 48}, 56, 8 * 3 + 48),
+    "qwenimage": ("qwenimage", {"transformer_blocks": 60}, 60, 60 * 3),
 }
 # text width the denoiser reads its embeddings with, per config key
 TEXT_WIDTH = {"unet": "cross_attention_dim", "pixart": "caption_channels", "sd3": "joint_attention_dim",
-              "flux": "joint_attention_dim", "wan": "text_dim", "lumina2": "cap_feat_dim", "sana": "caption_channels"}
+              "flux": "joint_attention_dim", "wan": "text_dim", "lumina2": "cap_feat_dim", "sana": "caption_channels",
+              "chroma": "joint_attention_dim", "flux2": "joint_attention_dim", "qwenimage": "joint_attention_dim"}
 
 _built: dict = {}
 

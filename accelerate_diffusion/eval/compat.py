@@ -29,11 +29,11 @@ from ..families import find_denoiser
 from ..testing import call_kwargs, make_pipeline, surface
 from ..testing_video import far_call_kwargs, make_far_pipeline, make_skyreels_df_pipeline, run_skyreels
 
-ROWS = ("sd", "sdxl", "pixart", "sd3", "flux", "qwenimage", "wan", "wan22", "wan_vace", "cogvideox", "hunyuan_video",
-        "lumina2", "sana", "kolors", "anyflow_far", "skyreels_v2")
+ROWS = ("sd", "sdxl", "pixart", "sd3", "flux", "qwenimage", "chroma", "flux2", "wan", "wan22", "wan_vace", "cogvideox",
+        "hunyuan_video", "lumina2", "sana", "kolors", "anyflow_far", "skyreels_v2")
 PRESETS = ("fast", "max")
 STEPS = 8                      # the presets leave fewer steps untouched
-IMAGE_ROWS = ("sd", "sdxl", "pixart", "sd3", "flux", "qwenimage", "lumina2", "sana", "kolors")
+IMAGE_ROWS = ("sd", "sdxl", "pixart", "sd3", "flux", "qwenimage", "chroma", "flux2", "lumina2", "sana", "kolors")
 VIDEO_ROWS = ("wan", "wan22", "wan_vace", "cogvideox", "hunyuan_video")            # text-to-video pipelines called like the image ones
 UNET_ROWS = ("sd", "sdxl", "kolors")
 

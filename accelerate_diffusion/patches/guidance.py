@@ -50,6 +50,8 @@ from ..config import TechniqueConfig, check_choice, check_range
 from . import NotApplicable, PatchContext, PatchHandle, TechniqueHook
 
 NAME = "guidance"
+# The cache_context names diffusers' modular guiders (ClassifierFreeGuidance) give their calls
+GUIDER_CONTEXTS = {"pred_cond": "cond", "pred_uncond": "uncond"}
 MODES = ("adaptive", "truncation", "interval", "linear", "cache")
 HOOK = "accelerate_diffusion.guidance"
 DATA_DIR = Path(__file__).parent / "guidance_data"   # shipped LinearAG coefficient files
@@ -232,6 +234,7 @@ class _Controller:
         if gen.layout == "batched":
             return "batched" if call == 1 else "single"   # extra calls (SD3 skip-layer): untouched
         name = getattr(self._context._context, "name", None)
+        name = GUIDER_CONTEXTS.get(name, name)
         if name in ("cond", "uncond"):
             return name                                   # diffusers' cache_context says which
         if gen.layout is None and call == 1 and self.state.cfg_flag and self.ctx.family.cfg == "batched":

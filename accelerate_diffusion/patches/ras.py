@@ -405,13 +405,18 @@ class _FluxSparseProcessor:
             ev = attn.add_v_proj(encoder_hidden_states).unflatten(-1, (-1, attn.head_dim))
             query, key = torch.cat([eq, query], dim=1), torch.cat([ek, key], dim=1)
             value = torch.cat([ev, value], dim=1)
+        n_text = key.shape[1] - call.n
+        rows = _query_rows(n_text, call.idx)
         if image_rotary_emb is not None:
             from diffusers.models.embeddings import apply_rotary_emb
 
             cos, sin = image_rotary_emb
-            n_text = cos.shape[0] - call.n
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-            query = _rope_rows(query, cos, sin, n_text, call.idx)
+            query = _rope_rows(query, cos, sin, rows)
+        if attention_mask is not None and attention_mask.ndim == 4 and attention_mask.shape[-2] > 1:
+            # a [B, 1, S, S] mask (Chroma's text padding): keep the active queries' rows
+            attention_mask = attention_mask.gather(
+                2, rows[:, None, :, None].expand(-1, attention_mask.shape[1], -1, attention_mask.shape[-1]))
         out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2),
                                              value.transpose(1, 2), attn_mask=attention_mask)
         out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
@@ -423,11 +428,14 @@ class _FluxSparseProcessor:
         return img, attn.to_add_out(enc.contiguous())
 
 
-def _rope_rows(x, cos, sin, n_text, idx):
-    """Flux RoPE (real form, pairs interleaved) on [B, S, H, D] queries whose image rows are
-    the tokens ``idx`` [B, k] of the full grid; the first ``n_text`` rows are text."""
-    b = x.shape[0]
-    pos = torch.cat([torch.arange(n_text, device=idx.device).expand(b, -1), idx + n_text], dim=1)
+def _query_rows(n_text, idx):
+    """[B, n_text + k] positions in the full sequence of a sparse call's query rows: the first
+    ``n_text`` rows are text, then the image tokens ``idx`` [B, k] of the full grid."""
+    return torch.cat([torch.arange(n_text, device=idx.device).expand(idx.shape[0], -1), idx + n_text], dim=1)
+
+
+def _rope_rows(x, cos, sin, pos):
+    """Flux RoPE (real form, pairs interleaved) on [B, S, H, D] queries at positions ``pos`` [B, S]."""
     cos, sin = cos.to(x.device)[pos][:, :, None], sin.to(x.device)[pos][:, :, None]
     real, imag = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
     rotated = torch.stack([-imag, real], dim=-1).flatten(3)
