@@ -2,6 +2,8 @@
 schedule files, resampling, validation, stale-cache safety and the dynamic mode."""
 
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from accelerate_diffusion.families import family_of, find_denoiser
 from accelerate_diffusion.patches import block_cache
 from accelerate_diffusion.schedules import (CacheSchedule, ScheduleLayout, component_blocks, fora, from_spec,
                                             measure_component_macs, tgate, with_full_ends)
+from accelerate_diffusion.schedules.cache_schedule import DATA_DIR
 from accelerate_diffusion.testing import call_kwargs, run, surface
 
 DITS = ["pixart", "sd3", "flux", "wan"]
@@ -113,21 +116,70 @@ def test_json_round_trip(pipelines, tmp_path):
     assert CacheSchedule.from_bits(layout, 6, sched.to_bits(), name=sched.name) == sched
 
 
-def test_resampling_nearest_step_warns_and_reports(pipelines):
+def test_other_step_counts_map_in_normalised_time_warn_and_report(pipelines):
     pipe = pipelines("sd3")
     layout = _layout(pipe)
-    sched = fora(layout, 4, n=2)                      # steps 1 and 3 reuse
-    assert sched.resample(4) is sched
-    up = sched.resample(7)                            # new i -> old nearest(i * 3 / 6) = 0,1,1,2,2,3,3
-    assert [bool(up.recompute[i].all()) for i in range(7)] == [True, False, False, True, True, False, False]
-    assert up.metrics["resampled_from"] == 4 and up.recompute[0].all()
+    sched = fora(layout, 4, n=2)                      # F . F . : steps 1 and 3 reuse
+    assert sched.resample(4) is sched                 # its own count: the same object
+    up = sched.resample(7)
+    # step 0's span [0, 1/4) overlaps new steps 0 and 1; the 1 recompute in the 3 middle steps
+    # becomes round(1 * 5 / 3) = 2 in the 5 new ones, a third and two thirds of the way between
+    # the full step at time 0 and the end: times 1/3 and 2/3 -> new steps 2 and 5
+    assert [bool(up.recompute[i].all()) for i in range(7)] == [True, True, True, False, False, True, False]
+    assert not up.recompute[[3, 4, 6]].any()
+    assert up.metrics["resampled_from"] == 4
     accelerate(pipe, "off", block_cache={"schedule": sched.to_dict()})
-    with pytest.warns(UserWarning, match="made for 4 steps; resampled to 7"):
+    with pytest.warns(UserWarning, match="made for 4 steps; mapped to 7 in normalised time"):
         run(pipe, "sd3", steps=7)
-    assert _stats(pipe)["resampled"] == "4 -> 7 steps (nearest step)"
+    assert _stats(pipe)["resampled"] == "4 -> 7 steps (normalised time)"
     run(pipe, "sd3", steps=4)
     assert _stats(pipe)["resampled"] == "no"
     pipe.acceleration.remove()
+
+
+def _pattern(column) -> str:
+    return "".join("F" if x else "." for x in column)
+
+
+@pytest.mark.parametrize("steps, first, last, middle", [
+    # fora:3,first=3,last=1 at 25: steps 0-3 all full, then full every 3rd step, step 24 full:
+    # 6 recomputes in the 20 middle steps 4-23.
+    # 50 steps: [0, 4/25) -> steps 0-7; [24/25, 1) -> 48, 49; middle 40 steps: 6 * 40 / 20 = 12
+    (50, 8, 2, 12),
+    # 20 steps: [0, 0.16) -> 0-3 (step 3 starts at 0.15); [0.96, 1) -> 19; 15 middle: 6 * 15 / 20 = 4.5 -> 5
+    (20, 4, 1, 5),
+    # 28 steps: [0, 0.16) -> 0-4 (4.48); [0.96, 1) -> 26, 27 (26.88); 21 middle: 6 * 21 / 20 = 6.3 -> 6
+    (28, 5, 2, 6),
+])
+def test_mapping_keeps_full_ends_and_the_density_of_recomputes(pipelines, steps, first, last, middle):
+    layout = _layout(pipelines("sd3"))
+    sched = from_spec("fora:3,first=3,last=1", layout, 25)
+    assert _pattern(sched.recompute[:, 0, 0]) == "FFFF..F..F..F..F..F..F..F"
+    mapped = sched.resample(steps).recompute
+    assert mapped.shape[0] == steps
+    assert mapped[:first].all() and mapped[steps - last:].all()
+    assert not mapped[first].all() and not mapped[steps - last - 1].all()
+    for block in range(layout.num_blocks):
+        for comp in range(len(layout.components)):
+            column = mapped[:, block, comp]
+            assert column[first:steps - last].sum() == middle
+            gaps = np.diff(np.flatnonzero(column))
+            assert gaps.max() <= 4                     # still evenly spread: never a long run of reuse
+
+
+def test_mapping_a_searched_front_is_the_identity_at_its_count():
+    from accelerate_diffusion.schedules import learned
+
+    folder = os.path.join(DATA_DIR, "ecad-demo-dit-25steps")
+    for name in ("front-06", "front-11", "front-15"):
+        sched = CacheSchedule.load(os.path.join(folder, name + ".json"))
+        assert sched.resample(25) is sched
+        for steps in (20, 28, 50):
+            mapped = sched.resample(steps)
+            assert mapped.recompute[0].all() and mapped.num_steps == steps
+            # the fraction of recomputes stays within a few points of the searched one
+            assert abs(mapped.recompute_fraction() - sched.recompute_fraction()) < 0.05
+    assert learned.served_steps_range(25) == (20, 50)
 
 
 def test_validation_errors(pipelines):
