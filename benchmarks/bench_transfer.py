@@ -2,11 +2,14 @@
 heuristic they replace vs a schedule searched at that count, on held-out prompts.
 
 The demo DiT's shipped picks (searched at 25 steps) are mapped to each step count with
-``CacheSchedule.resample``; the heuristic each replaces is built for that count. With
+``CacheSchedule.resample`` (``keep="time"``, what the presets run, and ``keep="fraction"``, the
+alternative it was chosen over on the validation captions); the heuristic each replaces is built
+for that count. With
 ``--searched N=folder`` a front searched at N steps (``accelerate-diffusion search --steps N``)
 joins: its point is the one the search scored most faithful (its own calibration loss, never the
 held-out prompts) among those at least as fast (estimated MACs) as the mapped schedule. Block
-caching alone; 8 demo test captions, seeds 1000+i, guidance 5 (as every demo-DiT figure);
+caching alone; 8 demo test captions (``--split val``: validation captions 16-23, the ones the
+picks and the mapping rule were chosen on), seeds 1000+i, guidance 5 (as every demo-DiT figure);
 PSNR/SSIM vs the uncached images at the same count; denoiser MACs counted.
 
     python benchmarks/bench_transfer.py --steps 20,28,50 \\
@@ -36,14 +39,18 @@ sys.path.insert(0, os.path.dirname(__file__))
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", default="20,28,50", help="step counts (default: %(default)s)")
-    parser.add_argument("--presets", default="balanced,fast,max", help="default: %(default)s")
+    parser.add_argument("--presets", default="quality,balanced,fast,max",
+                        help="presets; their heuristics, and their learned picks where shipped (default: %(default)s)")
     parser.add_argument("--prompts", type=int, default=8, help="demo test captions (default: %(default)s)")
     parser.add_argument("--searched", default="", help="N=folder,... fronts searched at those step counts")
+    parser.add_argument("--split", default="test", choices=["test", "val"], help="held-out captions "
+                        "(test 0-N) or validation captions (val 16-16+N) (default: %(default)s)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     from accelerate_diffusion.demo import dataset
 
-    prompts = [dataset.make_item(i, split="test")[1] for i in range(args.prompts)]
+    first = 16 if args.split == "val" else 0
+    prompts = [dataset.make_item(first + i, split=args.split)[1] for i in range(args.prompts)]
     searched = dict(item.split("=", 1) for item in args.searched.split(",") if item)
     pipe = demo.load_pipeline("dit")
 
@@ -67,11 +74,15 @@ def main() -> None:
         front = load_front(searched[str(steps)]) if str(steps) in searched else []
         for preset in args.presets.split(","):
             picked = preset_schedule(pipe.transformer, preset)
-            mapped = picked.resample(steps)
             heuristic = PRESETS[preset].settings["dit"]["block_cache"]["schedule"]
-            rows = [(f"learned {picked.name.split('/')[-1]} mapped {picked.num_steps}->{steps}", mapped),
-                    (f"heuristic `{heuristic}`", heuristic)]
-            if front:
+            rows = [(f"heuristic `{heuristic}`", heuristic)]
+            if picked is not None:
+                mapped = picked.resample(steps)
+                name = picked.name.split('/')[-1]
+                rows = [(f"learned {name} mapped {picked.num_steps}->{steps} (time)", mapped),
+                        (f"learned {name} mapped {picked.num_steps}->{steps} (fraction)",
+                         picked.resample(steps, "fraction"))] + rows
+            if front and picked is not None:
                 speed = mapped.macs_ratio(comp, call)
                 fast_enough = [p for p in front if p.metrics["macs_ratio"] >= speed] or \
                     [max(front, key=lambda p: p.metrics["macs_ratio"])]

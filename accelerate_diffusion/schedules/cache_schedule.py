@@ -134,17 +134,23 @@ class CacheSchedule:
                              + "; ".join(problems))
 
     # -- steps -------------------------------------------------------------------------
-    def resample(self, num_steps: int, keep: str = "fraction") -> "CacheSchedule":
+    def resample(self, num_steps: int, keep: str = "time") -> "CacheSchedule":
         """The schedule for another step count, mapped in normalised time (step i of T starts at
         i / T of the noise schedule, which is the same noise level at every step count for a
         scheduler whose timesteps follow one curve: flow-matching Euler with a fixed shift, DDIM).
 
         The leading and trailing steps that recompute everything (the searched "full" ends) stay
         full over the same span of time: every new step that overlaps it. In between, each
-        (block, component) keeps its density of recomputes: ``round(k * L' / L)`` of the ``L'``
-        middle steps where it recomputed ``k`` of ``L``, placed where the piecewise-linear
-        cumulative count of its searched recomputes says (so a run of recomputes stays a run and
-        an evenly spaced pattern stays evenly spaced). At the searched count it is the identity."""
+        (block, component) recomputes where its searched recomputes were (``keep="time"``: the
+        nearest new step to each, so the same number ``k`` of middle recomputes and the same
+        stretches of the noise schedule without one), or keeps its density of recomputes
+        (``keep="fraction"``: ``round(k * L' / L)`` of the ``L'`` middle steps, placed along the
+        piecewise-linear cumulative count of its searched ones, so the MACs ratio stays). On the
+        demo DiT's validation captions "time" sat on the heuristics' curve at 20 and 50 steps and
+        "fraction" below it (benchmarks/bench_transfer.py --split val). At the searched count
+        both are the identity."""
+        if keep not in ("time", "fraction"):
+            raise ValueError(f"resample.keep: {keep!r} is not allowed; allowed: 'time', 'fraction'")
         if num_steps == self.num_steps:
             return self
         if num_steps < 1:
