@@ -112,7 +112,7 @@ def choose(pipe, family, denoiser, trial: Callable, *, target_psnr: float | None
                          f"got {target!r}")
     if not isinstance(budget, int) or budget < 2:
         raise ValueError(f"auto: budget is the number of generations calibration may run, at least 2; got {budget!r}")
-    ladder = [rung for rung in AUTO_LADDERS.get(family.kind, ()) if set(rung) <= set(family.techniques)]
+    ladder = [rung for rung in AUTO_LADDERS.get(family.kind, ()) if set(rung) - {"preset"} <= set(family.techniques)]
     if not ladder:
         raise ValueError(f"auto: no calibration ladder for the {family.name} family; use a preset "
                          f"(quality, balanced, fast, max)")
@@ -180,8 +180,8 @@ def choose(pipe, family, denoiser, trial: Callable, *, target_psnr: float | None
         if not measured:
             return None
         layout = ScheduleLayout.of(family, denoiser) if family.block_groups else None
-        errors = [auto_predict.predicted_error(rung, record.signals, layout=layout,
-                                               guidance_scale=guidance or 1.0) for rung in ladder]
+        errors = [auto_predict.predicted_error(auto_predict.rung_settings(rung, family, denoiser), record.signals,
+                                               layout=layout, guidance_scale=guidance or 1.0) for rung in ladder]
         predicted = auto_predict.predicted_psnr(errors, measured)
         passing = [i for i in range(lo + 1, hi) if predicted[i] >= target]
         return max(passing) if passing else lo

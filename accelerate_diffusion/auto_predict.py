@@ -115,6 +115,28 @@ class ChangeRecorder:
         return out
 
 
+def rung_settings(rung: dict, family, denoiser=None) -> dict:
+    """technique -> settings a ladder rung runs: its base preset's for the family (with the
+    model's learned pick, as the preset would use it), then the rung's overrides."""
+    from .presets import PRESETS
+
+    rung = dict(rung)
+    preset = rung.pop("preset", None)
+    settings = {k: dict(v) for k, v in PRESETS[preset].for_family(family).items()} if preset else {}
+    if preset and denoiser is not None and "block_cache" in settings and "block_cache" not in rung:
+        from .schedules import learned
+
+        picked = learned.preset_schedule(denoiser, preset)
+        if picked is not None:
+            settings["block_cache"]["schedule"] = picked
+    for technique, value in rung.items():
+        if value in (None, False):
+            settings.pop(technique, None)
+        else:
+            settings[technique] = {**settings.get(technique, {}), **value}
+    return settings
+
+
 def _stale_sum(reused: np.ndarray, change: np.ndarray) -> float:
     """Sum over the reused steps of the change accumulated since the last recompute."""
     total, stale = 0.0, 0.0
@@ -128,7 +150,7 @@ def _stale_sum(reused: np.ndarray, change: np.ndarray) -> float:
 
 
 def predicted_error(rung: dict, signals: dict, *, layout=None, guidance_scale: float = 1.0) -> float:
-    """The expected error of a ladder rung (technique -> settings), per step on average."""
+    """The expected error of a rung's settings (technique -> settings, ``rung_settings``), per step on average."""
     from .patches import deepcache, guidance
     from .schedules.heuristics import resolve_schedule
 
@@ -136,7 +158,8 @@ def predicted_error(rung: dict, signals: dict, *, layout=None, guidance_scale: f
     steps = len(output)
     error = 0.0
     if "block_cache" in rung and layout is not None:
-        recompute = resolve_schedule(rung["block_cache"].get("schedule", "fora:2"), layout, steps).recompute
+        schedule = resolve_schedule(rung["block_cache"].get("schedule", "fora:2"), layout, steps)
+        recompute = schedule.resample(steps).recompute
         blocks = np.asarray(signals["blocks"], float)
         present = layout.present()
         terms = [_stale_sum(~recompute[:, b, c], blocks[:, b] if blocks.size else output)

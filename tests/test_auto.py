@@ -5,7 +5,9 @@ import torch
 
 from accelerate_diffusion import accelerate, auto_predict
 from accelerate_diffusion.auto import choose
-from accelerate_diffusion.families import family_of
+from accelerate_diffusion.families import FAMILIES, family_of
+
+FAMILY = {family.name: family for family in FAMILIES}
 from accelerate_diffusion.presets import AUTO_LADDERS
 from accelerate_diffusion.testing import make_pipeline, run
 
@@ -53,8 +55,10 @@ def test_loose_target_picks_the_last_rung_within_budget(pipe, tmp_path):
     ladder = AUTO_LADDERS["dit"]
     assert cal["rung"] == len(ladder) - 1 and cal["generations_run"] <= 6
     assert cal["verified"] is not None                       # checked on a held-out seed
-    assert set(acc.plan) == set(ladder[-1])
+    # the last rung: the max preset (block caching and CFG truncation) with a coarser schedule
+    assert ladder[-1]["preset"] == "max" and set(acc.plan) == {"block_cache", "guidance"}
     assert acc.plan["block_cache"].schedule == ladder[-1]["block_cache"]["schedule"]
+    assert acc.plan["guidance"].mode == "truncation"
     run(pipe, "pixart", steps=10)
     assert acc.stats()["block_cache"]["components reused"] > 0
     acc.remove()
@@ -75,14 +79,19 @@ def test_the_predictor_ranks_rungs_by_aggressiveness():
     signals = {"blocks": [[0.1] * blocks] * steps, "output": [0.0] + [0.1] * (steps - 1),
                "guidance": [0.3] * steps, "guidance_change": [0.0] + [0.2] * (steps - 1)}
     layout = ScheduleLayout("sd3", (("attn", "ff", "ff_context"),) * blocks)
-    for kind, kwargs in (("dit", dict(layout=layout)), ("unet", {})):
-        errors = [auto_predict.predicted_error(rung, signals, guidance_scale=5.0, **kwargs) for rung in AUTO_LADDERS[kind]]
-        assert all(a < b for a, b in zip(errors, errors[1:])), (kind, errors)
+    for name, kwargs in (("sd3", dict(layout=layout)), ("unet", {})):
+        family = FAMILY[name]
+        errors = [auto_predict.predicted_error(auto_predict.rung_settings(rung, family), signals, guidance_scale=5.0,
+                                               **kwargs) for rung in AUTO_LADDERS[family.kind]]
+        assert all(a < b for a, b in zip(errors, errors[1:])), (name, errors)
         predicted = auto_predict.predicted_psnr(errors, {0: 40.0})
         assert predicted[0] == pytest.approx(40.0) and all(a > b for a, b in zip(predicted, predicted[1:]))
         # twice the error costs 20 log10(2) = 6.02 dB
         assert auto_predict.predicted_psnr([0.1, 0.2], {0: 30.0})[1] == pytest.approx(30.0 - 6.0206, abs=1e-3)
     assert auto_predict.predicted_error(AUTO_LADDERS["unet"][0], {**signals, "output": [0.0] * steps}) == 0.0
+    # a preset rung runs the preset's settings, the rung's overrides on top
+    settings = auto_predict.rung_settings({"preset": "max", "guidance": False}, FAMILY["sd3"])
+    assert set(settings) == {"block_cache"} and settings["block_cache"]["schedule"] == "fora:4,first=3,last=1"
 
 
 def test_the_predictor_spends_fewer_generations_than_bisection(pipe, tmp_path):
@@ -91,7 +100,10 @@ def test_the_predictor_spends_fewer_generations_than_bisection(pipe, tmp_path):
     family, denoiser = family_of(pipe.transformer), pipe.transformer
 
     def calibrate(predict, folder):
-        return choose(pipe, family, denoiser, lambda overrides: accelerated(pipe, "off", **overrides),
+        def trial(rung):        # as accelerate() runs a rung: overrides on its base preset
+            return accelerated(pipe, rung.get("preset", "off"), **{k: v for k, v in rung.items() if k != "preset"})
+
+        return choose(pipe, family, denoiser, trial,
                            target_psnr=0.0, budget=8, prompts=["a red circle"], call=CALL, cache=tmp_path / folder,
                            progress=False, predict=predict)
 
