@@ -14,7 +14,8 @@ while the budget lasts).
 For a PSNR target the baseline generation also records how much each block's output changes from
 step to step (``auto_predict``): after one measured rung, the predictor's expected PSNR of every
 rung (fitted on what was measured) sends the search straight to the most aggressive rung predicted
-to meet the target, and stops once that rung is measured to meet it; the held-out seed verifies it.
+to meet the target; it stops when, refitted on every rung measured, it expects no more aggressive
+rung to meet it; the held-out seed verifies the pick.
 That replaces most bisection steps (about 4-5 generations instead of 6); a wrong prediction costs
 only the generations bisection would have spent.
 """
@@ -198,9 +199,7 @@ def choose(pipe, family, denoiser, trial: Callable, *, target_psnr: float | None
             break
         seen.append(mid)
         if measure(mid, SEED)[kind] >= target:
-            lo = mid
-            if guess is not None:
-                break                 # the predicted rung holds; the next one is predicted to miss
+            lo = mid                  # refitted on this too, the predictor says whether to go on
         else:
             hi = mid
     verified = None
