@@ -16,7 +16,7 @@ step to step (``auto_predict``): after one measured rung, the predictor's expect
 rung (fitted on what was measured) sends the search straight to the most aggressive rung predicted
 to meet the target; it stops when, refitted on every rung measured, it expects no more aggressive
 rung to meet it; the held-out seed verifies the pick.
-That replaces most bisection steps (about 4-5 generations instead of 6); a wrong prediction costs
+That replaces most bisection steps (4-6 generations on the demo models, bisection 6); a wrong prediction costs
 only the generations bisection would have spent.
 """
 
