@@ -352,10 +352,13 @@ def accelerate(pipe, preset: str = "balanced", *, measure_macs: bool = False, **
             raise ValueError(f"{next(iter(auto_options))}: only with preset 'auto' (got preset {preset!r})")
     family = _family(denoiser)
     calibration = None
+    base = preset
     if preset == "auto":
         calibration = _calibrate(pipe, family, denoiser, auto_options)
-        overrides = {**calibration["overrides"], **overrides}
-    plan = build_plan(family, denoiser, "off" if preset == "auto" else preset, overrides)
+        rung = dict(calibration["overrides"])
+        base = rung.pop("preset", "off")          # a rung is overrides on a base preset
+        overrides = {**rung, **overrides}
+    plan = build_plan(family, denoiser, base, overrides)
     if preset not in ("off", "auto") and not plan:
         warnings.warn(
             f"accelerate_diffusion: preset {preset!r} has no technique available for the "
@@ -372,7 +375,11 @@ def _calibrate(pipe, family, denoiser, options: dict) -> dict:
     from .patches.guidance import model_fingerprint
 
     options = dict(options)
-    return auto.choose(pipe, family, denoiser, lambda overrides: accelerated(pipe, "off", **overrides),
+    def trial(rung: dict):
+        rung = dict(rung)
+        return accelerated(pipe, rung.pop("preset", "off"), **rung)
+
+    return auto.choose(pipe, family, denoiser, trial,
                        target_psnr=options.pop("target_psnr", None), target_ssim=options.pop("target_ssim", None),
                        budget=options.pop("budget", 6), prompts=options.pop("calibration_prompts", None),
                        call=options.pop("calibration", None), cache=options.pop("cache_dir", None),

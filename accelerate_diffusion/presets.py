@@ -82,19 +82,23 @@ PRESETS: dict[str, Preset] = {
 
 
 # The "auto" preset's ladders (auto.py), per family kind, from mild to aggressive: calibration keeps
-# the last rung that meets the user's quality target. Rungs with a technique a family lacks are
-# dropped for it; guidance rungs do nothing where a pipeline runs without CFG.
+# the last rung that meets the user's quality target. A rung is overrides on a base preset
+# ("preset", default "off"), so a DiT rung runs the preset's own schedules, the model's learned
+# picks included. Rungs with a technique a family lacks are dropped for it; guidance rungs do
+# nothing where a pipeline runs without CFG.
 _TRUNC = dict(mode="truncation", cfg_fraction=0.5)
 _CFG_CACHE = dict(mode="cache", cache_interval=2)
 AUTO_LADDERS: dict[str, list[dict]] = {
+    # DiT: each preset's block caching first without CFG truncation (truncation sets most of the
+    # DiT presets' loss: README), then with it; CFG caching is left out (on the flow-matching demo
+    # DiT it lost to truncation at equal MACs: docs/presets.md, "Beyond reuse and truncation").
     "dit": [
-        {"block_cache": dict(schedule="fora:2,first=7,last=1")},
-        {"block_cache": dict(schedule="fora:2,first=3,last=1")},
-        {"block_cache": dict(schedule="fora:3,first=3,last=1")},
-        {"block_cache": dict(schedule="fora:3,first=3,last=1"), "guidance": _CFG_CACHE},
-        {"block_cache": dict(schedule="fora:4,first=3,last=1"), "guidance": _CFG_CACHE},
-        {"block_cache": dict(schedule="fora:4,first=3,last=1"), "guidance": _TRUNC},
-        {"block_cache": dict(schedule="fora:5,first=3,last=1"), "guidance": _TRUNC},
+        {"preset": "quality"},
+        {"preset": "balanced", "guidance": False},
+        {"preset": "fast", "guidance": False},
+        {"preset": "max", "guidance": False},
+        {"preset": "max"},
+        {"preset": "max", "block_cache": dict(schedule="fora:5,first=3,last=1")},
     ],
     "unet": [
         {"deepcache": dict(cache_interval=2, cache_branch=2, **NONUNIFORM, always_full_start=3)},

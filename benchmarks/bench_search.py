@@ -5,7 +5,7 @@ search, runs every front schedule, the heuristic schedules (the search's seeds) 
 optionally diffusers' FirstBlockCache, counting denoiser MACs (ratio vs uncached) and
 measuring SSIM/PSNR of the decoded images vs the uncached ones (same seeds). For each
 heuristic it reports the best front schedule at equal or higher MACs ratio. ``--steps2``
-repeats the comparison at another step count, the front resampled (nearest step) and the
+repeats the comparison at another step count, the front mapped in normalised time and the
 heuristics rebuilt for that count.
 
     accelerate-diffusion search --model pixart --size small --resolution 64 --steps 12 \\
@@ -189,7 +189,7 @@ def main(argv=None):
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--front", required=True, help="folder written by `accelerate-diffusion search`")
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--steps2", type=int, default=0, help="also compare at this step count (resampled)")
+    parser.add_argument("--steps2", type=int, default=0, help="also compare at this step count (mapped)")
     parser.add_argument("--max-front", type=int, default=10, help="at most this many front points (evenly spaced)")
     parser.add_argument("--fbc", default="0.05,0.1,0.2", help="diffusers FirstBlockCache thresholds ('' = none)")
     parser.add_argument("--estimate-macs", action="store_true",

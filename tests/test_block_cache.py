@@ -2,6 +2,8 @@
 schedule files, resampling, validation, stale-cache safety and the dynamic mode."""
 
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from accelerate_diffusion.families import family_of, find_denoiser
 from accelerate_diffusion.patches import block_cache
 from accelerate_diffusion.schedules import (CacheSchedule, ScheduleLayout, component_blocks, fora, from_spec,
                                             measure_component_macs, tgate, with_full_ends)
+from accelerate_diffusion.schedules.cache_schedule import DATA_DIR
 from accelerate_diffusion.testing import call_kwargs, run, surface
 
 DITS = ["pixart", "sd3", "flux", "wan"]
@@ -146,21 +149,80 @@ def test_json_round_trip(pipelines, tmp_path):
     assert CacheSchedule.from_bits(layout, 6, sched.to_bits(), name=sched.name) == sched
 
 
-def test_resampling_nearest_step_warns_and_reports(pipelines):
+def test_other_step_counts_map_in_normalised_time_warn_and_report(pipelines):
     pipe = pipelines("sd3")
     layout = _layout(pipe)
-    sched = fora(layout, 4, n=2)                      # steps 1 and 3 reuse
-    assert sched.resample(4) is sched
-    up = sched.resample(7)                            # new i -> old nearest(i * 3 / 6) = 0,1,1,2,2,3,3
-    assert [bool(up.recompute[i].all()) for i in range(7)] == [True, False, False, True, True, False, False]
-    assert up.metrics["resampled_from"] == 4 and up.recompute[0].all()
+    sched = fora(layout, 4, n=2)                      # F . F . : steps 1 and 3 reuse
+    assert sched.resample(4) is sched                 # its own count: the same object
+    up = sched.resample(7)
+    # step 0's span [0, 1/4) overlaps new steps 0 and 1; the recompute at time 2/4 lands on the
+    # nearest new step, 3.5 -> 4
+    assert [bool(up.recompute[i].all()) for i in range(7)] == [True, True, False, False, True, False, False]
+    assert not up.recompute[[2, 3, 5, 6]].any()
+    assert up.metrics["resampled_from"] == 4
     accelerate(pipe, "off", block_cache={"schedule": sched.to_dict()})
-    with pytest.warns(UserWarning, match="made for 4 steps; resampled to 7"):
+    with pytest.warns(UserWarning, match="made for 4 steps; mapped to 7 in normalised time"):
         run(pipe, "sd3", steps=7)
-    assert _stats(pipe)["resampled"] == "4 -> 7 steps (nearest step)"
+    assert _stats(pipe)["resampled"] == "4 -> 7 steps (normalised time)"
     run(pipe, "sd3", steps=4)
     assert _stats(pipe)["resampled"] == "no"
     pipe.acceleration.remove()
+
+
+def _pattern(column) -> str:
+    return "".join("F" if x else "." for x in column)
+
+
+@pytest.mark.parametrize("steps, first, last, middle", [
+    # fora:3,first=3,last=1 at 25: steps 0-3 all full, then full every 3rd step (6, 9, ..., 21, at
+    # times 0.24, 0.36, ..., 0.84), step 24 full.
+    # 50 steps: [0, 4/25) -> steps 0-7; [24/25, 1) -> 48, 49; times x 50 -> 12, 18, ..., 42
+    (50, 8, 2, [12, 18, 24, 30, 36, 42]),
+    # 20 steps: [0, 0.16) -> 0-3 (step 3 starts at 0.15); [0.96, 1) -> 19; x 20: 4.8, 7.2, 9.6, 12, 14.4, 16.8
+    (20, 4, 1, [5, 7, 10, 12, 14, 17]),
+    # 28 steps: [0, 0.16) -> 0-4 (4.48); [0.96, 1) -> 26, 27 (26.88); x 28: 6.72, 10.08, 13.44, 16.8, 20.16, 23.52
+    (28, 5, 2, [7, 10, 13, 17, 20, 24]),
+])
+def test_mapping_keeps_full_ends_and_each_recompute_at_its_time(pipelines, steps, first, last, middle):
+    layout = _layout(pipelines("sd3"))
+    sched = from_spec("fora:3,first=3,last=1", layout, 25)
+    assert _pattern(sched.recompute[:, 0, 0]) == "FFFF..F..F..F..F..F..F..F"
+    mapped = sched.resample(steps).recompute
+    assert mapped.shape[0] == steps
+    assert mapped[:first].all() and mapped[steps - last:].all()
+    assert not mapped[first].all() and not mapped[steps - last - 1].all()
+    for block in range(layout.num_blocks):
+        for comp in range(len(layout.components)):
+            column = mapped[:, block, comp]
+            assert list(np.flatnonzero(column[first:steps - last]) + first) == middle
+
+
+def test_mapping_can_keep_the_fraction_of_recomputes_instead(pipelines):
+    layout = _layout(pipelines("sd3"))
+    sched = from_spec("fora:3,first=3,last=1", layout, 25)
+    # 6 recomputes in the 20 middle steps at 25 -> 6 * 40 / 20 = 12 in the 40 middle steps at 50,
+    # evenly spread (a gap of 3-4 steps), where keep="time" leaves 6 (a gap of 6)
+    mapped = sched.resample(50, keep="fraction").recompute[:, 0, 0]
+    assert mapped[:8].all() and mapped[48:].all() and mapped[8:48].sum() == 12
+    assert np.diff(np.flatnonzero(mapped)).max() <= 4
+    with pytest.raises(ValueError, match="keep"):
+        sched.resample(50, keep="nearest")
+
+
+def test_mapping_a_searched_front_is_the_identity_at_its_count():
+    from accelerate_diffusion.schedules import learned
+
+    folder = os.path.join(DATA_DIR, "ecad-demo-dit-25steps")
+    for name in ("front-06", "front-11", "front-15"):
+        sched = CacheSchedule.load(os.path.join(folder, name + ".json"))
+        assert sched.resample(25) is sched
+        for steps in (20, 28, 50):
+            mapped = sched.resample(steps)
+            assert mapped.recompute[0].all() and mapped.num_steps == steps
+            # the same number of recomputes in the middle: a larger share at 20 steps, half at 50
+            if steps != 28:      # (at 28 the full ends' rounding up decides)
+                assert (mapped.recompute_fraction() > sched.recompute_fraction()) == (steps < 25)
+    assert learned.served_steps_range(25) == (20, 50)
 
 
 def test_validation_errors(pipelines):

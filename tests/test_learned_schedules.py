@@ -1,5 +1,5 @@
 """Learned schedules shipped per model (schedules/learned.py): the fingerprint, presets using a
-model's picks, the heuristic fallback at other step counts, user choices winning, other
+model's picks, mapped to the step counts they serve and the heuristic fallback outside them, user choices winning, other
 models keeping the heuristics. The shipped folder is built in a temporary directory from a
 tiny SD3, so the test does not depend on which fronts ship with the package."""
 
@@ -50,19 +50,22 @@ def test_fingerprint_survives_save_and_load(pipelines, tmp_path):
     assert fingerprint(transformer) != fingerprint(pipelines("pixart").transformer)
 
 
-def test_preset_uses_the_models_pick_and_falls_back_at_other_step_counts(shipped):
+def test_preset_uses_the_models_pick_maps_it_and_falls_back_outside_its_range(shipped):
     pipe = shipped
     heuristic = PRESETS[PRESET].settings["dit"]["block_cache"]["schedule"]
     accelerate(pipe, PRESET, guidance=False)
     try:
         config = _block_cache(pipe)
         assert isinstance(config.schedule, CacheSchedule) and config.fallback == heuristic
+        assert tuple(config.mapped_steps) == (7, 16)       # 0.8x-2x the searched 8 steps
         assert config.schedule == preset_schedule(pipe.transformer, PRESET)
         pipe("a red circle", num_inference_steps=STEPS, output_type="latent", generator=torch.Generator().manual_seed(0))
         stats = _stats(pipe)
         assert stats["resampled"] == "no"
         assert pipe.acceleration.state.counters["components_reused"] > 0
         pipe("a red circle", num_inference_steps=10, output_type="latent", generator=torch.Generator().manual_seed(0))
+        assert _stats(pipe)["resampled"] == "8 -> 10 steps (normalised time)"       # no fallback
+        pipe("a red circle", num_inference_steps=20, output_type="latent", generator=torch.Generator().manual_seed(0))
         assert "fallback" in _stats(pipe)["resampled"] and heuristic in _stats(pipe)["resampled"]
     finally:
         pipe.acceleration.remove()
@@ -102,8 +105,9 @@ def test_models_without_a_shipped_front_keep_the_heuristic(pipelines):
 
 def test_fallback_is_checked(pipelines):
     pipe = pipelines("sd3")
-    for bad in ({"schedule": "fora:2", "fallback": "fora:3"}, {"schedule": "fora:2", "fallback": 3}):
-        with pytest.raises(ValueError, match="fallback"):
+    for bad in ({"schedule": "fora:2", "fallback": "fora:3"}, {"schedule": "fora:2", "fallback": 3},
+                {"mapped_steps": (20, 10)}, {"mapped_steps": 25}):
+        with pytest.raises(ValueError, match="fallback|mapped_steps"):
             accelerate(pipe, "off", block_cache=bad)
         if getattr(pipe, "acceleration", None) is not None:
             pipe.acceleration.remove()

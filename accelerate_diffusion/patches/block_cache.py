@@ -10,9 +10,11 @@ what keeps reuse accurate (ECAD, FORA).
 Modes:
 - ``schedule``: a :class:`~accelerate_diffusion.schedules.CacheSchedule` (object, JSON dict,
   file, shipped name, or heuristic such as ``"fora:2"``). Fixed schedules made for another
-  step count are resampled to the nearest step, with a warning and a note in the report,
-  unless ``fallback`` names a heuristic to build for that step count instead (the presets
-  do this with learned schedules: resampling one cost 2-12 dB on the demo DiT).
+  step count are mapped to it in normalised time (``CacheSchedule.resample``: full ends kept
+  over the same span of the noise schedule, each block's density of recomputes kept), with a
+  note in the report. ``fallback`` names a heuristic to build instead at the step counts outside
+  ``mapped_steps`` (the presets give their learned schedules the range they were measured to
+  transfer to, ``learned.served_steps_range``).
 - ``forecast`` (either mode): on a reused step, instead of copying the last output, extrapolate
   it in the step index from the last ``forecast + 1`` computed outputs (order 1: linear, order 2:
   quadratic; TaylorSeer-style, by Lagrange extrapolation so unevenly spaced full steps are exact
@@ -76,7 +78,8 @@ class Config(TechniqueConfig):
     threshold: float = 0.1
     warmup_steps: int = 1
     max_reuse: int = 0
-    fallback: str = ""                # heuristic used instead of resampling a fixed schedule ("" = resample)
+    fallback: str = ""                # heuristic used outside mapped_steps instead of mapping a fixed schedule
+    mapped_steps: tuple = ()          # (lo, hi): step counts a fixed schedule serves, mapped (no warning, no fallback)
     schedule_dir: str = ""            # a searched front to pick the schedule from
     max_quality_loss: float | None = None
     min_steps: int = 1                # generations with fewer steps run untouched (few-step models)
@@ -91,6 +94,12 @@ class Config(TechniqueConfig):
         check_range(self.NAME, "min_steps", self.min_steps, 1, None, integer=True)
         check_range(self.NAME, "forecast", self.forecast, 0, 2, integer=True)
         check_range(self.NAME, "forecast_check", self.forecast_check, 0.0, None)
+        if self.mapped_steps != () and not (
+                isinstance(self.mapped_steps, (tuple, list)) and len(self.mapped_steps) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in self.mapped_steps)
+                and self.mapped_steps[0] <= self.mapped_steps[1]):
+            raise ValueError(f"{self.NAME}.mapped_steps: expected () or (lo, hi) step counts with 1 <= lo <= hi, "
+                             f"got {self.mapped_steps!r}")
         if not isinstance(self.fallback, str):
             raise ValueError(f"{self.NAME}.fallback: expected a heuristic name like 'fora:2' or '', "
                              f"got {type(self.fallback).__name__}")
@@ -266,7 +275,8 @@ class _Runtime:
             self.schedule = self._schedule_for(max(state.num_steps, 1))
 
     def _schedule_for(self, num_steps: int) -> CacheSchedule:
-        fallback = (self.fixed is not None and self.config.fallback and num_steps != self.fixed.num_steps)
+        fallback = (self.fixed is not None and self.config.fallback and num_steps != self.fixed.num_steps
+                    and not _within(num_steps, self.config.mapped_steps))
         if num_steps not in self.by_steps:
             if self.fixed is None:
                 sched = resolve_schedule(self.spec, self.layout, num_steps)
@@ -277,14 +287,16 @@ class _Runtime:
             self.by_steps[num_steps] = sched
         sched = self.by_steps[num_steps]
         if fallback:
-            self.resampled = (f"no: {self.fixed.name!r} is for {self.fixed.num_steps} steps; "
+            served = (f" (mapped to {self.config.mapped_steps[0]}-{self.config.mapped_steps[1]} steps)"
+                      if self.config.mapped_steps else "")
+            self.resampled = (f"no: {self.fixed.name!r} is for {self.fixed.num_steps} steps{served}; "
                               f"fallback {self.config.fallback!r} at {num_steps}")
         elif self.fixed is not None and sched is not self.fixed:
-            self.resampled = f"{self.fixed.num_steps} -> {num_steps} steps (nearest step)"
-            if num_steps not in self.warned:
+            self.resampled = f"{self.fixed.num_steps} -> {num_steps} steps (normalised time)"
+            if num_steps not in self.warned and not _within(num_steps, self.config.mapped_steps):
                 self.warned.add(num_steps)
                 warnings.warn(f"accelerate_diffusion: block_cache schedule {self.fixed.name!r} was made for "
-                              f"{self.fixed.num_steps} steps; resampled to {num_steps} (nearest step)",
+                              f"{self.fixed.num_steps} steps; mapped to {num_steps} in normalised time",
                               stacklevel=4)
         else:
             self.resampled = "no"
@@ -394,6 +406,10 @@ class _Runtime:
         return out
 
 
+def _within(num_steps: int, mapped_steps: tuple) -> bool:
+    return bool(mapped_steps) and mapped_steps[0] <= num_steps <= mapped_steps[1]
+
+
 def prepare(config: Config, target: Target) -> Config:
     """Before anything changes: pick a front point, use this model's learned schedule where one is
     shipped (unless the user chose the schedule), and check the schedule resolves."""
@@ -408,9 +424,10 @@ def prepare(config: Config, target: Target) -> Config:
         config = config.replace(mode="schedule", schedule=point)
     elif config.mode == "schedule" and not {"schedule", "mode"} & target.user_fields:
         chosen = learned.preset_schedule(target.denoiser, target.preset)
-        if chosen is not None:      # at other step counts the preset's heuristic runs (no resampling)
+        if chosen is not None:      # mapped over the step counts it serves; the preset's heuristic elsewhere
             fallback = config.schedule if isinstance(config.schedule, str) else ""
-            config = config.replace(schedule=chosen, fallback=fallback)
+            config = config.replace(schedule=chosen, fallback=fallback,
+                                    mapped_steps=learned.served_steps_range(chosen.num_steps))
     if config.mode == "schedule" and target.family.block_groups:
         _Runtime(None, config, ScheduleLayout.of(target.family, target.denoiser))   # raises ValueError
     return config

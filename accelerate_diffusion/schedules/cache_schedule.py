@@ -134,18 +134,47 @@ class CacheSchedule:
                              + "; ".join(problems))
 
     # -- steps -------------------------------------------------------------------------
-    def resample(self, num_steps: int) -> "CacheSchedule":
-        """The schedule for another step count, each new step taking the nearest old step."""
+    def resample(self, num_steps: int, keep: str = "time") -> "CacheSchedule":
+        """The schedule for another step count, mapped in normalised time (step i of T starts at
+        i / T of the noise schedule, which is the same noise level at every step count for a
+        scheduler whose timesteps follow one curve: flow-matching Euler with a fixed shift, DDIM).
+
+        The leading and trailing steps that recompute everything (the searched "full" ends) stay
+        full over the same span of time: every new step that overlaps it. In between, each
+        (block, component) recomputes where its searched recomputes were (``keep="time"``: the
+        nearest new step to each, so the same number ``k`` of middle recomputes and the same
+        stretches of the noise schedule without one), or keeps its density of recomputes
+        (``keep="fraction"``: ``round(k * L' / L)`` of the ``L'`` middle steps, placed along the
+        piecewise-linear cumulative count of its searched ones, so the MACs ratio stays). On the
+        demo DiT's validation captions "time" sat on the heuristics' curve at 20 and 50 steps and
+        "fraction" below it (benchmarks/bench_transfer.py --split val). At the searched count
+        both are the identity."""
+        if keep not in ("time", "fraction"):
+            raise ValueError(f"resample.keep: {keep!r} is not allowed; allowed: 'time', 'fraction'")
         if num_steps == self.num_steps:
             return self
         if num_steps < 1:
             raise ValueError(f"schedule {self.name!r}: cannot resample to {num_steps} steps")
-        span = max(self.num_steps - 1, 0)
-        src = [int(np.floor(i * span / (num_steps - 1) + 0.5)) if num_steps > 1 else 0
-               for i in range(num_steps)]          # nearest, ties to the later step
-        out = CacheSchedule(self.name, self.layout, self.recompute[src], dict(self.metrics))
-        out.metrics["resampled_from"] = self.num_steps
-        return out
+        T, N = self.num_steps, num_steps
+        all_full = self.recompute.all(axis=(1, 2))
+        first = int(np.argmin(all_full)) if not all_full.all() else T      # leading all-full steps (>= 1)
+        last = int(np.argmin(all_full[::-1])) if first < T else 0           # trailing all-full steps
+        out = np.ones((N, self.num_blocks, len(self.components)), bool)
+        if first < T:
+            # new step j covers [j/N, (j+1)/N): full if it overlaps [0, first/T) or [(T-last)/T, 1)
+            new_first = min(N, -(-first * N // T))                            # ceil(first * N / T)
+            new_last = N - (N * (T - last)) // T if last else 0              # j + 1 > N (T - last) / T
+            new_last = min(new_last, N - new_first)
+            a, b = new_first, N - new_last
+            for block in range(self.num_blocks):
+                for comp in range(len(self.components)):
+                    out[a:b, block, comp] = False
+                    column = self.recompute[:, block, comp]
+                    for j in _map_column(column, first, T - last, T, a, b, N, keep):
+                        out[j, block, comp] = True
+        result = CacheSchedule(self.name, self.layout, out, dict(self.metrics))
+        result.metrics["resampled_from"] = T
+        return result
 
     def recompute_at(self, step: int, block: int, component: int) -> bool:
         if step >= self.num_steps:
@@ -256,6 +285,33 @@ class CacheSchedule:
     def load(cls, path: str | os.PathLike) -> "CacheSchedule":
         with open(path) as f:
             return cls.from_dict(json.load(f))
+
+
+def _map_column(column: np.ndarray, a: int, b: int, T: int, new_a: int, new_b: int, N: int,
+                keep: str = "fraction") -> list[int]:
+    """The new middle steps (in ``[new_a, new_b)`` of ``N``) where one (block, component)
+    recomputes, from its searched ``column`` over ``[a, b)`` of ``T`` (see ``resample``)."""
+    steps = [s for s in range(a, b) if column[s]]
+    length, new_length = b - a, new_b - new_a
+    count = min(int(np.floor(len(steps) * new_length / length + 0.5)), new_length) if length else 0
+    if keep == "time":
+        count = min(len(steps), new_length)
+    if count <= 0:
+        return []
+    # events, in normalised time, anchored at the last full step before the middle and the
+    # first step after it: cumulative count F(x) is piecewise linear through (x_i, i)
+    xs = np.array([(a - 1) / T] + [s / T for s in steps] + [b / T])
+    ys = np.arange(len(xs), dtype=float)
+    targets = np.arange(1, count + 1) * (len(steps) + 1) / (count + 1)
+    times = np.interp(targets, ys, xs)
+    taken: list[int] = []
+    for t in times:
+        j = min(max(int(np.floor(t * N + 0.5)), new_a), new_b - 1)
+        if j in taken:                       # nearest free step, later first
+            free = [k for k in range(new_a, new_b) if k not in taken]
+            j = min(free, key=lambda k: (abs(k - t * N), -k))
+        taken.append(j)
+    return taken
 
 
 def _jsonable(value):

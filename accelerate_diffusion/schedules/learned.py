@@ -7,7 +7,9 @@ and a hash of its config) and, per preset, the front point that replaces the pre
 schedule. The points were picked by ``scripts/ship_learned_schedules.py``: for each preset, the
 most faithful front point at least as fast (at most 1.25x faster) and as faithful as the
 heuristic it replaces, scored on validation prompts the search never saw.
-A model with no matching folder keeps the heuristic schedules.
+A model with no matching folder keeps the heuristic schedules. At other step counts a pick is
+mapped in normalised time (``CacheSchedule.resample``) over the range measured to transfer
+(``SERVED``); outside it the preset's heuristic runs.
 """
 
 from __future__ import annotations
@@ -15,11 +17,20 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 
 from .cache_schedule import DATA_DIR, CacheSchedule
 
 MODEL_FILE = "model.json"
+# Step counts a pick serves, as fractions of its searched count: measured on the demo DiT from 25
+# steps at 20, 28 and 50 (benchmarks/bench_transfer.py, docs/presets.md#learned-schedules-at-other-step-counts).
+SERVED = (0.8, 2.0)
+
+
+def served_steps_range(searched_steps: int) -> tuple[int, int]:
+    """The step counts a schedule searched at ``searched_steps`` is mapped to (``SERVED``)."""
+    return (max(1, math.ceil(SERVED[0] * searched_steps - 1e-9)), int(SERVED[1] * searched_steps + 1e-9))
 
 
 def fingerprint(denoiser) -> str:
