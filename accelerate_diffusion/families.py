@@ -61,7 +61,8 @@ class Family:
     patch_size: tuple[int, ...] = ()      # token patch on the latent grid (t, h, w) or (h, w)
     # how a call's token grid is read: "latent" (input / config patch) | "ids" (Flux img_ids) |
     # "img_shapes" (Qwen-Image's per-sample (frames, h, w) in tokens) | "frames_first" ((B, F, C, H, W)
-    # latents over the config's patch_size_t and patch_size: CogVideoX)
+    # latents over the config's patch_size_t and patch_size: CogVideoX) | "sizes" (the call's num_frames,
+    # height and width keywords, latent sizes of packed tokens, over patch_size_t and patch_size: LTX)
     token_grid: str = "latent"
     text_tokens: str = "cross"            # "cross" (cross-attention) | "joint" (concatenated)
     pos_embed: str = "none"               # "absolute" | "rope" | "none" (UNet)
@@ -102,8 +103,11 @@ class Family:
         if self.token_grid == "latent":
             value = getattr(getattr(denoiser, "config", None), "patch_size", None)
             if value is not None:
-                dims = 3 if self.grid == "3d" else 2
-                return tuple(value) if isinstance(value, (tuple, list)) else (int(value),) * dims
+                if isinstance(value, (tuple, list)):
+                    return tuple(value)
+                if self.grid == "3d":     # an int patch_size is spatial; time has its own (HunyuanVideo)
+                    return (int(getattr(denoiser.config, "patch_size_t", None) or 1), int(value), int(value))
+                return (int(value),) * 2
         return tuple(self.patch_size)
 
     def token_grid_of(self, denoiser, args, kwargs) -> tuple[int, ...]:
@@ -124,6 +128,15 @@ class Family:
             config = denoiser.config
             pt, p = getattr(config, "patch_size_t", None) or 1, config.patch_size
             return (x.shape[1] // pt, x.shape[-2] // p, x.shape[-1] // p)
+        if self.token_grid == "sizes":
+            sizes = [kwargs.get(k) for k in ("num_frames", "height", "width")]
+            if any(v is None for v in sizes):
+                raise ValueError(f"{type(denoiser).__name__} was called without num_frames, height and width "
+                                 f"(given positions instead: a conditioning pipeline's video_coords?): the token "
+                                 f"grid is unknown")
+            config = denoiser.config
+            pt, p = getattr(config, "patch_size_t", None) or 1, config.patch_size
+            return (int(sizes[0]) // pt, int(sizes[1]) // p, int(sizes[2]) // p)
         if self.token_grid == "ids":
             ids = kwargs.get("img_ids")
             if ids is None:
@@ -251,6 +264,18 @@ FAMILIES: tuple[Family, ...] = (
                  *_VIDEO_DIT_NOT),
         notes="HunyuanVideo text-to-video (guidance-distilled: guidance_scale is an embedding, not CFG; true CFG, "
               "true_cfg_scale > 1 with a negative prompt, runs a separate negative call)",
+    ),
+    Family(
+        name="ltx_video", classes=("LTXVideoTransformer3DModel",), kind="dit", denoiser_attr="transformer",
+        # attn1: video self-attention (RoPE inside the processor, no mask); attn2: cross-attention to the
+        # text; ff. Each block's adaLN (scale_shift_table + timestep) gates and residuals stay live.
+        block_groups=(BlockGroup("transformer_blocks", ("attn1", "attn2", "ff"), (SelfAttention("attn1"),)),),
+        grid="3d", token_grid="sizes", text_tokens="cross", pos_embed="rope", cfg="batched",
+        techniques=("guidance", "block_cache", "attention"),
+        why_not=_VIDEO_DIT_NOT,
+        notes="LTX-Video 0.9.x text-to-video and image-to-video (tokens packed by the pipeline; the grid is the "
+              "call's latent num_frames/height/width; batched CFG). The condition pipeline passes video_coords "
+              "instead: no single token grid there for sparse attention",
     ),
     Family(
         name="anyflow_far", classes=("AnyFlowFARTransformer3DModel",), kind="dit",

@@ -14,7 +14,7 @@ import string
 import torch
 
 PIPELINES = ("sd", "sdxl", "pixart", "sd3", "flux", "wan", "qwenimage", "wan22", "cogvideox", "hunyuan_video",
-             "wan_vace")
+             "wan_vace", "ltx_video")
 SIZES = ("micro", "small")
 
 # Default call arguments per pipeline and size: resolution and frames kept tiny.
@@ -41,6 +41,8 @@ CALL_DEFAULTS = {
     ("hunyuan_video", "small"): dict(height=128, width=128, num_frames=9),
     ("wan_vace", "micro"): dict(height=16, width=16, num_frames=9),
     ("wan_vace", "small"): dict(height=128, width=128, num_frames=9),
+    ("ltx_video", "micro"): dict(height=32, width=32, num_frames=9),
+    ("ltx_video", "small"): dict(height=128, width=128, num_frames=9),
 }
 
 
@@ -411,6 +413,31 @@ def _build_hunyuan_video(size: str):
                                 text_encoder_2=_clip_text(d, 2), tokenizer_2=_clip_tokenizer())
 
 
+def _build_ltx_video(size: str):
+    """LTX-Video: its VAE here compresses 16x in space and 4x in time (the real one 32x and 8x), so 9
+    frames at 128x128 give 3 x 8 x 8 tokens (patch 1), the token count of the other small video pipelines."""
+    from diffusers import (AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline,
+                           LTXVideoTransformer3DModel)
+
+    if size == "micro":
+        tkw = dict(num_attention_heads=2, attention_head_dim=16, num_layers=2)
+        d = 32
+    else:
+        tkw = dict(num_attention_heads=6, attention_head_dim=64, num_layers=8)
+        d = 64
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, caption_channels=d,
+        cross_attention_dim=tkw["num_attention_heads"] * tkw["attention_head_dim"], **tkw)
+    vae = AutoencoderKLLTXVideo(
+        in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1), spatio_temporal_scaling=(True, True, False, False),
+        decoder_spatio_temporal_scaling=(True, True, False, False), decoder_inject_noise=(False,) * 5,
+        upsample_residual=(False,) * 4, upsample_factor=(1,) * 4, patch_size=4, patch_size_t=1)
+    return LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=_t5(d, 2),
+                       tokenizer=_t5_tokenizer(), transformer=transformer)
+
+
 _BUILDERS = {
     "sd": lambda size: _build_sd(size),
     "sdxl": lambda size: _build_sd(size, xl=True),
@@ -423,6 +450,7 @@ _BUILDERS = {
     "qwenimage": _build_qwenimage,
     "cogvideox": _build_cogvideox,
     "hunyuan_video": _build_hunyuan_video,
+    "ltx_video": _build_ltx_video,
 }
 
 
@@ -442,12 +470,12 @@ def call_kwargs(name: str, size: str = "micro", steps: int = 4, seed: int = 0, *
     kw = dict(CALL_DEFAULTS[(name, size)])
     kw.update(prompt="a red circle above a blue square", num_inference_steps=steps,
               generator=torch.Generator("cpu").manual_seed(seed), output_type="latent")
-    if name in ("sd", "sdxl", "pixart", "sd3", "wan", "wan22", "wan_vace", "cogvideox"):
+    if name in ("sd", "sdxl", "pixart", "sd3", "wan", "wan22", "wan_vace", "cogvideox", "ltx_video"):
         kw["guidance_scale"] = 5.0
     if name == "flux":
         kw["guidance_scale"] = 1.0
         kw["max_sequence_length"] = 48
-    if name in ("pixart", "sd3", "wan", "wan22", "wan_vace", "cogvideox", "hunyuan_video"):
+    if name in ("pixart", "sd3", "wan", "wan22", "wan_vace", "cogvideox", "hunyuan_video", "ltx_video"):
         kw["max_sequence_length"] = 48
     if name == "pixart":
         kw.update(use_resolution_binning=False, clean_caption=False)
