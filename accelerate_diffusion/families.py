@@ -266,6 +266,21 @@ FAMILIES: tuple[Family, ...] = (
               "true_cfg_scale > 1 with a negative prompt, runs a separate negative call)",
     ),
     Family(
+        name="hunyuan_video15", classes=("HunyuanVideo15Transformer3DModel",), kind="dit",
+        denoiser_attr="transformer",
+        # dual-stream blocks only: one joint attention over [video, text] (video first; the text is the
+        # image-embedding, ByT5 and Qwen tokens), then the video and text feed-forwards
+        block_groups=(BlockGroup("transformer_blocks", ("attn", "ff", "ff_context"),
+                                 (SelfAttention("attn", "suffix"),)),),
+        grid="3d", text_tokens="joint", pos_embed="rope", cfg="separate",
+        techniques=("guidance", "block_cache"),
+        why_not=(("attention", "its processor always gives the joint attention a padding mask (text and image "
+                               "slots); sparse attention replaces plain (unmasked) self-attention only"),
+                 *_VIDEO_DIT_NOT),
+        notes="HunyuanVideo 1.5 text-to-video and image-to-video (CFG by the pipeline's guider: the cond and "
+              "uncond calls run separately)",
+    ),
+    Family(
         name="ltx_video", classes=("LTXVideoTransformer3DModel",), kind="dit", denoiser_attr="transformer",
         # attn1: video self-attention (RoPE inside the processor, no mask); attn2: cross-attention to the
         # text; ff. Each block's adaLN (scale_shift_table + timestep) gates and residuals stay live.

@@ -14,7 +14,7 @@ import string
 import torch
 
 PIPELINES = ("sd", "sdxl", "pixart", "sd3", "flux", "wan", "qwenimage", "wan22", "cogvideox", "hunyuan_video",
-             "wan_vace", "ltx_video")
+             "wan_vace", "ltx_video", "hunyuan_video15")
 SIZES = ("micro", "small")
 
 # Default call arguments per pipeline and size: resolution and frames kept tiny.
@@ -43,6 +43,8 @@ CALL_DEFAULTS = {
     ("wan_vace", "small"): dict(height=128, width=128, num_frames=9),
     ("ltx_video", "micro"): dict(height=32, width=32, num_frames=9),
     ("ltx_video", "small"): dict(height=128, width=128, num_frames=9),
+    ("hunyuan_video15", "micro"): dict(height=32, width=32, num_frames=9),
+    ("hunyuan_video15", "small"): dict(height=128, width=128, num_frames=9),
 }
 
 
@@ -162,12 +164,12 @@ def _clip_text(hidden: int, layers: int, projection: bool = False, proj_dim: int
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg)
 
 
-def _t5(d_model: int, layers: int, umt5: bool = False):
+def _t5(d_model: int, layers: int, umt5: bool = False, vocab: int | None = None):
     from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
     Cfg, Model = (UMT5Config, UMT5EncoderModel) if umt5 else (T5Config, T5EncoderModel)
     cfg = Cfg(
-        vocab_size=len(_t5_tokenizer()), d_model=d_model, d_kv=8, d_ff=d_model * 2,
+        vocab_size=vocab or len(_t5_tokenizer()), d_model=d_model, d_kv=8, d_ff=d_model * 2,
         num_layers=layers, num_heads=4, relative_attention_num_buckets=8,
         pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
     )
@@ -413,6 +415,51 @@ def _build_hunyuan_video(size: str):
                                 text_encoder_2=_clip_text(d, 2), tokenizer_2=_clip_tokenizer())
 
 
+# Qwen's chat layout, as HunyuanVideo 1.5's prompt template renders it (system, then user, then the
+# assistant's turn); the in-memory tokenizer has no template of its own
+_QWEN_CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _build_hunyuan_video15(size: str):
+    """HunyuanVideo 1.5 text-to-video with its guider's CFG (cond and uncond as separate calls). The
+    pipeline's prompt lengths are cut for a CPU: a short system message (the template's cropped prefix
+    is counted here), 48 Qwen and 48 ByT5 tokens, 8 image-embedding slots (1000, 256 and 729 in the
+    release); the tiny VAE compresses 16x in space and 4x in time as the real one does."""
+    from diffusers import (AutoencoderKLHunyuanVideo15, ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler,
+                           HunyuanVideo15Pipeline, HunyuanVideo15Transformer3DModel)
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel
+
+    if size == "micro":
+        tkw = dict(num_attention_heads=2, attention_head_dim=16, num_layers=2, rope_axes_dim=(4, 6, 6))
+        d = 32
+    else:
+        tkw = dict(num_attention_heads=6, attention_head_dim=64, num_layers=8, rope_axes_dim=(16, 24, 24))
+        d = 64
+    transformer = HunyuanVideo15Transformer3DModel(
+        in_channels=9, out_channels=4, num_refiner_layers=1, patch_size=1, patch_size_t=1, text_embed_dim=d,
+        text_embed_2_dim=d, image_embed_dim=16, task_type="t2v", **tkw)
+    vae = AutoencoderKLHunyuanVideo15(latent_channels=4, block_out_channels=(8,) * 5, layers_per_block=1,
+                                      spatial_compression_ratio=16, temporal_compression_ratio=4)
+    tok = _qwen_tokenizer()
+    tok.chat_template = _QWEN_CHAT
+    end = tok.convert_tokens_to_ids("<|endoftext|>")
+    text_encoder = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(
+        vocab_size=len(tok), hidden_size=d, intermediate_size=d * 2, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=None, eos_token_id=end, pad_token_id=end,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [1, 1, 2]}))
+    byt5 = ByT5Tokenizer()
+    text_encoder_2 = _t5(d, 1, vocab=len(byt5))
+    pipe = HunyuanVideo15Pipeline(text_encoder=text_encoder, tokenizer=tok, transformer=transformer, vae=vae,
+                                  scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=text_encoder_2,
+                                  tokenizer_2=byt5, guider=ClassifierFreeGuidance(guidance_scale=6.0))
+    pipe.system_message = "Describe the video."
+    prefix = tok.apply_chat_template([{"role": "system", "content": pipe.system_message}], tokenize=False)
+    pipe.prompt_template_encode_start_idx = len(tok(prefix).input_ids)
+    pipe.tokenizer_max_length, pipe.tokenizer_2_max_length, pipe.vision_num_semantic_tokens = 48, 48, 8
+    return pipe
+
+
 def _build_ltx_video(size: str):
     """LTX-Video: its VAE here compresses 16x in space and 4x in time (the real one 32x and 8x), so 9
     frames at 128x128 give 3 x 8 x 8 tokens (patch 1), the token count of the other small video pipelines."""
@@ -451,6 +498,7 @@ _BUILDERS = {
     "cogvideox": _build_cogvideox,
     "hunyuan_video": _build_hunyuan_video,
     "ltx_video": _build_ltx_video,
+    "hunyuan_video15": _build_hunyuan_video15,
 }
 
 
