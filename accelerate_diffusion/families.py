@@ -155,6 +155,9 @@ class Family:
 _DIT_NOT_DEEPCACHE = ("deepcache", "DeepCache caches a UNet's skip branches; this is a DiT (block_cache applies)")
 _VIDEO_DIT_NOT = (("ras", "no RAS layout: RAS patches SD3's and Flux's image-token processors"), _DIT_NOT_DEEPCACHE,
                   ("kv_cache", "no autoregressive rollout: every step attends over the whole clip"))
+# HunyuanVideo and 1.5: their processors give every joint attention the text padding mask
+_MASKED_NOT_ATTENTION = ("attention", "every call gives its joint attention a text padding mask; sparse attention "
+                                      "replaces plain (unmasked) self-attention only")
 
 _WAN_BLOCKS = (BlockGroup("blocks", ("attn1", "attn2", "ffn"), (SelfAttention("attn1"),)),)
 
@@ -259,9 +262,7 @@ FAMILIES: tuple[Family, ...] = (
                                  (SelfAttention("attn", "suffix"),))),
         grid="3d", text_tokens="joint", pos_embed="rope", cfg="separate",
         techniques=("guidance", "block_cache"),
-        why_not=(("attention", "every call gives its attention a text padding mask; sparse attention replaces "
-                               "plain (unmasked) self-attention only"),
-                 *_VIDEO_DIT_NOT),
+        why_not=(_MASKED_NOT_ATTENTION, *_VIDEO_DIT_NOT),
         notes="HunyuanVideo text-to-video (guidance-distilled: guidance_scale is an embedding, not CFG; true CFG, "
               "true_cfg_scale > 1 with a negative prompt, runs a separate negative call)",
     ),
@@ -274,9 +275,7 @@ FAMILIES: tuple[Family, ...] = (
                                  (SelfAttention("attn", "suffix"),)),),
         grid="3d", text_tokens="joint", pos_embed="rope", cfg="separate",
         techniques=("guidance", "block_cache"),
-        why_not=(("attention", "its processor always gives the joint attention a padding mask (text and image "
-                               "slots); sparse attention replaces plain (unmasked) self-attention only"),
-                 *_VIDEO_DIT_NOT),
+        why_not=(_MASKED_NOT_ATTENTION, *_VIDEO_DIT_NOT),
         notes="HunyuanVideo 1.5 text-to-video and image-to-video (CFG by the pipeline's guider: the cond and "
               "uncond calls run separately)",
     ),
