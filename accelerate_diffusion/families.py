@@ -68,6 +68,7 @@ class Family:
     pos_embed: str = "none"               # "absolute" | "rope" | "none" (UNet)
     cfg: str = "batched"                  # how its pipelines run CFG: "batched" ([uncond, cond] in one call) | "separate"
     ras: RasLayout | None = None
+    outputs: int = 1                      # prediction tensors a call returns, batched alike (LTX-2: video, audio)
     kv_cache: str = ""                    # kv-cache adapter: "far" | "skyreels"
     techniques: tuple[str, ...] = field(default=("guidance",))
     why_not: tuple[tuple[str, str], ...] = ()   # (technique, why it does not apply to this family)
@@ -290,6 +291,22 @@ FAMILIES: tuple[Family, ...] = (
         notes="LTX-Video 0.9.x text-to-video and image-to-video (tokens packed by the pipeline; the grid is the "
               "call's latent num_frames/height/width; batched CFG). The condition pipeline passes video_coords "
               "instead: no single token grid there for sparse attention",
+    ),
+    Family(
+        name="ltx2", classes=("LTX2VideoTransformer3DModel",), kind="dit", denoiser_attr="transformer",
+        # audio + video: each block runs video and audio self-attention, their text cross-attentions, the
+        # audio-to-video and video-to-audio cross-attentions, then the two feed-forwards; every one is a
+        # cacheable component (the block's adaLN gates and residuals stay live). Sparse attention: the video
+        # self-attention only (the audio tokens are a 1D sequence).
+        block_groups=(BlockGroup("transformer_blocks",
+                                 ("attn1", "audio_attn1", "attn2", "audio_attn2", "audio_to_video_attn",
+                                  "video_to_audio_attn", "ff", "audio_ff"), (SelfAttention("attn1"),)),),
+        grid="3d", token_grid="sizes", text_tokens="cross", pos_embed="rope", cfg="batched", outputs=2,
+        techniques=("guidance", "block_cache", "attention"),
+        why_not=_VIDEO_DIT_NOT,
+        notes="LTX-2 audio+video (batched CFG over both predictions; the STG and modality-isolation calls of "
+              "a step run untouched by guidance). The IC-LoRA pipeline masks the video self-attention: sparse "
+              "attention refuses it at the call",
     ),
     Family(
         name="anyflow_far", classes=("AnyFlowFARTransformer3DModel",), kind="dit",

@@ -14,7 +14,7 @@ import string
 import torch
 
 PIPELINES = ("sd", "sdxl", "pixart", "sd3", "flux", "wan", "qwenimage", "wan22", "cogvideox", "hunyuan_video",
-             "wan_vace", "ltx_video", "hunyuan_video15")
+             "wan_vace", "ltx_video", "hunyuan_video15", "ltx2")
 SIZES = ("micro", "small")
 
 # Default call arguments per pipeline and size: resolution and frames kept tiny.
@@ -45,6 +45,8 @@ CALL_DEFAULTS = {
     ("ltx_video", "small"): dict(height=128, width=128, num_frames=9),
     ("hunyuan_video15", "micro"): dict(height=32, width=32, num_frames=9),
     ("hunyuan_video15", "small"): dict(height=128, width=128, num_frames=9),
+    ("ltx2", "micro"): dict(height=32, width=32, num_frames=9),
+    ("ltx2", "small"): dict(height=128, width=128, num_frames=9),
 }
 
 
@@ -460,6 +462,54 @@ def _build_hunyuan_video15(size: str):
     return pipe
 
 
+def _build_ltx2(size: str):
+    """LTX-2 (audio + video) with a tiny Gemma-3 text model, text connectors, video and audio VAEs and
+    vocoder. Its video VAE here compresses 16x in space and 4x in time (the real one 32x and 8x): 9 frames
+    at 128x128 give 3 x 8 x 8 video tokens; the audio VAE's 16 mel bins give 4 latent bins (9 audio tokens
+    for 9 frames at 24 fps)."""
+    from diffusers import (AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler,
+                           LTX2Pipeline, LTX2VideoTransformer3DModel)
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors, LTX2Vocoder
+    from transformers import Gemma3TextConfig, Gemma3TextModel
+
+    if size == "micro":
+        tkw = dict(num_attention_heads=2, attention_head_dim=16, num_layers=2, audio_num_attention_heads=2,
+                   audio_attention_head_dim=8)
+    else:
+        tkw = dict(num_attention_heads=6, attention_head_dim=64, num_layers=8, audio_num_attention_heads=6,
+                   audio_attention_head_dim=32)
+    d, text_layers = 32, 2
+    transformer = LTX2VideoTransformer3DModel(
+        in_channels=8, out_channels=8, audio_in_channels=8, audio_out_channels=8, caption_channels=d,
+        cross_attention_dim=tkw["num_attention_heads"] * tkw["attention_head_dim"],
+        audio_cross_attention_dim=tkw["audio_num_attention_heads"] * tkw["audio_attention_head_dim"], **tkw)
+    tok = _llama_tokenizer()
+    text_encoder = Gemma3TextModel(Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=d, intermediate_size=2 * d, num_hidden_layers=text_layers,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id, sliding_window=64))
+    # the connectors read every hidden state of the text model (its layers + the embeddings)
+    connectors = LTX2TextConnectors(
+        caption_channels=d, text_proj_in_factor=text_layers + 1, video_connector_num_attention_heads=2,
+        video_connector_attention_head_dim=16, video_connector_num_layers=1,
+        video_connector_num_learnable_registers=None, audio_connector_num_attention_heads=2,
+        audio_connector_attention_head_dim=16, audio_connector_num_layers=1,
+        audio_connector_num_learnable_registers=None)
+    vae = AutoencoderKLLTX2Video(
+        latent_channels=8, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8),
+        layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, False, False), downsample_type=("spatiotemporal",) * 4,
+        decoder_spatio_temporal_scaling=(True, True, False))
+    # base_channels = latent channels x latent mel bins: the packed audio token width its statistics cover
+    audio_vae = AutoencoderKLLTX2Audio(base_channels=8, ch_mult=(1, 2, 4), num_res_blocks=1, latent_channels=2,
+                                       mel_bins=16)
+    vocoder = LTX2Vocoder(in_channels=32, hidden_channels=8, upsample_kernel_sizes=[4, 4], upsample_factors=[2, 2],
+                          resnet_kernel_sizes=[3], resnet_dilations=[[1]])
+    return LTX2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, audio_vae=audio_vae,
+                        text_encoder=text_encoder, tokenizer=tok, connectors=connectors, transformer=transformer,
+                        vocoder=vocoder)
+
+
 def _build_ltx_video(size: str):
     """LTX-Video: its VAE here compresses 16x in space and 4x in time (the real one 32x and 8x), so 9
     frames at 128x128 give 3 x 8 x 8 tokens (patch 1), the token count of the other small video pipelines."""
@@ -499,6 +549,7 @@ _BUILDERS = {
     "hunyuan_video": _build_hunyuan_video,
     "ltx_video": _build_ltx_video,
     "hunyuan_video15": _build_hunyuan_video15,
+    "ltx2": _build_ltx2,
 }
 
 
@@ -531,15 +582,26 @@ def call_kwargs(name: str, size: str = "micro", steps: int = 4, seed: int = 0, *
         kw.update(negative_prompt=" ", true_cfg_scale=4.0)   # true CFG: a separate negative call
     if name == "hunyuan_video":
         kw["guidance_scale"] = 6.0                           # guidance-distilled: an embedding, not CFG
+    if name == "ltx2":     # CFG only: no STG or modality-isolation calls (its defaults add both)
+        kw.update(guidance_scale=4.0, stg_scale=0.0, audio_stg_scale=0.0, modality_scale=1.0, audio_modality_scale=1.0,
+                  max_sequence_length=48)
     kw.update(overrides)
     return kw
 
 
 def run(pipe, name: str, size: str = "micro", **kw) -> torch.Tensor:
     """Call the pipeline with :func:`call_kwargs` and return the output tensor."""
-    out = pipe(**call_kwargs(name, size, **kw))
-    result = out.frames if hasattr(out, "frames") else out.images
-    return result if isinstance(result, torch.Tensor) else torch.as_tensor(result)
+    return _result(pipe(**call_kwargs(name, size, **kw)))
+
+
+def _result(out) -> torch.Tensor:
+    """A pipeline output as one tensor; audio+video pipelines (LTX-2): both latents, flattened and
+    joined, so comparisons cover the audio too."""
+    result = torch.as_tensor(out.frames if hasattr(out, "frames") else out.images)
+    audio = getattr(out, "audio", None)
+    if isinstance(audio, torch.Tensor):
+        return torch.cat([result.flatten(), audio.flatten()])
+    return result
 
 
 def run_counted(pipe, kwargs: dict, **acceleration) -> tuple[torch.Tensor, int]:
@@ -549,9 +611,7 @@ def run_counted(pipe, kwargs: dict, **acceleration) -> tuple[torch.Tensor, int]:
 
     accelerate(pipe, "off", measure_macs=True, **acceleration)
     try:
-        out = pipe(**kwargs)
-        result = out.frames if hasattr(out, "frames") else out.images
-        return torch.as_tensor(result), pipe.acceleration.state.macs
+        return _result(pipe(**kwargs)), pipe.acceleration.state.macs
     finally:
         pipe.acceleration.remove()
 

@@ -18,7 +18,7 @@ def _macs(pipe, name, **acceleration):
 
 
 @pytest.mark.parametrize("name", ["qwenimage", "cogvideox", "hunyuan_video", "wan_vace", "ltx_video",
-                                  "hunyuan_video15"])
+                                  "hunyuan_video15", "ltx2"])
 @pytest.mark.parametrize("preset", [p for p in PRESETS if p != "off"])
 def test_every_preset_runs_and_remove_is_exact(pipelines, name, preset):
     pipe = pipelines(name)

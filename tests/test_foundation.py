@@ -13,7 +13,7 @@ from accelerate_diffusion.testing import PIPELINES, call_kwargs, make_pipeline, 
 EXPECTED_FAMILY = {"sd": "unet", "sdxl": "unet", "pixart": "pixart", "sd3": "sd3",
                    "flux": "flux", "wan": "wan", "qwenimage": "qwenimage", "wan22": "wan",
                    "cogvideox": "cogvideox", "hunyuan_video": "hunyuan_video", "wan_vace": "wan_vace",
-                   "ltx_video": "ltx_video", "hunyuan_video15": "hunyuan_video15"}
+                   "ltx_video": "ltx_video", "hunyuan_video15": "hunyuan_video15", "ltx2": "ltx2"}
 
 
 @pytest.mark.parametrize("name", PIPELINES)
