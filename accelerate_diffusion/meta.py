@@ -108,7 +108,7 @@ def meta_pipeline(name: str, device: str = "meta"):
 
 def _embeds(spec: Published, batch: int = 1) -> dict:
     """Zero text embeddings of the published shapes, negative ones too where the call runs CFG
-    (their values do not change MACs; a T5 attention mask of ones where the pipeline wants one)."""
+    (their values do not change MACs; an attention mask of ones where the pipeline takes one)."""
     out = {}
     cfg = spec.cfg in ("batched", "separate") and spec.guidance_scale > 1
     for key, shape in spec.embeds.items():
@@ -116,12 +116,14 @@ def _embeds(spec: Published, batch: int = 1) -> dict:
         if cfg:
             out[key.replace("prompt_embeds", "negative_prompt_embeds")
                 if key.startswith("prompt") else "negative_" + key] = torch.zeros(batch, *shape)
-    if spec.pipeline.startswith("PixArt"):
+    params = _call_parameters(spec.pipeline)
+    if "prompt_attention_mask" in params:        # PixArt, LTX-Video, HunyuanVideo: a mask of ones
         n = spec.embeds["prompt_embeds"][0]
         out["prompt_attention_mask"] = torch.ones(batch, n, dtype=torch.long)
-        if cfg:
+        if cfg and "negative_prompt_attention_mask" in params:
             out["negative_prompt_attention_mask"] = torch.ones(batch, n, dtype=torch.long)
-            out["negative_prompt"] = None     # its default "" may not be given with the embeddings
+    if cfg and spec.pipeline.startswith("PixArt"):
+        out["negative_prompt"] = None     # its default "" may not be given with the embeddings
     return out
 
 
