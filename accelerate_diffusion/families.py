@@ -277,8 +277,8 @@ FAMILIES: tuple[Family, ...] = (
         grid="3d", text_tokens="joint", pos_embed="rope", cfg="separate",
         techniques=("guidance", "block_cache"),
         why_not=(_MASKED_NOT_ATTENTION, *_VIDEO_DIT_NOT),
-        notes="HunyuanVideo 1.5 text-to-video and image-to-video (CFG by the pipeline's guider: the cond and "
-              "uncond calls run separately)",
+        notes="HunyuanVideo 1.5 text-to-video (CFG by the pipeline's guider: the cond and uncond calls run "
+              "separately; its image-to-video pipeline calls the denoiser the same way, not tested here)",
     ),
     Family(
         name="ltx_video", classes=("LTXVideoTransformer3DModel",), kind="dit", denoiser_attr="transformer",
@@ -288,9 +288,9 @@ FAMILIES: tuple[Family, ...] = (
         grid="3d", token_grid="sizes", text_tokens="cross", pos_embed="rope", cfg="batched",
         techniques=("guidance", "block_cache", "attention"),
         why_not=_VIDEO_DIT_NOT,
-        notes="LTX-Video 0.9.x text-to-video and image-to-video (tokens packed by the pipeline; the grid is the "
-              "call's latent num_frames/height/width; batched CFG). The condition pipeline passes video_coords "
-              "instead: no single token grid there for sparse attention",
+        notes="LTX-Video 0.9.x text-to-video (tokens packed by the pipeline; the grid is the call's latent "
+              "num_frames/height/width; batched CFG). The condition pipeline passes video_coords instead: no "
+              "single token grid there for sparse attention",
     ),
     Family(
         name="ltx2", classes=("LTX2VideoTransformer3DModel",), kind="dit", denoiser_attr="transformer",

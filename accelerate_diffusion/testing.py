@@ -449,7 +449,8 @@ def _build_hunyuan_video15(size: str):
     text_encoder = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(
         vocab_size=len(tok), hidden_size=d, intermediate_size=d * 2, num_hidden_layers=3, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=None, eos_token_id=end, pad_token_id=end,
-        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [1, 1, 2]}))
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                         "mrope_section": [d // 32, d // 32, d // 16]}))     # half the head dim (d / 4)
     byt5 = ByT5Tokenizer()
     text_encoder_2 = _t5(d, 1, vocab=len(byt5))
     pipe = HunyuanVideo15Pipeline(text_encoder=text_encoder, tokenizer=tok, transformer=transformer, vae=vae,

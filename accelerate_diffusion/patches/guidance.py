@@ -9,7 +9,9 @@ This patch removes it, without editing any pipeline, by intercepting the denoise
   the rows still needed (all cond rows, the uncond rows of samples still guided) and
   the returned uncond rows of the other samples are copies of their cond rows, so the
   pipeline's ``uncond + s * (cond - uncond)`` is exactly ``cond`` (a guidance-1 step,
-  also under ``guidance_rescale``: the std ratio is then 1).
+  also under ``guidance_rescale``: the std ratio is then 1). A denoiser that returns several
+  predictions batched alike (the family row's ``outputs``: LTX-2's video and audio) has each one
+  filled the same way; further calls of a step (LTX-2's STG and modality-isolation passes) run untouched.
 * **separate CFG calls** (Flux ``true_cfg_scale``, Wan: a cond call then an uncond call
   per step): the uncond call is the one made in diffusers' ``cache_context("uncond")``,
   or else the second call of the step; it is skipped and the cond output of the same
