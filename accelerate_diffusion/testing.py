@@ -500,7 +500,7 @@ def _build_ltx2(size: str):
         latent_channels=8, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8),
         layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1),
         spatio_temporal_scaling=(True, True, False, False), downsample_type=("spatiotemporal",) * 4,
-        decoder_spatio_temporal_scaling=(True, True, False))
+        decoder_spatio_temporal_scaling=(True, True, False), upsample_factor=(1, 1, 1))
     # base_channels = latent channels x latent mel bins: the packed audio token width its statistics cover
     audio_vae = AutoencoderKLLTX2Audio(base_channels=8, ch_mult=(1, 2, 4), num_res_blocks=1, latent_channels=2,
                                        mel_bins=16)
