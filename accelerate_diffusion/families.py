@@ -68,12 +68,14 @@ class Family:
     patch_size: tuple[int, ...] = ()      # token patch on the latent grid (t, h, w) or (h, w)
     # how a call's token grid is read: "latent" (input / config patch) | "ids" (Flux img_ids) |
     # "img_shapes" (Qwen-Image's per-sample (frames, h, w) in tokens) | "frames_first" ((B, F, C, H, W)
-    # latents over the config's patch_size_t and patch_size: CogVideoX)
+    # latents over the config's patch_size_t and patch_size: CogVideoX) | "sizes" (the call's num_frames,
+    # height and width keywords, latent sizes of packed tokens, over patch_size_t and patch_size: LTX)
     token_grid: str = "latent"
     text_tokens: str = "cross"            # "cross" (cross-attention) | "joint" (concatenated)
     pos_embed: str = "none"               # "absolute" | "rope" | "none" (UNet)
     cfg: str = "batched"                  # how its pipelines run CFG: "batched" ([uncond, cond] in one call) | "separate"
     ras: RasLayout | None = None
+    outputs: int = 1                      # prediction tensors a call returns, batched alike (LTX-2: video, audio)
     kv_cache: str = ""                    # kv-cache adapter: "far" | "skyreels"
     techniques: tuple[str, ...] = field(default=("guidance",))
     why_not: tuple[tuple[str, str], ...] = ()   # (technique, why it does not apply to this family)
@@ -109,8 +111,11 @@ class Family:
         if self.token_grid == "latent":
             value = getattr(getattr(denoiser, "config", None), "patch_size", None)
             if value is not None:
-                dims = 3 if self.grid == "3d" else 2
-                return tuple(value) if isinstance(value, (tuple, list)) else (int(value),) * dims
+                if isinstance(value, (tuple, list)):
+                    return tuple(value)
+                if self.grid == "3d":     # an int patch_size is spatial; time has its own (HunyuanVideo)
+                    return (int(getattr(denoiser.config, "patch_size_t", None) or 1), int(value), int(value))
+                return (int(value),) * 2
         return tuple(self.patch_size)
 
     def token_grid_of(self, denoiser, args, kwargs) -> tuple[int, ...]:
@@ -131,6 +136,15 @@ class Family:
             config = denoiser.config
             pt, p = getattr(config, "patch_size_t", None) or 1, config.patch_size
             return (x.shape[1] // pt, x.shape[-2] // p, x.shape[-1] // p)
+        if self.token_grid == "sizes":
+            sizes = [kwargs.get(k) for k in ("num_frames", "height", "width")]
+            if any(v is None for v in sizes):
+                raise ValueError(f"{type(denoiser).__name__} was called without num_frames, height and width "
+                                 f"(given positions instead: a conditioning pipeline's video_coords?): the token "
+                                 f"grid is unknown")
+            config = denoiser.config
+            pt, p = getattr(config, "patch_size_t", None) or 1, config.patch_size
+            return (int(sizes[0]) // pt, int(sizes[1]) // p, int(sizes[2]) // p)
         if self.token_grid == "ids":
             ids = kwargs.get("img_ids")
             if ids is None:
@@ -153,6 +167,9 @@ class Family:
 _DIT_NOT_DEEPCACHE = ("deepcache", "DeepCache caches a UNet's skip branches; this is a DiT (block_cache applies)")
 _VIDEO_DIT_NOT = (("ras", "no RAS layout: RAS patches SD3's and Flux's image-token processors"), _DIT_NOT_DEEPCACHE,
                   ("kv_cache", "no autoregressive rollout: every step attends over the whole clip"))
+# HunyuanVideo and 1.5: their processors give every joint attention the text padding mask
+_MASKED_NOT_ATTENTION = ("attention", "every call gives its joint attention a text padding mask; sparse attention "
+                                      "replaces plain (unmasked) self-attention only")
 
 # Flux's dual-stream blocks (joint attn over [text, image], ff, ff_context), then its single-stream blocks
 _FLUX_BLOCKS = (BlockGroup("transformer_blocks", ("attn", "ff", "ff_context"), (SelfAttention("attn", "prefix"),)),
@@ -341,11 +358,50 @@ FAMILIES: tuple[Family, ...] = (
                                  (SelfAttention("attn", "suffix"),))),
         grid="3d", text_tokens="joint", pos_embed="rope", cfg="separate",
         techniques=("guidance", "block_cache"),
-        why_not=(("attention", "every call gives its attention a text padding mask; sparse attention replaces "
-                               "plain (unmasked) self-attention only"),
-                 *_VIDEO_DIT_NOT),
+        why_not=(_MASKED_NOT_ATTENTION, *_VIDEO_DIT_NOT),
         notes="HunyuanVideo text-to-video (guidance-distilled: guidance_scale is an embedding, not CFG; true CFG, "
               "true_cfg_scale > 1 with a negative prompt, runs a separate negative call)",
+    ),
+    Family(
+        name="hunyuan_video15", classes=("HunyuanVideo15Transformer3DModel",), kind="dit",
+        denoiser_attr="transformer",
+        # dual-stream blocks only: one joint attention over [video, text] (video first; the text is the
+        # image-embedding, ByT5 and Qwen tokens), then the video and text feed-forwards
+        block_groups=(BlockGroup("transformer_blocks", ("attn", "ff", "ff_context"),
+                                 (SelfAttention("attn", "suffix"),)),),
+        grid="3d", text_tokens="joint", pos_embed="rope", cfg="separate",
+        techniques=("guidance", "block_cache"),
+        why_not=(_MASKED_NOT_ATTENTION, *_VIDEO_DIT_NOT),
+        notes="HunyuanVideo 1.5 text-to-video (CFG by the pipeline's guider: the cond and uncond calls run "
+              "separately; its image-to-video pipeline calls the denoiser the same way, not tested here)",
+    ),
+    Family(
+        name="ltx_video", classes=("LTXVideoTransformer3DModel",), kind="dit", denoiser_attr="transformer",
+        # attn1: video self-attention (RoPE inside the processor, no mask); attn2: cross-attention to the
+        # text; ff. Each block's adaLN (scale_shift_table + timestep) gates and residuals stay live.
+        block_groups=(BlockGroup("transformer_blocks", ("attn1", "attn2", "ff"), (SelfAttention("attn1"),)),),
+        grid="3d", token_grid="sizes", text_tokens="cross", pos_embed="rope", cfg="batched",
+        techniques=("guidance", "block_cache", "attention"),
+        why_not=_VIDEO_DIT_NOT,
+        notes="LTX-Video 0.9.x text-to-video (tokens packed by the pipeline; the grid is the call's latent "
+              "num_frames/height/width; batched CFG). The condition pipeline passes video_coords instead: no "
+              "single token grid there for sparse attention",
+    ),
+    Family(
+        name="ltx2", classes=("LTX2VideoTransformer3DModel",), kind="dit", denoiser_attr="transformer",
+        # audio + video: each block runs video and audio self-attention, their text cross-attentions, the
+        # audio-to-video and video-to-audio cross-attentions, then the two feed-forwards; every one is a
+        # cacheable component (the block's adaLN gates and residuals stay live). Sparse attention: the video
+        # self-attention only (the audio tokens are a 1D sequence).
+        block_groups=(BlockGroup("transformer_blocks",
+                                 ("attn1", "audio_attn1", "attn2", "audio_attn2", "audio_to_video_attn",
+                                  "video_to_audio_attn", "ff", "audio_ff"), (SelfAttention("attn1"),)),),
+        grid="3d", token_grid="sizes", text_tokens="cross", pos_embed="rope", cfg="batched", outputs=2,
+        techniques=("guidance", "block_cache", "attention"),
+        why_not=_VIDEO_DIT_NOT,
+        notes="LTX-2 audio+video (batched CFG over both predictions; the STG and modality-isolation calls of "
+              "a step run untouched by guidance). The IC-LoRA pipeline masks the video self-attention: sparse "
+              "attention refuses it at the call",
     ),
     Family(
         name="anyflow_far", classes=("AnyFlowFARTransformer3DModel",), kind="dit",

@@ -127,7 +127,7 @@ def meta_pipeline(name: str, device: str = "meta"):
 
 def _embeds(spec: Published, batch: int = 1) -> dict:
     """Zero text embeddings of the published shapes, negative ones too where the call runs CFG
-    (their values do not change MACs; a T5 attention mask of ones where the pipeline wants one)."""
+    (their values do not change MACs; an attention mask of ones where the pipeline takes one)."""
     out = {}
     cfg = spec.cfg in ("batched", "separate") and spec.guidance_scale > 1
     for key, shape in spec.embeds.items():
@@ -137,13 +137,15 @@ def _embeds(spec: Published, batch: int = 1) -> dict:
         out[key] = value
         if cfg:
             out["negative_" + key] = value.clone()
-    if "prompt_attention_mask" in _call_parameters(spec.pipeline) and "prompt_attention_mask" not in out:
-        # PixArt, SANA, Lumina 2 (Chroma's mask is one of its published embeddings)
+    params = _call_parameters(spec.pipeline)
+    if "prompt_attention_mask" in params and "prompt_attention_mask" not in out:
+        # PixArt, SANA, Lumina 2, LTX-Video, HunyuanVideo: a mask of ones (Chroma's is a published embedding)
         n = spec.embeds["prompt_embeds"][0]
         out["prompt_attention_mask"] = torch.ones(batch, n, dtype=torch.long)
-        if cfg:
+        if cfg and "negative_prompt_attention_mask" in params:
             out["negative_prompt_attention_mask"] = torch.ones(batch, n, dtype=torch.long)
-            out["negative_prompt"] = None     # its default "" may not be given with the embeddings
+    if cfg and "negative_prompt" in params and "negative_prompt_embeds" in out:
+        out["negative_prompt"] = None     # a default "" (PixArt, SANA, Lumina 2) may not be given with the embeddings
     return out
 
 

@@ -118,6 +118,25 @@ _FLUX2_DEV = dict(patch_size=1, in_channels=128, num_layers=8, num_single_layers
 _QWENIMAGE = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
                   num_attention_heads=24, joint_attention_dim=3584, axes_dims_rope=(16, 56, 56), guidance_embeds=False)
 _FLOW_DYNAMIC = ("FlowMatchEulerDiscreteScheduler", dict(num_train_timesteps=1000, use_dynamic_shifting=True))
+# CogVideoX 5B (THUDM/CogVideoX-5b transformer/config.json): 48 heads x 64, 42 layers, RoPE; the diffusers
+# class defaults are the 2B (30 x 64, 30 layers, sincos positions)
+_COGVIDEOX_5B = dict(activation_fn="gelu-approximate", attention_bias=True, attention_head_dim=64, in_channels=16,
+                     max_text_seq_length=226, norm_eps=1e-5, num_attention_heads=48, num_layers=42, out_channels=16,
+                     patch_size=2, sample_frames=49, sample_height=60, sample_width=90, text_embed_dim=4096,
+                     time_embed_dim=512, use_learned_positional_embeddings=False,
+                     use_rotary_positional_embeddings=True)
+# HunyuanVideo 13B (hunyuanvideo-community/HunyuanVideo transformer/config.json): the diffusers class
+# defaults, written out: 24 heads x 128, 20 dual- and 40 single-stream blocks, guidance embedded
+_HUNYUAN_VIDEO = dict(in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128, num_layers=20,
+                      num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1,
+                      qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=4096, pooled_projection_dim=768,
+                      rope_theta=256.0, rope_axes_dim=(16, 56, 56))
+# LTX-Video 2B 0.9.x (Lightricks/LTX-Video transformer/config.json): the diffusers class defaults, written
+# out: 32 heads x 64, 28 layers, patch 1 on the 32x / 8x latents of its VAE
+_LTX_VIDEO = dict(in_channels=128, out_channels=128, patch_size=1, patch_size_t=1, num_attention_heads=32,
+                  attention_head_dim=64, cross_attention_dim=2048, num_layers=28, activation_fn="gelu-approximate",
+                  qk_norm="rms_norm_across_heads", norm_elementwise_affine=False, norm_eps=1e-6, caption_channels=4096,
+                  attention_bias=True, attention_out_bias=True)
 
 PUBLISHED: dict[str, Published] = {p.name: p for p in (
     Published(
@@ -241,6 +260,34 @@ PUBLISHED: dict[str, Published] = {p.name: p for p in (
         extra_call=dict(true_cfg_scale=4.0, guidance_scale=None),
         notes="true CFG (true_cfg_scale 4 with a negative prompt): a negative call per step; Qwen-Image does not "
               "pad its prompts, a 77-token prompt is assumed here"),
+    # The video pipelines' defaults below are their __call__ defaults in diffusers 0.42.1 (resolution,
+    # frames, steps, guidance, text length); a flow-matching or DPM scheduler makes one call per step
+    # whatever its shift settings, so those do not change the MACs.
+    Published(
+        "cogvideox_5b", "CogVideoX 5B", "THUDM/CogVideoX-5b", "CogVideoXTransformer3DModel", _COGVIDEOX_5B,
+        "CogVideoXPipeline",
+        "CogVideoXDPMScheduler", dict(_SD_BETAS, prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                                      set_alpha_to_one=True, timestep_spacing="trailing", clip_sample=False),
+        480, 720, 50, 6.0, "batched", {"prompt_embeds": (226, 4096)}, num_frames=49,
+        notes="49 frames at 720x480: 13 latent frames of 30 x 45 tokens = 17,550 video tokens and 226 text "
+              "tokens in one joint attention; CFG batched"),
+    Published(
+        "hunyuan_video", "HunyuanVideo 13B", "hunyuanvideo-community/HunyuanVideo", "HunyuanVideoTransformer3DModel",
+        _HUNYUAN_VIDEO, "HunyuanVideoPipeline",
+        "FlowMatchEulerDiscreteScheduler", dict(num_train_timesteps=1000, shift=7.0),
+        720, 1280, 50, 6.0, "distilled", {"prompt_embeds": (256, 4096), "pooled_prompt_embeds": (768,)},
+        num_frames=129,
+        notes="129 frames at 1280x720: 33 latent frames of 45 x 80 tokens = 118,800 video tokens; guidance "
+              "distilled (guidance_scale is an embedding, one call per step, no true CFG by default)"),
+    Published(
+        "ltx_video_2b", "LTX-Video 2B (0.9.x)", "Lightricks/LTX-Video", "LTXVideoTransformer3DModel", _LTX_VIDEO,
+        "LTXPipeline",
+        "FlowMatchEulerDiscreteScheduler", dict(num_train_timesteps=1000, use_dynamic_shifting=True,
+                                                base_shift=0.95, max_shift=2.05, base_image_seq_len=1024,
+                                                max_image_seq_len=4096, shift_terminal=0.1),
+        512, 704, 50, 3.0, "batched", {"prompt_embeds": (128, 4096)}, num_frames=161,
+        notes="161 frames at 704x512: 21 latent frames of 16 x 22 tokens = 7,392 video tokens (VAE 32x in space, "
+              "8x in time, patch 1); CFG batched"),
 )}
 
 

@@ -16,7 +16,8 @@ import torch
 
 PIPELINES = ("sd", "sdxl", "pixart", "sd3", "flux", "wan", "qwenimage", "wan22", "cogvideox", "hunyuan_video",
              "wan_vace", "lumina2", "sana", "kolors",
-             "chroma", "flux2", "qwenimage21")
+             "chroma", "flux2", "qwenimage21",
+             "ltx_video", "hunyuan_video15", "ltx2")
 SIZES = ("micro", "small")
 
 # Default call arguments per pipeline and size: resolution and frames kept tiny.
@@ -55,6 +56,12 @@ CALL_DEFAULTS = {
     ("flux2", "small"): dict(height=256, width=256),
     ("qwenimage21", "micro"): dict(height=128, width=128),     # 16 px a token: 8 x 8 tokens
     ("qwenimage21", "small"): dict(height=256, width=256),
+    ("ltx_video", "micro"): dict(height=32, width=32, num_frames=9),
+    ("ltx_video", "small"): dict(height=128, width=128, num_frames=9),
+    ("hunyuan_video15", "micro"): dict(height=32, width=32, num_frames=9),
+    ("hunyuan_video15", "small"): dict(height=128, width=128, num_frames=9),
+    ("ltx2", "micro"): dict(height=32, width=32, num_frames=9),
+    ("ltx2", "small"): dict(height=128, width=128, num_frames=9),
 }
 
 
@@ -193,6 +200,8 @@ def _gemma2(hidden: int, layers: int):
 
 
 @functools.lru_cache(maxsize=None)
+
+
 def _sentencepiece_folder():
     """A temporary folder holding a character-level SentencePiece model trained here on the alphabet
     (nothing downloaded), kept for the life of the process: Kolors' tokenizer class reads its model from
@@ -247,12 +256,12 @@ def _clip_text(hidden: int, layers: int, projection: bool = False, proj_dim: int
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg)
 
 
-def _t5(d_model: int, layers: int, umt5: bool = False):
+def _t5(d_model: int, layers: int, umt5: bool = False, vocab: int | None = None):
     from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
     Cfg, Model = (UMT5Config, UMT5EncoderModel) if umt5 else (T5Config, T5EncoderModel)
     cfg = Cfg(
-        vocab_size=len(_t5_tokenizer()), d_model=d_model, d_kv=8, d_ff=d_model * 2,
+        vocab_size=vocab or len(_t5_tokenizer()), d_model=d_model, d_kv=8, d_ff=d_model * 2,
         num_layers=layers, num_heads=4, relative_attention_num_buckets=8,
         pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
     )
@@ -671,6 +680,125 @@ def _qwenimage21_embeds(size: str, seed: int, tokens: int = 24) -> dict:
                 negative_prompt_embeds_mask=valid, image_pad_mask=slots, negative_image_pad_mask=slots)
 
 
+# Qwen's chat layout, as HunyuanVideo 1.5's prompt template renders it (system, then user, then the
+# assistant's turn); the in-memory tokenizer has no template of its own
+_QWEN_CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _build_hunyuan_video15(size: str):
+    """HunyuanVideo 1.5 text-to-video with its guider's CFG (cond and uncond as separate calls). The
+    pipeline's prompt lengths are cut for a CPU: a short system message (the template's cropped prefix
+    is counted here), 48 Qwen and 48 ByT5 tokens, 8 image-embedding slots (1000, 256 and 729 in the
+    release); the tiny VAE compresses 16x in space and 4x in time as the real one does."""
+    from diffusers import (AutoencoderKLHunyuanVideo15, ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler,
+                           HunyuanVideo15Pipeline, HunyuanVideo15Transformer3DModel)
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel
+
+    if size == "micro":
+        tkw = dict(num_attention_heads=2, attention_head_dim=16, num_layers=2, rope_axes_dim=(4, 6, 6))
+        d = 32
+    else:
+        tkw = dict(num_attention_heads=6, attention_head_dim=64, num_layers=8, rope_axes_dim=(16, 24, 24))
+        d = 64
+    transformer = HunyuanVideo15Transformer3DModel(
+        in_channels=9, out_channels=4, num_refiner_layers=1, patch_size=1, patch_size_t=1, text_embed_dim=d,
+        text_embed_2_dim=d, image_embed_dim=16, task_type="t2v", **tkw)
+    vae = AutoencoderKLHunyuanVideo15(latent_channels=4, block_out_channels=(8,) * 5, layers_per_block=1,
+                                      spatial_compression_ratio=16, temporal_compression_ratio=4)
+    tok = _qwen_tokenizer()
+    tok.chat_template = _QWEN_CHAT
+    end = tok.convert_tokens_to_ids("<|endoftext|>")
+    text_encoder = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(
+        vocab_size=len(tok), hidden_size=d, intermediate_size=d * 2, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=None, eos_token_id=end, pad_token_id=end,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                         "mrope_section": [d // 32, d // 32, d // 16]}))     # half the head dim (d / 4)
+    byt5 = ByT5Tokenizer()
+    text_encoder_2 = _t5(d, 1, vocab=len(byt5))
+    pipe = HunyuanVideo15Pipeline(text_encoder=text_encoder, tokenizer=tok, transformer=transformer, vae=vae,
+                                  scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=text_encoder_2,
+                                  tokenizer_2=byt5, guider=ClassifierFreeGuidance(guidance_scale=6.0))
+    pipe.system_message = "Describe the video."
+    prefix = tok.apply_chat_template([{"role": "system", "content": pipe.system_message}], tokenize=False)
+    pipe.prompt_template_encode_start_idx = len(tok(prefix).input_ids)
+    pipe.tokenizer_max_length, pipe.tokenizer_2_max_length, pipe.vision_num_semantic_tokens = 48, 48, 8
+    return pipe
+
+
+def _build_ltx2(size: str):
+    """LTX-2 (audio + video) with a tiny Gemma-3 text model, text connectors, video and audio VAEs and
+    vocoder. Its video VAE here compresses 16x in space and 4x in time (the real one 32x and 8x): 9 frames
+    at 128x128 give 3 x 8 x 8 video tokens; the audio VAE's 16 mel bins give 4 latent bins (9 audio tokens
+    for 9 frames at 24 fps)."""
+    from diffusers import (AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler,
+                           LTX2Pipeline, LTX2VideoTransformer3DModel)
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors, LTX2Vocoder
+    from transformers import Gemma3TextConfig, Gemma3TextModel
+
+    if size == "micro":
+        tkw = dict(num_attention_heads=2, attention_head_dim=16, num_layers=2, audio_num_attention_heads=2,
+                   audio_attention_head_dim=8)
+    else:
+        tkw = dict(num_attention_heads=6, attention_head_dim=64, num_layers=8, audio_num_attention_heads=6,
+                   audio_attention_head_dim=32)
+    d, text_layers = 32, 2
+    transformer = LTX2VideoTransformer3DModel(
+        in_channels=8, out_channels=8, audio_in_channels=8, audio_out_channels=8, caption_channels=d,
+        cross_attention_dim=tkw["num_attention_heads"] * tkw["attention_head_dim"],
+        audio_cross_attention_dim=tkw["audio_num_attention_heads"] * tkw["audio_attention_head_dim"], **tkw)
+    tok = _llama_tokenizer()
+    text_encoder = Gemma3TextModel(Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=d, intermediate_size=2 * d, num_hidden_layers=text_layers,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id, sliding_window=64))
+    # the connectors read every hidden state of the text model (its layers + the embeddings)
+    connectors = LTX2TextConnectors(
+        caption_channels=d, text_proj_in_factor=text_layers + 1, video_connector_num_attention_heads=2,
+        video_connector_attention_head_dim=16, video_connector_num_layers=1,
+        video_connector_num_learnable_registers=None, audio_connector_num_attention_heads=2,
+        audio_connector_attention_head_dim=16, audio_connector_num_layers=1,
+        audio_connector_num_learnable_registers=None)
+    vae = AutoencoderKLLTX2Video(
+        latent_channels=8, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8),
+        layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, False, False), downsample_type=("spatiotemporal",) * 4,
+        decoder_spatio_temporal_scaling=(True, True, False), upsample_factor=(1, 1, 1))
+    # base_channels = latent channels x latent mel bins: the packed audio token width its statistics cover
+    audio_vae = AutoencoderKLLTX2Audio(base_channels=8, ch_mult=(1, 2, 4), num_res_blocks=1, latent_channels=2,
+                                       mel_bins=16)
+    vocoder = LTX2Vocoder(in_channels=32, hidden_channels=8, upsample_kernel_sizes=[4, 4], upsample_factors=[2, 2],
+                          resnet_kernel_sizes=[3], resnet_dilations=[[1]])
+    return LTX2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, audio_vae=audio_vae,
+                        text_encoder=text_encoder, tokenizer=tok, connectors=connectors, transformer=transformer,
+                        vocoder=vocoder)
+
+
+def _build_ltx_video(size: str):
+    """LTX-Video: its VAE here compresses 16x in space and 4x in time (the real one 32x and 8x), so 9
+    frames at 128x128 give 3 x 8 x 8 tokens (patch 1), the token count of the other small video pipelines."""
+    from diffusers import (AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline,
+                           LTXVideoTransformer3DModel)
+
+    if size == "micro":
+        tkw = dict(num_attention_heads=2, attention_head_dim=16, num_layers=2)
+        d = 32
+    else:
+        tkw = dict(num_attention_heads=6, attention_head_dim=64, num_layers=8)
+        d = 64
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, caption_channels=d,
+        cross_attention_dim=tkw["num_attention_heads"] * tkw["attention_head_dim"], **tkw)
+    vae = AutoencoderKLLTXVideo(
+        in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1), spatio_temporal_scaling=(True, True, False, False),
+        decoder_spatio_temporal_scaling=(True, True, False, False), decoder_inject_noise=(False,) * 5,
+        upsample_residual=(False,) * 4, upsample_factor=(1,) * 4, patch_size=4, patch_size_t=1)
+    return LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=_t5(d, 2),
+                       tokenizer=_t5_tokenizer(), transformer=transformer)
+
+
 _BUILDERS = {
     "sd": lambda size: _build_sd(size),
     "sdxl": lambda size: _build_sd(size, xl=True),
@@ -689,6 +817,9 @@ _BUILDERS = {
     "chroma": _build_chroma,
     "flux2": _build_flux2,
     "qwenimage21": _build_qwenimage21,
+    "ltx_video": _build_ltx_video,
+    "hunyuan_video15": _build_hunyuan_video15,
+    "ltx2": _build_ltx2,
 }
 
 
@@ -708,12 +839,12 @@ def call_kwargs(name: str, size: str = "micro", steps: int = 4, seed: int = 0, *
     kw = dict(CALL_DEFAULTS[(name, size)])
     kw.update(prompt="a red circle above a blue square", num_inference_steps=steps,
               generator=torch.Generator("cpu").manual_seed(seed), output_type="latent")
-    if name in ("sd", "sdxl", "pixart", "sd3", "wan", "wan22", "wan_vace", "cogvideox", "kolors"):
+    if name in ("sd", "sdxl", "pixart", "sd3", "wan", "wan22", "wan_vace", "cogvideox", "kolors", "ltx_video"):
         kw["guidance_scale"] = 5.0
     if name == "flux":
         kw["guidance_scale"] = 1.0
         kw["max_sequence_length"] = 48
-    if name in ("pixart", "sd3", "wan", "wan22", "wan_vace", "cogvideox", "hunyuan_video", "kolors", "chroma"):
+    if name in ("pixart", "sd3", "wan", "wan22", "wan_vace", "cogvideox", "hunyuan_video", "kolors", "chroma", "ltx_video"):
         kw["max_sequence_length"] = 48
     if name == "chroma":
         kw.update(guidance_scale=4.0, negative_prompt=" ")   # real CFG: a separate negative call
@@ -736,17 +867,24 @@ def call_kwargs(name: str, size: str = "micro", steps: int = 4, seed: int = 0, *
         for key in ("prompt", "output_type"):
             kw.pop(key)
         kw.update(_qwenimage21_embeds(size, seed), output="latents")
+    if name == "ltx2":     # CFG only: no STG or modality-isolation calls (its defaults add both)
+        kw.update(guidance_scale=4.0, stg_scale=0.0, audio_stg_scale=0.0, modality_scale=1.0, audio_modality_scale=1.0,
+                  max_sequence_length=48)
     kw.update(overrides)
     return kw
 
 
 def output_tensor(out) -> torch.Tensor:
     """The generated tensor of a pipeline call: ``frames`` (video), ``images``, or the tensor a
-    modular pipeline returns for ``output="latents"``."""
+    modular pipeline returns for ``output="latents"``; audio+video pipelines (LTX-2): both latents,
+    flattened and joined, so comparisons cover the audio too."""
     if isinstance(out, torch.Tensor):
         return out
-    result = out.frames if hasattr(out, "frames") else out.images
-    return result if isinstance(result, torch.Tensor) else torch.as_tensor(result)
+    result = torch.as_tensor(out.frames if hasattr(out, "frames") else out.images)
+    audio = getattr(out, "audio", None)
+    if isinstance(audio, torch.Tensor):
+        return torch.cat([result.flatten(), audio.flatten()])
+    return result
 
 
 def run(pipe, name: str, size: str = "micro", **kw) -> torch.Tensor:

@@ -1,11 +1,13 @@
 """Denoiser MACs per preset on the published architectures, at their published settings.
 
 Each model of ``accelerate_diffusion/published.py`` (SD1.5, SD2.1, SDXL, PixArt-α/Σ, SD3/3.5,
-FLUX.1, Wan 2.1, Lumina-Image 2.0, SANA 1600M, Kolors) is built on the meta device with its real config and driven through a whole
-generation by its real pipeline class and scheduler (``accelerate_diffusion/meta.py``) at the
-default resolution, step count and guidance, once per preset. ``FlopCounterMode`` counts the
-denoiser MACs from the shapes (attention included, elementwise ops not); for a fixed schedule
-they do not depend on the weights, so these are the MACs the real checkpoints run.
+FLUX.1, Wan 2.1, Lumina-Image 2.0, SANA 1600M, Kolors, Chroma1-HD, FLUX.2 [dev], Qwen-Image,
+CogVideoX 5B, HunyuanVideo, LTX-Video 2B) is built on the meta device with its
+real config and driven through a whole generation by its real pipeline class and scheduler
+(``accelerate_diffusion/meta.py``) at the default resolution, step count and guidance, once per
+preset. ``FlopCounterMode`` counts the denoiser MACs from the shapes (attention included,
+elementwise ops not); for a fixed schedule they do not depend on the weights, so these are the
+MACs the real checkpoints run.
 
 Sparse attention calls are counted at the mask's density: on meta the sparse kernel is
 replaced by a stand-in that counts nothing, and the technique's own tally of the attention
@@ -216,8 +218,9 @@ def write_doc(results: dict, presets: list[str]) -> str:
         "",
         "What each preset runs on each family is in the README's preset table. `off` to `max` on the",
         "UNets is DeepCache (and CFG truncation from `fast`); on the DiTs block caching (and CFG",
-        "truncation from `balanced`); Wan's `max` adds sparse attention. FLUX.1 is guidance-distilled",
-        "(one call per step): CFG truncation has nothing to remove there. FLUX.1-schnell runs 4 steps,",
+        "truncation from `balanced`); Wan's `max` adds sparse attention. FLUX.1 and HunyuanVideo are",
+        "guidance-distilled (one call per step): CFG truncation has nothing to remove there. CogVideoX and",
+        "LTX-Video run CFG batched (`[uncond, cond]` in one call). FLUX.1-schnell runs 4 steps,",
         "below the presets' `min_steps` of 8: every preset leaves it untouched by design. FLUX.2 [dev]",
         "is guidance-distilled too; Chroma1-HD and Qwen-Image run CFG as a separate negative call per",
         "step, which CFG truncation drops for the second half of the steps. Qwen-Image does not pad its",

@@ -14,7 +14,8 @@ EXPECTED_FAMILY = {"sd": "unet", "sdxl": "unet", "pixart": "pixart", "sd3": "sd3
                    "flux": "flux", "wan": "wan", "qwenimage": "qwenimage", "wan22": "wan",
                    "cogvideox": "cogvideox", "hunyuan_video": "hunyuan_video", "wan_vace": "wan_vace",
                    "lumina2": "lumina2", "sana": "sana", "kolors": "unet",
-                   "chroma": "chroma", "flux2": "flux2", "qwenimage21": "qwenimage21"}
+                   "chroma": "chroma", "flux2": "flux2", "qwenimage21": "qwenimage21",
+                   "ltx_video": "ltx_video", "hunyuan_video15": "hunyuan_video15", "ltx2": "ltx2"}
 
 
 @pytest.mark.parametrize("name", PIPELINES)

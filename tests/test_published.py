@@ -47,11 +47,15 @@ EXPECTED = {
     # FLUX.2's single blocks: one fused attn (QKV + MLP in, attention + MLP out) per block
     "flux2_dev": ("flux2", {"transformer_blocks": 8, "single_transformer_blocks": 48}, 56, 8 * 3 + 48),
     "qwenimage": ("qwenimage", {"transformer_blocks": 60}, 60, 60 * 3),
+    "cogvideox_5b": ("cogvideox", {"transformer_blocks": 42}, 42, 42 * 2),
+    "hunyuan_video": ("hunyuan_video", {"transformer_blocks": 20, "single_transformer_blocks": 40}, 60, 60 * 3),
+    "ltx_video_2b": ("ltx_video", {"transformer_blocks": 28}, 28, 28 * 3),
 }
 # text width the denoiser reads its embeddings with, per config key
 TEXT_WIDTH = {"unet": "cross_attention_dim", "pixart": "caption_channels", "sd3": "joint_attention_dim",
               "flux": "joint_attention_dim", "wan": "text_dim", "lumina2": "cap_feat_dim", "sana": "caption_channels",
-              "chroma": "joint_attention_dim", "flux2": "joint_attention_dim", "qwenimage": "joint_attention_dim"}
+              "chroma": "joint_attention_dim", "flux2": "joint_attention_dim", "qwenimage": "joint_attention_dim",
+              "cogvideox": "text_embed_dim", "hunyuan_video": "text_embed_dim", "ltx_video": "caption_channels"}
 
 _built: dict = {}
 
@@ -102,6 +106,18 @@ def test_wan_480p_token_grid():
     latent = torch.empty(1, 16, 21, 60, 104, device="meta")
     assert family_of(model).token_grid_of(model, (latent,), {}) == (21, 30, 52)
     assert math.prod(family_of(model).token_grid_of(model, (latent,), {})) == 32760
+
+
+@pytest.mark.parametrize("name, args, kwargs, grid", [
+    # 49 frames at 720x480: 13 latent frames of 60 x 90, (B, F, C, H, W), patch 2
+    ("cogvideox_5b", (torch.empty(1, 13, 16, 60, 90, device="meta"),), {}, (13, 30, 45)),
+    # 161 frames at 704x512: 21 latent frames of 16 x 22 (VAE 8x in time, 32x in space), packed, patch 1
+    ("ltx_video_2b", (torch.empty(1, 7392, 128, device="meta"),), {"num_frames": 21, "height": 16, "width": 22},
+     (21, 16, 22)),
+])
+def test_video_token_grids_at_the_published_sizes(name, args, kwargs, grid):
+    model = denoiser(name)
+    assert family_of(model).token_grid_of(model, args, kwargs) == grid
 
 
 # -- DeepCache on the real UNets --------------------------------------------------------------

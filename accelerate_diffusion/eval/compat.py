@@ -17,6 +17,7 @@ save_pretrained, callbacks, batches). :func:`check` runs one cell under a preset
 from __future__ import annotations
 
 import copy
+import inspect
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -30,11 +31,12 @@ from ..testing import call_kwargs, make_pipeline, surface
 from ..testing_video import far_call_kwargs, make_far_pipeline, make_skyreels_df_pipeline, run_skyreels
 
 ROWS = ("sd", "sdxl", "pixart", "sd3", "flux", "qwenimage", "chroma", "flux2", "wan", "wan22", "wan_vace", "cogvideox",
-        "hunyuan_video", "lumina2", "sana", "kolors", "anyflow_far", "skyreels_v2")
+        "hunyuan_video", "hunyuan_video15", "ltx_video", "ltx2", "lumina2", "sana", "kolors", "anyflow_far", "skyreels_v2")
 PRESETS = ("fast", "max")
 STEPS = 8                      # the presets leave fewer steps untouched
 IMAGE_ROWS = ("sd", "sdxl", "pixart", "sd3", "flux", "qwenimage", "chroma", "flux2", "lumina2", "sana", "kolors")
-VIDEO_ROWS = ("wan", "wan22", "wan_vace", "cogvideox", "hunyuan_video")            # text-to-video pipelines called like the image ones
+VIDEO_ROWS = ("wan", "wan22", "wan_vace", "cogvideox", "hunyuan_video", "hunyuan_video15", "ltx_video",
+              "ltx2")            # text-to-video pipelines called like the image ones
 UNET_ROWS = ("sd", "sdxl", "kolors")
 
 
@@ -314,6 +316,8 @@ def save_pretrained(row):
 def callback_on_step_end(row):
     """callback_on_step_end that edits the latents at step 2."""
     case = base(row)
+    if "callback_on_step_end" not in inspect.signature(type(case.pipe).__call__).parameters:
+        raise NotSupported(f"diffusers 0.42.1's {type(case.pipe).__name__} takes no callback_on_step_end")
 
     def edit(pipe, i, t, kw):
         return {"latents": kw["latents"] * 0.98} if i == 2 else {}
@@ -333,6 +337,8 @@ def legacy_callback(row):
 _NO_BATCH = {
     "cogvideox": "diffusers 0.42.1's CogVideoXPipeline sets num_videos_per_prompt = 1 whatever it is given",
     "wan_vace": "diffusers 0.42.1's WanVACEPipeline refuses prompt lists (\"not yet supported\")",
+    "hunyuan_video15": "diffusers 0.42.1's HunyuanVideo15Pipeline makes its image embeddings for the prompts, not "
+                       "prompts x num_videos_per_prompt (size mismatch, unaccelerated)",
 }
 
 

@@ -9,7 +9,9 @@ This patch removes it, without editing any pipeline, by intercepting the denoise
   the rows still needed (all cond rows, the uncond rows of samples still guided) and
   the returned uncond rows of the other samples are copies of their cond rows, so the
   pipeline's ``uncond + s * (cond - uncond)`` is exactly ``cond`` (a guidance-1 step,
-  also under ``guidance_rescale``: the std ratio is then 1).
+  also under ``guidance_rescale``: the std ratio is then 1). A denoiser that returns several
+  predictions batched alike (the family row's ``outputs``: LTX-2's video and audio) has each one
+  filled the same way; further calls of a step (LTX-2's STG and modality-isolation passes) run untouched.
 * **separate CFG calls** (Flux ``true_cfg_scale``, Wan: a cond call then an uncond call
   per step): the uncond call is the one made in diffusers' ``cache_context("uncond")``,
   or else the second call of the step; it is skipped and the cond output of the same
@@ -102,12 +104,24 @@ def _main(out) -> torch.Tensor:
 
 def _with_main(out, tensor: torch.Tensor):
     """``out`` of the same type with its prediction replaced."""
+    return _with_preds(out, [tensor])
+
+
+def _preds(out, k: int) -> list[torch.Tensor]:
+    """The first ``k`` prediction tensors of a denoiser output (the family row's ``outputs``: LTX-2
+    returns video and audio predictions, both batched alike)."""
     if isinstance(out, torch.Tensor):
-        return tensor
+        return [out]
+    return list(out[:k]) if isinstance(out, tuple) else list(out.values())[:k]
+
+
+def _with_preds(out, preds: list[torch.Tensor]):
+    """``out`` of the same type with its first ``len(preds)`` predictions replaced."""
+    if isinstance(out, torch.Tensor):
+        return preds[0]
     if isinstance(out, tuple):
-        return (tensor,) + tuple(out[1:])
-    first = next(iter(out.keys()))
-    return type(out)(**{**dict(out.items()), first: tensor})
+        return tuple(preds) + tuple(out[len(preds):])
+    return type(out)(**{**dict(out.items()), **dict(zip(out.keys(), preds))})
 
 
 def _select(value, n: int, index: torch.Tensor):
@@ -174,7 +188,7 @@ class _Generation:
         self.cond_out = None             # separate layout: this step's cond output
         self.prev: tuple[torch.Tensor, torch.Tensor] | None = None  # linear: (eps_c, eps_u) of t-1
         self.estimated = 0               # linear, cache: uncond predictions estimated
-        self.diff: torch.Tensor | None = None   # cache: uncond - cond at the last evaluated step
+        self.diff: list[torch.Tensor] | None = None   # cache: uncond - cond (per prediction) at the last evaluated step
         self.diff_step = 0
         self.linear_off: str | None = None
         self.unrecognised = False
@@ -185,6 +199,10 @@ class _Controller:
         self.ctx, self.state, self.config, self.linear = ctx, ctx.state, config, linear
         self.gen = _Generation()
         self.recording: list | None = [] if config.record else None
+        self.outputs = ctx.family.outputs
+
+    def _preds(self, out) -> list[torch.Tensor]:
+        return _preds(out, self.outputs)
 
     def reset(self) -> None:
         self.gen = _Generation()
@@ -272,24 +290,24 @@ class _Controller:
             return out
         if kind == "batched":
             b = token[1]
-            pred = _main(out)
-            self._observe(pred[b:], pred[:b], list(range(b)))
+            preds = self._preds(out)
+            self._observe([p[b:] for p in preds], [p[:b] for p in preds], list(range(b)))
             return out
         if kind == "batched_rows":
             evaluated, estimated = token[1], token[2]
-            pred = _main(out)
-            cond = pred[len(evaluated):]
-            uncond = self._fill(cond, pred[:len(evaluated)], evaluated, estimated)
-            self._observe(cond, uncond, evaluated)
-            return _with_main(out, torch.cat([uncond, cond]))
+            preds = self._preds(out)
+            conds = [p[len(evaluated):] for p in preds]
+            unconds = self._fill(conds, [p[:len(evaluated)] for p in preds], evaluated, estimated)
+            self._observe(conds, unconds, evaluated)
+            return _with_preds(out, [torch.cat([u, c]) for u, c in zip(unconds, conds)])
         if kind == "uncond":
-            self._observe(token[1], _main(out), token[2])
+            self._observe(token[1], self._preds(out), token[2])
             return out
         if kind == "uncond_rows":
-            cond, evaluated, estimated = token[1], token[2], token[3]
-            uncond = self._fill(cond, _main(out), evaluated, estimated)
-            self._observe(cond, uncond, evaluated)
-            return _with_main(out, uncond)
+            conds, evaluated, estimated = token[1], token[2], token[3]
+            unconds = self._fill(conds, self._preds(out), evaluated, estimated)
+            self._observe(conds, unconds, evaluated)
+            return _with_preds(out, unconds)
         return out      # "unpaired"
 
     def step_end(self) -> None:
@@ -317,51 +335,57 @@ class _Controller:
         if gen.cond_out is None or _main(gen.cond_out).shape[0] != n:
             self.state.count("guidance_nfe", n)   # no cond output of this step to pair with
             return False, None, args, kwargs, ("unpaired",)
-        cond = _main(gen.cond_out)
+        conds = self._preds(gen.cond_out)
         evaluated, estimated = self._plan()
         self.state.count("guidance_nfe", len(evaluated))
         self.state.count("guidance_nfe_saved", n - len(evaluated))
         if len(evaluated) == n:
-            return False, None, args, kwargs, ("uncond", cond, evaluated)
+            return False, None, args, kwargs, ("uncond", conds, evaluated)
         if evaluated:
             index = torch.tensor(evaluated)
             return (False, None, _select(args, n, index), _select(kwargs, n, index),
-                    ("uncond_rows", cond, evaluated, estimated))
-        uncond = self._fill(cond, cond[:0], evaluated, estimated)
-        self._observe(cond, uncond, evaluated)
-        return True, _with_main(gen.cond_out, uncond), args, kwargs, None
+                    ("uncond_rows", conds, evaluated, estimated))
+        unconds = self._fill(conds, [c[:0] for c in conds], evaluated, estimated)
+        self._observe(conds, unconds, evaluated)
+        return True, _with_preds(gen.cond_out, unconds), args, kwargs, None
 
-    def _fill(self, cond, real, evaluated, estimated) -> torch.Tensor:
-        """The full uncond prediction: real rows, estimated rows, cond copies elsewhere."""
+    def _fill(self, conds, reals, evaluated, estimated) -> list[torch.Tensor]:
+        """The full uncond predictions (one per output): real rows, estimated rows, cond copies elsewhere."""
         if not evaluated and not estimated:
-            return cond
-        uncond = cond.clone()
-        if evaluated:
-            uncond[evaluated] = real.to(cond.dtype)
+            return list(conds)
+        out = []
+        for k, (cond, real) in enumerate(zip(conds, reals)):
+            uncond = cond.clone()
+            if evaluated:
+                uncond[evaluated] = real.to(cond.dtype)
+            if estimated:
+                uncond[estimated] = self._estimate(cond, estimated, k).to(cond.dtype)
+            out.append(uncond)
         if estimated:
-            uncond[estimated] = self._estimate(cond, estimated).to(cond.dtype)
             self.gen.estimated += len(estimated)
             self.state.count("guidance_uncond_estimated", len(estimated))
-        return uncond
+        return out
 
-    def _estimate(self, cond, rows) -> torch.Tensor:
+    def _estimate(self, cond, rows, k: int = 0) -> torch.Tensor:
         """Uncond predictions not evaluated: cond + the cached difference (CFG caching), or
-        LinearAG's a*eps_c[t] + b*eps_c[t-1] + c*eps_u[t-1]."""
+        LinearAG's a*eps_c[t] + b*eps_c[t-1] + c*eps_u[t-1] (one prediction: refused at apply otherwise)."""
         if self.config.mode == "cache":
-            return cond[rows] + self.gen.diff[rows]
+            return cond[rows] + self.gen.diff[k][rows]
         a, b, c = self.linear["coefficients"][self.state.step]
         prev_c, prev_u = self.gen.prev
         return a * cond[rows] + b * prev_c[rows] + c * prev_u[rows]
 
-    def _observe(self, cond, uncond, evaluated) -> None:
-        """After a step's predictions: AG decisions, LinearAG history, recording."""
+    def _observe(self, conds, unconds, evaluated) -> None:
+        """After a step's predictions: AG decisions, LinearAG history, recording (on the first
+        prediction; CFG caching keeps every prediction's difference)."""
         gen, step = self.gen, self.state.step
+        if self.config.mode == "cache" and evaluated and len(evaluated) == gen.batch:
+            gen.diff, gen.diff_step = [(u - c).detach() for c, u in zip(conds, unconds)], step
+        cond, uncond = conds[0], unconds[0]
         if self.recording is not None and len(evaluated) == gen.batch:
             self.recording.append((cond.detach().cpu().clone(), uncond.detach().cpu().clone()))
         if self.linear is not None:
             gen.prev = (cond.detach(), uncond.detach())
-        if self.config.mode == "cache" and evaluated and len(evaluated) == gen.batch:
-            gen.diff, gen.diff_step = (uncond - cond).detach(), step
         for i in evaluated:
             gen.last_guided[i] = step
             gen.guided_count[i] += 1
@@ -441,6 +465,10 @@ class _GuidanceHook(TechniqueHook):
 
 def apply(ctx: PatchContext, config: Config) -> PatchHandle:
     linear = None
+    if config.mode == "linear" and ctx.family.outputs > 1:
+        raise NotApplicable(f"{NAME}.mode='linear': LinearAG's coefficients are fitted on one prediction; this "
+                            f"{ctx.family.name} denoiser returns {ctx.family.outputs} (use truncation, adaptive "
+                            f"or cache)")
     if config.mode == "linear":
         if config.coefficients is not None:
             linear = load_coefficients(config.coefficients)
