@@ -99,8 +99,8 @@ def _cpu_pipeline_class(cls):
 
 
 def meta_pipeline(name: str, device: str = "meta"):
-    """The published model's pipeline class with its scheduler, the denoiser on meta, no text
-    encoders and no VAE; call it with :func:`meta_call_kwargs`. ``device="cpu"``: the same with a
+    """The published model's pipeline class with its scheduler, the denoiser on meta (and a second
+    expert where the spec has a boundary_ratio), no text encoders and no VAE; call it with :func:`meta_call_kwargs`. ``device="cpu"``: the same with a
     real denoiser of random weights (for real calls at a reduced size)."""
     import diffusers
     from diffusers.hooks import HookRegistry
@@ -115,6 +115,11 @@ def meta_pipeline(name: str, device: str = "meta"):
     attr = "unet" if spec.denoiser == "UNet2DConditionModel" else "transformer"
     components = {k: None for k in cls._get_signature_keys(cls)[0]}
     components.update({attr: denoiser, "scheduler": scheduler})
+    if spec.boundary_ratio is not None:     # Wan 2.2 A14B: the low-noise expert, same config, its own bridge
+        expert = build_denoiser(name, device)
+        if torch.device(device).type == "meta":
+            HookRegistry.check_if_exists_or_initialize(expert).register_hook(_bridge_hook(expert), BRIDGE_HOOK)
+        components.update(transformer_2=expert, boundary_ratio=spec.boundary_ratio)
     parameters = inspect.signature(cls.__init__).parameters
     kwargs = {k: v for k, v in components.items() if k in parameters}
     for flag in ("requires_safety_checker", "add_watermarker"):   # SD's checker, SDXL's watermark: off
@@ -164,7 +169,7 @@ def meta_call_kwargs(name: str, steps: int | None = None, height: int | None = N
         kw["num_frames"] = num_frames or spec.num_frames
     if "max_sequence_length" in _call_parameters(spec.pipeline) and spec.pipeline != "StableDiffusion3Pipeline":
         kw["max_sequence_length"] = spec.embeds["prompt_embeds"][0]
-    kw.update(spec.extra_call)
+    kw.update(spec.extra_call)        # e.g. Wan 2.2 A14B's guidance_scale_2 (the low-noise expert's)
     kw.update(overrides)
     return kw
 

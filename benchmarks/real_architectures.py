@@ -1,7 +1,7 @@
 """Denoiser MACs per preset on the published architectures, at their published settings.
 
 Each model of ``accelerate_diffusion/published.py`` (SD1.5, SD2.1, SDXL, PixArt-α/Σ, SD3/3.5,
-FLUX.1, Wan 2.1, Lumina-Image 2.0, SANA 1600M, Kolors, Chroma1-HD, FLUX.2 [dev], Qwen-Image,
+FLUX.1, Wan 2.1, Wan 2.2 A14B, Lumina-Image 2.0, SANA 1600M, Kolors, Chroma1-HD, FLUX.2 [dev], Qwen-Image,
 CogVideoX 5B, HunyuanVideo, LTX-Video 2B) is built on the meta device with its
 real config and driven through a whole generation by its real pipeline class and scheduler
 (``accelerate_diffusion/meta.py``) at the default resolution, step count and guidance, once per
@@ -102,9 +102,12 @@ def _generation(pipe, kwargs: dict) -> dict:
            "applied": [h.technique for h in acc.handles if h.technique not in acc.state.paused],
            "paused": dict(acc.state.paused), "skipped": [s["technique"] for s in acc.skipped]}
     if attention and attention.get("macs_dense"):
-        out["macs"] = macs + int(attention["macs_kernel"])
-        out["attention_macs_dense"] = attention["macs_dense"]
-        out["attention_macs_kernel"] = attention["macs_kernel"]
+        # several experts (Wan 2.2 A14B): the first expert's figures, each other's under its attribute
+        parts = [attention, *(v for v in attention.values() if isinstance(v, dict) and "macs_kernel" in v)]
+        kernel = sum(p["macs_kernel"] for p in parts)
+        out["macs"] = macs + int(kernel)
+        out["attention_macs_dense"] = sum(p["macs_dense"] for p in parts)
+        out["attention_macs_kernel"] = kernel
         out["attention_density"] = attention["mean attention density"]
     return out
 
@@ -175,7 +178,9 @@ def run_model(name: str, presets: list[str], steps: int | None, probe: bool, var
 # -- the document -------------------------------------------------------------------------------
 def _setting(spec) -> str:
     size = f"{spec.width}x{spec.height}" + (f", {spec.num_frames} frames" if spec.num_frames else "")
-    cfg = {"batched": f"CFG {spec.guidance_scale:g}", "separate": f"CFG {spec.guidance_scale:g} (2 calls)",
+    scale = f"{spec.guidance_scale:g}" + (f" / {spec.extra_call['guidance_scale_2']:g}"   # Wan 2.2's two experts
+                                          if "guidance_scale_2" in spec.extra_call else "")
+    cfg = {"batched": f"CFG {scale}", "separate": f"CFG {scale} (2 calls)",
            "distilled": "guidance-distilled" if spec.guidance_scale else "no guidance"}[spec.cfg]
     return f"{size}, {spec.steps} steps, {cfg}"
 
@@ -240,6 +245,13 @@ def write_doc(results: dict, presets: list[str]) -> str:
         "beside 4,096 image tokens; its 2 + 2 refiner blocks (noise and context) run at every step, only its",
         "26 joint blocks are cached. SANA 1600M gives PixArt's ratios (20 steps, batched CFG, every block",
         "cached alike); Kolors gives SDXL's (the same UNet; its text projection is one linear layer).",
+        "",
+        "Wan 2.2 T2V A14B is two experts of Wan 2.1 14B's config: `transformer` for the steps with",
+        "t >= 0.875 * 1000, `transformer_2` below (40 steps, CFG 4 then 3). Each expert is patched on its",
+        "own, so the low-noise expert's block cache starts empty and its first step runs in full; fewer",
+        "steps (40 vs 50) leave less to reuse than Wan 2.1 14B. Its scheduler here is the Wan 2.1 entry's",
+        "UniPC at flow_shift 3.0 (not checked against the A14B repository; Wan 2.2's own sampler uses",
+        "12.0): the shift moves steps between the experts, not the number of calls.",
         "",
         "## Sparse attention at the published token counts",
         "",

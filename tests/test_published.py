@@ -39,6 +39,7 @@ EXPECTED = {
     "flux_schnell": ("flux", {"transformer_blocks": 19, "single_transformer_blocks": 38}, 57, 57 * 3),
     "wan21_1_3b": ("wan", {"blocks": 30}, 30, 30 * 3),
     "wan21_14b": ("wan", {"blocks": 40}, 40, 40 * 3),
+    "wan22_a14b": ("wan", {"blocks": 40}, 40, 40 * 3),     # per expert: two Wan 2.1 14B transformers
     # Lumina 2: 26 joint blocks (attn, feed_forward); its 2 + 2 refiners are not in the table's blocks
     "lumina2": ("lumina2", {"layers": 26}, 26, 26 * 2),
     "sana_1600m": ("sana", {"transformer_blocks": 20}, 20, 20 * 3),
@@ -205,15 +206,16 @@ def test_techniques_find_their_targets_on_the_real_layout(name):
     if "attention" in family.techniques:
         overrides["attention"] = {"window": 0.5}
     accelerate(pipe, "max", **overrides)
+    experts = 2 if get_published(name).boundary_ratio is not None else 1     # Wan 2.2 A14B: each expert patched
     try:
         acc = pipe.acceleration
         assert acc.skipped == []
         targets = {h.technique: h.targets for h in acc.handles}
         _, _, attentions, cached = EXPECTED[name]
         if "block_cache" in targets:
-            assert len(targets["block_cache"]) == cached
+            assert len(targets["block_cache"]) == experts * cached
         if "attention" in targets:
-            assert len(targets["attention"]) == attentions
+            assert len(targets["attention"]) == experts * attentions
         if family.kind == "unet":
             assert targets["deepcache"][0] == "down_blocks.0"     # max: branch 0, the whole down path
     finally:
@@ -253,3 +255,52 @@ def test_meta_generation_counts_every_denoiser_call():
     assert counted["off"][:2] == (3 * one.macs, 3)
     assert counted["max"][1:] == (8, ["block_cache", "guidance"])
     assert counted["max"][0] < 0.55 * 8 * one.macs     # half the steps without CFG, blocks reused
+
+
+# -- Wan 2.2 A14B: two experts switched at the boundary ------------------------------------------
+def test_wan22_meta_pipeline_holds_both_experts_and_the_boundary():
+    """Two distinct 14B experts on meta (40 blocks each) and boundary_ratio 0.875; every technique of
+    ``max`` is installed on both (the second expert's targets are named ``transformer_2.*``)."""
+    pipe = meta_pipeline("wan22_a14b")
+    assert pipe.config.boundary_ratio == 0.875
+    assert pipe.transformer is not pipe.transformer_2
+    for expert in (pipe.transformer, pipe.transformer_2):
+        assert family_of(expert).name == "wan" and len(expert.blocks) == 40
+        assert all(p.device.type == "meta" for p in expert.parameters())
+    assert meta_call_kwargs("wan22_a14b")["guidance_scale_2"] == 3.0
+    accelerate(pipe, "max", attention={"window": 0.5})
+    try:
+        for h in pipe.acceleration.handles:
+            if h.technique in ("block_cache", "attention"):
+                second = [t for t in h.targets if t.startswith("transformer_2.")]
+                assert len(second) == len(h.targets) // 2 > 0
+    finally:
+        pipe.acceleration.remove()
+
+
+@pytest.mark.slow
+def test_wan22_generation_calls_each_expert_on_its_side_of_the_boundary():
+    """8 steps of UniPC with flow_shift 3: sigma_k = 0.999 k / 8 shifted to 3 s / (1 + 2 s) gives the
+    timesteps 999.7, 954.2, 899.6, 833.0, 749.6, ... (x 1000): 3 of them at or above 875. With CFG
+    as two calls per step the high-noise expert runs 6 calls and the low-noise one 10, and `off`
+    counts 16 calls of one expert's MACs."""
+    name = "wan22_a14b"
+    pipe = meta_pipeline(name)
+    calls = {"transformer": 0, "transformer_2": 0}
+    hooks = [getattr(pipe, attr).register_forward_pre_hook(lambda m, a, attr=attr: calls.__setitem__(attr, calls[attr] + 1))
+             for attr in calls]
+    size = dict(height=64, width=64, num_frames=5)       # latents 2 x 8 x 8: the split does not depend on size
+    accelerate(pipe, "off", measure_macs=True)
+    try:
+        pipe(**meta_call_kwargs(name, steps=8, **size))
+        macs, counted = pipe.acceleration.state.macs, pipe.acceleration.state.counters["denoiser_calls"]
+    finally:
+        pipe.acceleration.remove()
+        for h in hooks:
+            h.remove()
+    assert calls == {"transformer": 6, "transformer_2": 10}
+    assert counted == 16
+    with MacCounter() as one:
+        pipe.transformer(torch.zeros(1, 16, 2, 8, 8, device="meta"), timestep=torch.zeros(1, device="meta"),
+                         encoder_hidden_states=torch.zeros(1, 512, 4096, device="meta"), return_dict=False)
+    assert macs == 16 * one.macs
