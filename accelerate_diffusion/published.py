@@ -224,14 +224,12 @@ PUBLISHED: dict[str, Published] = {p.name: p for p in (
         dict(_WAN, ffn_dim=13824, num_attention_heads=40, num_layers=40), "WanPipeline", *_UNIPC_WAN,
         480, 832, 50, 5.0, "separate", {"prompt_embeds": (512, 4096)}, num_frames=81,
         notes="run at 480p here (its card also lists 720p)"),
-    # Wan 2.2 T2V A14B: two experts of the Wan 2.1 14B config (Wan-AI/Wan2.2-T2V-A14B-Diffusers transformer/ and
-    # transformer_2/config.json), `transformer` for t >= 875, `transformer_2` below. Steps 40, boundary 0.875,
-    # guidance 4.0 (high noise) and 3.0 (low noise): Wan2.2's own config wan/configs/wan_t2v_A14B.py
-    # (sample_steps, boundary, sample_guide_scale = (3.0, 4.0) as low, high). 480x832, 81 frames: WanPipeline's
-    # __call__ defaults in diffusers 0.42.1 (its docstring example is Wan 2.1 14B at 720x1280; Wan2.2's own
-    # default size is 1280*720). Scheduler: the Wan 2.1 entry's UniPC with flow_shift 3.0, not checked against
-    # the A14B repository's scheduler_config.json; Wan2.2's own sampler uses shift 12.0. The shift moves the
-    # timesteps, so it sets how many steps each expert takes, not the number of calls.
+    # Wan 2.2 T2V A14B: two experts of the Wan 2.1 14B config, `transformer` for t >= 875, `transformer_2`
+    # below. Steps 40, boundary 0.875, guidance 4.0 (high noise) then 3.0 (low noise): the model's published
+    # sampling settings. 480x832, 81 frames: WanPipeline's __call__ defaults in diffusers 0.42.1 (the model's
+    # own default size is 1280x720). Scheduler: the Wan 2.1 entry's UniPC with flow_shift 3.0, not checked for
+    # this checkpoint (the model's own sampler uses shift 12.0). The shift moves the timesteps, so it sets how
+    # many steps each expert takes, not the number of calls.
     Published(
         "wan22_a14b", "Wan 2.2 T2V A14B", "Wan-AI/Wan2.2-T2V-A14B-Diffusers", "WanTransformer3DModel",
         dict(_WAN, ffn_dim=13824, num_attention_heads=40, num_layers=40), "WanPipeline", *_UNIPC_WAN,
