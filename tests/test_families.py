@@ -154,6 +154,20 @@ def test_qwenimage_edit_call_pattern(pipelines):
         pipe.acceleration.remove()
 
 
+@pytest.mark.parametrize("name, technique, reason", [
+    ("chroma", "attention", "padding mask"),
+    ("flux2", "ras", "to_qkv_mlp_proj"),
+    ("qwenimage21", "attention", "block-causal"),
+    ("ltx_video", "deepcache", "UNet"),
+    ("hunyuan_video15", "attention", "padding mask"),
+])
+def test_a_refusal_quotes_the_family_reason_and_changes_nothing(pipelines, name, technique, reason):
+    pipe = pipelines(name)
+    with pytest.raises(ValueError, match=f"{technique}: does not apply to the {name} family .*{reason}"):
+        accelerate(pipe, "off", **{technique: True})
+    assert not hasattr(pipe, "acceleration")
+
+
 def test_qwenimage_says_why_a_technique_does_not_apply(pipelines):
     pipe = pipelines("qwenimage")
     with pytest.raises(ValueError, match="ras: does not apply to the qwenimage family .*double-stream"):

@@ -59,13 +59,6 @@ def test_chroma_guidance_follows_its_separate_negative_call(pipelines):
     pipe.acceleration.remove()
 
 
-def test_chroma_says_why_sparse_attention_does_not_apply(pipelines):
-    pipe = pipelines("chroma")
-    with pytest.raises(ValueError, match="attention: does not apply to the chroma family .*padding mask"):
-        accelerate(pipe, "off", attention=True)
-    assert not hasattr(pipe, "acceleration")
-
-
 # -- Flux.2 (klein: real CFG as a separate call; single-stream "parallel" blocks) ---------------------
 def test_flux2_row_matches_the_real_class(pipelines):
     pipe = pipelines("flux2")
@@ -111,13 +104,6 @@ def test_flux2_edit_call_with_a_reference_image_has_no_single_grid(pipelines):
     with pytest.raises(ValueError, match="2 images in one sequence"):
         pipe.transformer(**call)
     pipe.acceleration.remove()
-
-
-def test_flux2_says_why_ras_does_not_apply(pipelines):
-    pipe = pipelines("flux2")
-    with pytest.raises(ValueError, match="ras: does not apply to the flux2 family .*to_qkv_mlp_proj"):
-        accelerate(pipe, "off", ras=True)
-    assert not hasattr(pipe, "acceleration")
 
 
 # -- Qwen-Image 2.1 (its modular pipeline's denoising part, driven with prompt embeddings) -------------
@@ -182,8 +168,3 @@ def test_qwenimage21_guidance_follows_its_guider(pipelines):
         pipe.acceleration.remove()
 
 
-def test_qwenimage21_says_why_sparse_attention_does_not_apply(pipelines):
-    pipe = pipelines("qwenimage21")
-    with pytest.raises(ValueError, match="attention: does not apply to the qwenimage21 family .*block-causal"):
-        accelerate(pipe, "off", attention=True)
-    assert not hasattr(pipe, "acceleration")

@@ -59,13 +59,6 @@ def test_ltx_video_token_grid_needs_the_latent_sizes(pipelines):
         family.token_grid_of(pipe.transformer, (torch.zeros(1, 12, 8),), {"video_coords": torch.zeros(1, 3, 12)})
 
 
-def test_ltx_video_says_why_a_technique_does_not_apply(pipelines):
-    pipe = pipelines("ltx_video")
-    with pytest.raises(ValueError, match="deepcache: does not apply to the ltx_video family .*UNet"):
-        accelerate(pipe, "off", deepcache=True)
-    assert not hasattr(pipe, "acceleration")
-
-
 # -- HunyuanVideo 1.5: the guider's CFG as separate calls, dual-stream blocks, masked joint attention ----
 def test_hunyuan_video15_block_cache_and_guidance_cut_macs(pipelines):
     pipe = pipelines("hunyuan_video15")
@@ -88,13 +81,6 @@ def test_hunyuan_video15_block_cache_and_guidance_cut_macs(pipelines):
     assert generation["cfg_layout"] == "separate"                       # the guider: cond, then uncond
     assert generation["counters"]["guidance_nfe_saved"] == STEPS // 2
     assert halved == pytest.approx(0.75 * full, rel=0.02)
-
-
-def test_hunyuan_video15_says_why_sparse_attention_does_not_apply(pipelines):
-    pipe = pipelines("hunyuan_video15")
-    with pytest.raises(ValueError, match="attention: does not apply to the hunyuan_video15 family .*padding mask"):
-        accelerate(pipe, "off", attention=True)
-    assert not hasattr(pipe, "acceleration")
 
 
 # -- LTX-2: audio + video, two predictions per call, extra STG / modality-isolation calls ----------------
