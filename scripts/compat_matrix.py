@@ -64,6 +64,10 @@ def main() -> int:
         "be a one-line error naming the conflict; no cell needs it today. **n/a**: diffusers has no such usage "
         "for that family (reasons below).",
         "",
+        "Qwen-Image 2.1 has no column: its diffusers pipeline is modular (`QwenImage21ModularPipeline`), which "
+        "these usages (`from_pipe`, `save_pretrained`, offload helpers, prompt lists) do not take the same way; "
+        "it is tested in `tests/test_families_image.py`.",
+        "",
         "| usage | " + " | ".join(compat.ROWS) + " |",
         "|---|" + "---|" * len(compat.ROWS),
     ]
