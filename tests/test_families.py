@@ -93,18 +93,25 @@ def test_qwenimage_guidance_skips_the_separate_negative_call(pipelines):
     pipe.acceleration.remove()
 
 
-def test_qwenimage_sparse_attention_on_the_joint_sequence(pipelines):
-    pipe = pipelines("qwenimage")
-    reference = run(pipe, "qwenimage", steps=2)
+# the side of the square image-token grid of each call: Qwen-Image 16 px a token; FLUX.2 reads (t, h, w, l) ids
+# of one token per 2x2 latent patch
+GRID_SIDE = {"qwenimage": lambda pipe: call_kwargs("qwenimage")["height"] // 16,
+             "flux2": lambda pipe: call_kwargs("flux2")["height"] // pipe.vae_scale_factor // 2}
+
+
+@pytest.mark.parametrize("name", sorted(GRID_SIDE))
+def test_sparse_attention_on_the_image_token_grid(pipelines, name):
+    pipe = pipelines(name)
+    reference = run(pipe, name, steps=2)
     accelerate(pipe, "off", attention={"window": 1.0})           # a dense mask: same result
-    assert torch.allclose(run(pipe, "qwenimage", steps=2), reference, atol=1e-5)
+    assert torch.allclose(run(pipe, name, steps=2), reference, atol=1e-5)
     pipe.acceleration.remove()
     accelerate(pipe, "off", attention={"window": 0.5})
-    out = run(pipe, "qwenimage", steps=2)
+    out = run(pipe, name, steps=2)
     stats = pipe.acceleration.stats()["attention"]
     pipe.acceleration.remove()
-    grid = call_kwargs("qwenimage")["height"] // 16
-    assert stats["token grid"] == (grid, grid) and 0 < stats["mean attention density"] < 1
+    side = GRID_SIDE[name](pipe)
+    assert stats["token grid"] == (side, side) and 0 < stats["mean attention density"] < 1
     assert torch.isfinite(out).all() and not torch.equal(out, reference)
 
 

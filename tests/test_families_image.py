@@ -71,21 +71,6 @@ def test_flux2_row_matches_the_real_class(pipelines):
     assert hasattr(single.attn, "to_qkv_mlp_proj") and set(dict(single.named_children())) == {"norm", "attn"}
 
 
-def test_flux2_sparse_attention_on_its_4d_ids(pipelines):
-    pipe = pipelines("flux2")
-    reference = run(pipe, "flux2", steps=2)
-    accelerate(pipe, "off", attention={"window": 1.0})           # a dense mask: same result
-    assert torch.allclose(run(pipe, "flux2", steps=2), reference, atol=1e-5)
-    pipe.acceleration.remove()
-    accelerate(pipe, "off", attention={"window": 0.5})
-    out = run(pipe, "flux2", steps=2)
-    stats = pipe.acceleration.stats()["attention"]
-    pipe.acceleration.remove()
-    side = call_kwargs("flux2")["height"] // pipe.vae_scale_factor // 2       # (t, h, w, l) ids: h, w read
-    assert stats["token grid"] == (side, side) and 0 < stats["mean attention density"] < 1
-    assert torch.isfinite(out).all() and not torch.equal(out, reference)
-
-
 def test_flux2_edit_call_with_a_reference_image_has_no_single_grid(pipelines):
     """An edit call puts the reference image's tokens (ids with t = 10) after the noise tokens."""
     pipe = pipelines("flux2")
