@@ -212,8 +212,8 @@ def test_row_selection_and_output_types():
     assert picked["ids"].shape == (7, 3) and picked["added"]["text_embeds"].tolist() == [[2, 3], [6, 7]]
     assert picked["res"][0].tolist() == [1, 3]
     new = torch.ones(2)
-    assert guidance._with_main((torch.zeros(2), "extra"), new)[0] is new
-    out = guidance._with_main(Transformer2DModelOutput(sample=torch.zeros(2)), new)
+    assert guidance._with_preds((torch.zeros(2), "extra"), [new]) == (new, "extra")
+    out = guidance._with_preds(Transformer2DModelOutput(sample=torch.zeros(2)), [new])
     assert isinstance(out, Transformer2DModelOutput) and out.sample is new
 
 

@@ -102,11 +102,6 @@ def _main(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out[0]
 
 
-def _with_main(out, tensor: torch.Tensor):
-    """``out`` of the same type with its prediction replaced."""
-    return _with_preds(out, [tensor])
-
-
 def _preds(out, k: int) -> list[torch.Tensor]:
     """The first ``k`` prediction tensors of a denoiser output (the family row's ``outputs``: LTX-2
     returns video and audio predictions, both batched alike)."""
