@@ -14,6 +14,7 @@ from accelerate_diffusion.families import family_of, find_denoiser
 from accelerate_diffusion.patches import block_cache
 from accelerate_diffusion.schedules import (CacheSchedule, ScheduleLayout, component_blocks, fora, from_spec,
                                             measure_component_macs, tgate, with_full_ends)
+from accelerate_diffusion.schedules import forecast
 from accelerate_diffusion.schedules.cache_schedule import DATA_DIR
 from accelerate_diffusion.testing import call_kwargs, run, surface
 
@@ -130,7 +131,7 @@ def test_forecast_drift_check_recomputes_a_forecast_that_moves_too_far(pipelines
 def test_forecast_weights_are_exact_for_polynomials():
     steps, at = [0, 3, 4], 7                          # unevenly spaced full steps
     poly = np.poly1d([0.5, -2.0, 1.0])
-    weights = block_cache.lagrange_weights(steps, at)
+    weights = forecast.lagrange_weights(steps, at)
     assert sum(w * poly(s) for w, s in zip(weights, steps)) == pytest.approx(poly(at))
 
 

@@ -77,8 +77,37 @@ def test_forecast_extrapolates_the_deep_feature(pipelines):
     assert torch.equal(plain[1], plain[0]) and torch.equal(features[1], f0)   # step 1: one full step so far
     torch.testing.assert_close(features[3], f2 + (f2 - f0) / 2)               # the line through steps 0, 2 at 3
     assert stats["forecast"].startswith("1 cached calls") and not torch.equal(forecast, reused)
-    with pytest.raises(ValueError, match=r"deepcache\.forecast"):
-        accelerate(pipe, "off", deepcache={"forecast": 2})
+    with pytest.raises(ValueError, match=r"deepcache\.forecast: .*\[0, 2\]"):
+        accelerate(pipe, "off", deepcache={"forecast": 3})
+
+
+def test_whole_body_branch_runs_only_the_ends_and_forecasts_quadratically(pipelines):
+    pipe = pipelines("sd")
+    unet = pipe.unet
+    counts, handles = _count_calls({"conv_in": unet.conv_in, "conv_out": unet.conv_out,
+                                    "shallow_down": unet.down_blocks[0].resnets[0], "mid": unet.mid_block.resnets[0],
+                                    "last_up": unet.up_blocks[-1].resnets[-1]})
+    features, outputs = [], []
+    handles += [unet.up_blocks[-1].register_forward_hook(lambda m, a, out: features.append(out)),
+                unet.register_forward_hook(lambda m, a, out: outputs.append(out[0]))]
+    try:
+        accelerate(pipe, "off", deepcache={"cache_interval": 2, "cache_branch": -1})
+        run(pipe, "sd", steps=4)                      # full steps 0, 2; cached 1, 3
+        assert counts == {"conv_in": 4, "conv_out": 4, "shallow_down": 2, "mid": 2, "last_up": 2}
+        assert torch.equal(outputs[1], outputs[0]) and torch.equal(outputs[3], outputs[2])
+        pipe.acceleration.remove()
+        features.clear()
+        accelerate(pipe, "off", deepcache={"cache_interval": 2, "cache_branch": -1, "forecast": 2})
+        run(pipe, "sd", steps=6)                      # full steps 0, 2, 4; cached 1, 3, 5
+    finally:
+        for h in handles:
+            h.remove()
+        pipe.acceleration.remove()
+    f0, f2, f4 = features[0], features[2], features[4]
+    torch.testing.assert_close(features[3], 1.5 * f2 - 0.5 * f0)                  # step 3: the line through 0, 2
+    torch.testing.assert_close(features[5], 0.375 * f0 - 1.25 * f2 + 1.875 * f4)   # step 5: the parabola through 0, 2, 4
+    with pytest.raises(ValueError, match=r"deepcache\.cache_branch: .*\[-1, "):
+        accelerate(pipe, "off", deepcache={"cache_branch": 99})
 
 
 def test_schedules():
@@ -110,12 +139,12 @@ def test_bad_config_names_the_field(pipelines):
     untouched = surface(pipe)
     for bad, field in [({"cache_interval": 0}, "cache_interval"), ({"schedule": "x"}, "schedule"),
                        ({"power": 1.0}, "power"), ({"full_steps": [-1]}, "full_steps"),
-                       ({"cache_branch": -1}, "cache_branch"), ({"center": 1.5}, "center"),
+                       ({"cache_branch": -2}, "cache_branch"), ({"center": 1.5}, "center"),
                        ({"always_full_end": -2}, "always_full_end")]:
         with pytest.raises(ValueError, match=rf"deepcache\.{field}"):
             accelerate(pipe, "off", deepcache=bad)
     with pytest.raises(ValueError, match=r"deepcache\.cache_branch: 4 is out of range for this UNet; "
-                                         r"allowed \[0, 3\]"):
+                                         r"allowed \[-1, 3\]"):
         accelerate(pipe, "off", deepcache={"cache_branch": 4})
     assert surface(pipe) == untouched
 

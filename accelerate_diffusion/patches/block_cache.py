@@ -53,6 +53,7 @@ import torch
 from ..config import TechniqueConfig, check_choice, check_range
 from ..schedules import fronts, learned
 from ..schedules.cache_schedule import CacheSchedule, ScheduleLayout
+from ..schedules.forecast import extrapolate
 from ..schedules.heuristics import is_heuristic, resolve_schedule
 from . import NotApplicable, PatchContext, PatchHandle, Target, TechniqueHook
 
@@ -147,35 +148,6 @@ def _is_halved(cached: tuple, now: tuple) -> bool:
     (c_shape, c_dtype, _), (n_shape, n_dtype, _) = cached[0], now[0]
     return (len(c_shape) == len(n_shape) and c_shape[1:] == n_shape[1:] and c_dtype == n_dtype
             and n_shape[0] > 0 and c_shape[0] == 2 * n_shape[0])
-
-
-def lagrange_weights(steps: list[int], at: int) -> list[float]:
-    """Weights w_j with f(at) = sum_j w_j f(steps[j]) for any polynomial f of degree < len(steps)."""
-    out = []
-    for j, sj in enumerate(steps):
-        w = 1.0
-        for m, sm in enumerate(steps):
-            if m != j:
-                w *= (at - sm) / (sj - sm)
-        out.append(w)
-    return out
-
-
-def _extrapolate(history: list[tuple[int, Any]], at: int):
-    """The output predicted at step ``at`` from (step, output) pairs, oldest first."""
-    weights = lagrange_weights([s for s, _ in history], at)
-    outputs = [o for _, o in history]
-
-    def combine(*tensors):
-        total = tensors[0] * weights[0]
-        for w, t in zip(weights[1:], tensors[1:]):
-            total = total + t * w
-        return total.to(tensors[0].dtype)
-
-    if isinstance(outputs[0], torch.Tensor):
-        return combine(*outputs)
-    return type(outputs[0])(combine(*parts) if isinstance(parts[0], torch.Tensor) else parts[0]
-                            for parts in zip(*outputs))
 
 
 def _main_tensor(value) -> torch.Tensor:
@@ -334,7 +306,7 @@ class _Runtime:
     def _predict(self, history):
         """The output to use instead of running the component, or None (the drift check refused it)."""
         if self.config.forecast and len(history) > 1:
-            predicted = _extrapolate(history, self.state.step)
+            predicted = extrapolate(history, self.state.step)
             check = self.config.forecast_check
             if check and forecast_drift(history[-1][1], predicted) > check:   # one host sync, outside any graph
                 self.state.count("components_forecast_refused")

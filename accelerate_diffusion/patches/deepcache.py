@@ -10,7 +10,10 @@ Granularity is **layer level**, as in the original DeepCache. Skip tensors are n
 layer and one per downsampler. Branch ``b`` keeps skips ``0..b`` live: the down layers that
 produce them and the up layers that consume them (mirrored). Everything else, the mid block
 included, is the deep part. For SD-style blocks (2 resnets + downsampler) this numbering is
-the ``cache_branch_id`` of the ``DeepCache`` package.
+the ``cache_branch_id`` of the ``DeepCache`` package. Branch -1 keeps no skip live: the whole
+body (down, mid and up blocks) is deep and a cached step runs only ``conv_in``, the time
+embedding and ``conv_out`` on the stored (or forecast) output of the last up block; with
+``forecast`` this is TaylorSeer's whole-UNet prediction, on DeepCache's schedules.
 
 Mechanism (diffusers hooks only, the UNet forward itself is untouched):
 - a controller hook on the UNet decides per call: full or cached;
@@ -40,6 +43,7 @@ import torch
 
 from ..config import TechniqueConfig, check_choice, check_range
 from ..schedules import fronts
+from ..schedules.forecast import extrapolate
 from . import NotApplicable, PatchContext, PatchHandle, Target, TechniqueHook
 
 NAME = "deepcache"
@@ -52,7 +56,8 @@ class Config(TechniqueConfig):
 
     NAME = "deepcache"
     cache_interval: int = 3            # N: one full step every N (uniform) or n = ceil(T/N) full steps
-    cache_branch: int = 0              # last live skip index (0 = conv_in only); range depends on the UNet
+    cache_branch: int = 0              # last live skip index (0 = conv_in only; -1 = none: the whole
+                                       # body is cached); range depends on the UNet
     schedule: str = "uniform"          # "uniform" | "nonuniform" (full steps denser around `center`)
     center: float = 0.3                # non-uniform: where full steps are densest, as a fraction of the steps
     power: float = 1.4                 # non-uniform: initial exponent (lowered by 0.02 until n unique)
@@ -63,8 +68,8 @@ class Config(TechniqueConfig):
     schedule_dir: str = ""             # a calibration folder: the point is picked from its front
     max_quality_loss: float | None = None   # with schedule_dir: the fastest point within this loss
     min_steps: int = 1                # generations with fewer steps run untouched (few-step models)
-    forecast: int = 0                 # 1: cached steps get the deep feature extrapolated (linear in the step)
-                                      # from the last two full steps instead of the last one's copy
+    forecast: int = 0                 # 1, 2: cached steps get the deep feature extrapolated in the step
+                                      # (linear, quadratic) from the last 2, 3 full steps instead of a copy
 
     LOOKUP = ("point", "schedule_dir", "max_quality_loss")   # where settings come from, not settings
 
@@ -74,13 +79,13 @@ class Config(TechniqueConfig):
 
     def validate(self) -> None:
         check_range(NAME, "cache_interval", self.cache_interval, 1, 1000, integer=True)
-        check_range(NAME, "cache_branch", self.cache_branch, 0, integer=True)
+        check_range(NAME, "cache_branch", self.cache_branch, -1, integer=True)
         check_choice(NAME, "schedule", self.schedule, ("uniform", "nonuniform"))
         check_range(NAME, "center", self.center, 0.0, 1.0)
         check_range(NAME, "power", self.power, 1.0, 10.0, lo_open=True)
         check_range(NAME, "always_full_start", self.always_full_start, 0, integer=True)
         check_range(NAME, "always_full_end", self.always_full_end, 0, integer=True)
-        check_range(NAME, "forecast", self.forecast, 0, 1, integer=True)
+        check_range(NAME, "forecast", self.forecast, 0, 2, integer=True)
         check_range(NAME, "min_steps", self.min_steps, 1, integer=True)
         for name in ("point", "schedule_dir"):
             if not isinstance(getattr(self, name), (str, os.PathLike)):
@@ -156,7 +161,7 @@ class _Layout:
 
     def describe(self) -> str:
         names = ["conv_in"] + [name for _, name, _ in self.down]
-        return ", ".join(f"{i}={n}" for i, n in enumerate(names[: self.max_branch + 1]))
+        return ", ".join(["-1=none (the whole body)"] + [f"{i}={n}" for i, n in enumerate(names[: self.max_branch + 1])])
 
 
 def _layout(unet) -> _Layout:
@@ -243,17 +248,6 @@ def _zeros(spec, batch: int):
     return spec[1]
 
 
-def _map2(out, other, fn):
-    """``fn(a, b)`` over the tensors of two outputs of the same structure."""
-    if isinstance(out, torch.Tensor):
-        return fn(out, other)
-    if isinstance(out, tuple):
-        return tuple(_map2(o, p, fn) for o, p in zip(out, other))
-    if dataclasses.is_dataclass(out):
-        return type(out)(**{k: _map2(v, other[k], fn) for k, v in out.items()})
-    return out
-
-
 def _map(out, fn):
     if isinstance(out, torch.Tensor):
         return fn(out)
@@ -273,7 +267,8 @@ class _Entry:
     specs: dict = dataclasses.field(default_factory=dict)
     feature: Any = None
     step: int = 0
-    previous: tuple | None = None   # (step, feature) of the full call before, same inputs (forecast)
+    history: list = dataclasses.field(default_factory=list)   # (step, feature) of the last full calls
+                                                               # on the same inputs, oldest first (forecast)
 
 
 class _Runtime:
@@ -323,24 +318,23 @@ class _Runtime:
             self.rows = slice(None) if entry.batch == batch else slice(batch, None)
 
     def forecast(self):
-        """The deep feature for a cached call: the last full call's, or (``forecast=1``) the line
-        through the last two full calls' features, at this step (TaylorSeer-style, first order)."""
+        """The deep feature for a cached call: the last full call's, or (``forecast`` 1 or 2) the
+        polynomial through the last 2 or 3 full calls' features, at this step (TaylorSeer-style)."""
         entry = self.entry
-        if entry.previous is None:
+        if len(entry.history) < 2:
             return entry.feature
-        s0, f0 = entry.previous
-        w = (self.state.step - entry.step) / (entry.step - s0)
         self.state.count("deepcache_forecast")
-        return _map2(entry.feature, f0, lambda a, b: a + (a - b) * w)
+        return extrapolate(entry.history, self.state.step)
 
     def finish_call(self, slot: int) -> None:
         """After a call that ran to the end (a failed call never reaches here: nothing is cached)."""
         if self.mode == "full":
             before, entry = self.caches.get(slot), self.entry
             entry.step = self.state.step
-            if (self.config.forecast and before is not None and before.key == entry.key
-                    and before.batch == entry.batch and before.step < entry.step):
-                entry.previous = (before.step, before.feature)
+            if self.config.forecast:
+                kept = (before.history[-self.config.forecast:] if before is not None and before.key == entry.key
+                        and before.batch == entry.batch and before.step < entry.step else [])
+                entry.history = kept + [(entry.step, entry.feature)]
             self.caches[slot] = entry
             self.full.add(self.state.step)
             self.state.count("deepcache_full")
@@ -424,9 +418,9 @@ def _deep_modules(unet, layout: _Layout, branch: int) -> list[tuple[str, torch.n
             for s, name, mods in units:
                 if s > b:
                     out += [(m_name, m, False) for m_name, m in mods]
-    # the up layer that consumes skip b; its input from below is the deep feature
-    cut = layout.up_skip.index(b)
-    j_cut, k_cut = layout.up[cut][0], layout.up[cut][1]
+    # the up layer that consumes skip b (for b = -1: conv_norm_out, after the last up block); its
+    # input from below is the deep feature
+    j_cut, k_cut = layout.up[layout.up_skip.index(b)][:2] if b >= 0 else (len(unet.up_blocks), 0)
     if unet.mid_block is not None:
         out.append(("mid_block", unet.mid_block, k_cut == 0 and j_cut == 0))
     for j, block in enumerate(unet.up_blocks):
@@ -468,7 +462,7 @@ def apply(ctx: PatchContext, config: Config) -> PatchHandle:
         raise NotApplicable("this UNet has no deep part to cache")
     if config.cache_branch > layout.max_branch:
         raise ValueError(f"{NAME}.cache_branch: {config.cache_branch} is out of range for this UNet; "
-                         f"allowed [0, {layout.max_branch}] (last live skip: {layout.describe()})")
+                         f"allowed [-1, {layout.max_branch}] (last live skip: {layout.describe()})")
     runtime = _Runtime(ctx, config)
     ctx.on_reset(runtime.reset)
     ctx.on_remove(runtime.reset)
