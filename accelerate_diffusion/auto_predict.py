@@ -169,7 +169,9 @@ def predicted_error(rung: dict, signals: dict, *, layout=None, guidance_scale: f
         config = deepcache.Config(**rung["deepcache"])
         full = set(deepcache.full_step_indices(config, steps))
         reused = np.array([s not in full for s in range(steps)])
-        error += _stale_sum(reused, output) / (1 + config.cache_branch)   # a deeper branch skips less
+        # a deeper branch skips less; a forecast is counted as reuse (the fitted constant absorbs its
+        # gain when every rung forecasts alike, as the UNet ladder does)
+        error += _stale_sum(reused, output) / max(1, 1 + config.cache_branch)
     if "guidance" in rung and "guidance" in signals and guidance_scale > 1:
         config = guidance.Config(**rung["guidance"])
         size = np.asarray(signals["guidance"], float) * (guidance_scale - 1)

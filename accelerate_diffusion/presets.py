@@ -31,9 +31,12 @@ class Preset:
         return merged
 
 
-# DeepCache's non-uniform full steps, centred at 32 % of the steps: calibrated on the demo UNet
-# (`accelerate-diffusion search`, docs/presets.md#deepcache), next to DeepCache's own 15 of 50.
-NONUNIFORM = dict(schedule="nonuniform", center=0.32)
+# The UNet presets: the whole UNet body cached (branch -1) and forecast linearly from the last two
+# full steps, the first two steps full; the full steps either uniform or denser at the start
+# (centre 0: gaps grow along the steps). Picked on the demo UNet's calibration captions
+# (docs/presets.md#whole-unet-forecast).
+WHOLE_UNET = dict(cache_branch=-1, forecast=1, always_full_start=2)
+GROWING = dict(schedule="nonuniform", center=0.0, power=1.4)
 # Few-step models (LCM, turbo, distilled; 1-7 steps) have no steps to spare: below this every
 # preset runs them untouched, and the report says so (docs/compatibility.md).
 MIN_STEPS = 8
@@ -44,35 +47,30 @@ PRESETS: dict[str, Preset] = {
         Preset("off", "No acceleration: bit-identical to the unpatched pipeline."),
         Preset("quality", "Visually lossless: small, safe savings (fidelity first).", {
             "dit": {"block_cache": dict(mode="schedule", min_steps=MIN_STEPS, schedule="fora:2,first=7,last=1")},  # docs/presets.md#block_cache
-            "unet": {"deepcache": dict(min_steps=MIN_STEPS, cache_interval=2, cache_branch=2, **NONUNIFORM, always_full_start=3)},  # docs/presets.md#deepcache
+            "unet": {"deepcache": dict(min_steps=MIN_STEPS, cache_interval=2, **WHOLE_UNET)},
             "anyflow_far": {"kv_cache": dict(encode="compressed", merge_threshold=1.5, budget_frames=12)},  # docs/presets.md#kv_cache
             "skyreels_v2": {"kv_cache": dict(merge_threshold=1.5, budget_frames=0)},  # docs/presets.md#kv_cache
         }),
         Preset("balanced", "Good default: clear speedup with outputs close to the original.", {
             "*": {"guidance": dict(mode="truncation", cfg_fraction=0.5, min_steps=MIN_STEPS)},  # docs/presets.md#guidance
             "dit": {"block_cache": dict(mode="schedule", min_steps=MIN_STEPS, schedule="fora:3,first=7,last=1")},  # docs/presets.md#block_cache
-            # On the demo UNet CFG truncation cost 23 dB PSNR and 1.6 CLIP here: UNet balanced keeps full CFG.
-            "unet": {"deepcache": dict(min_steps=MIN_STEPS, cache_interval=2, cache_branch=0, **NONUNIFORM), "guidance": None},  # docs/presets.md#deepcache
+            # The UNet presets keep full CFG: on the demo UNet CFG truncation cost 23 dB PSNR and 1.6 CLIP,
+            # and CFG caching lost to the whole-UNet forecast alone at equal MACs.
+            "unet": {"deepcache": dict(min_steps=MIN_STEPS, cache_interval=3, **WHOLE_UNET, **GROWING), "guidance": None},
             "anyflow_far": {"kv_cache": dict(encode="compressed", merge_threshold=0.95, budget_frames=1.5)},
             "skyreels_v2": {"kv_cache": dict(merge_threshold=1.5, budget_frames=0)},
         }),
         Preset("fast", "About 2x or more: visible but small differences from the original.", {
             "*": {"guidance": dict(mode="truncation", cfg_fraction=0.5, min_steps=MIN_STEPS)},  # docs/presets.md#guidance
             "dit": {"block_cache": dict(mode="schedule", min_steps=MIN_STEPS, schedule="fora:3,first=3,last=1")},  # docs/presets.md#block_cache
-            # UNet: CFG caching (uncond every 2nd step) instead of truncation, with DeepCache N=5: on the demo
-            # UNet's calibration captions 3.17x / 30.7 dB against N=3 + truncation's 2.73x / 28.4 (docs/presets.md#re-pick).
-            "unet": {"deepcache": dict(min_steps=MIN_STEPS, cache_interval=5, cache_branch=0, **NONUNIFORM),
-                     "guidance": dict(mode="cache", cache_interval=2, min_steps=MIN_STEPS)},
+            "unet": {"deepcache": dict(min_steps=MIN_STEPS, cache_interval=4, **WHOLE_UNET, **GROWING), "guidance": None},
             "anyflow_far": {"kv_cache": dict(encode="compressed", merge_threshold=0.9, budget_frames=1)},
             "skyreels_v2": {"kv_cache": dict(merge_threshold=0.9, budget_frames=12)},
         }),
         Preset("max", "Largest speedup the techniques allow; quality may degrade noticeably.", {
             "*": {"guidance": dict(mode="truncation", cfg_fraction=0.5, min_steps=MIN_STEPS)},  # docs/presets.md#guidance
             "dit": {"block_cache": dict(mode="schedule", min_steps=MIN_STEPS, schedule="fora:4,first=3,last=1")},  # docs/presets.md#block_cache
-            # UNet: DeepCache N=8 (4 full steps) + CFG caching every 3rd step: 3.96x / 29.5 dB on the demo UNet's
-            # calibration captions against N=5 + truncation's 3.79x / 26.3 (docs/presets.md#re-pick).
-            "unet": {"deepcache": dict(min_steps=MIN_STEPS, cache_interval=8, cache_branch=0, **NONUNIFORM),
-                     "guidance": dict(mode="cache", cache_interval=3, min_steps=MIN_STEPS)},
+            "unet": {"deepcache": dict(min_steps=MIN_STEPS, cache_interval=7, **WHOLE_UNET), "guidance": None},
             "anyflow_far": {"kv_cache": dict(encode="compressed", merge_threshold=0.9, budget_frames=1)},  # = fast: nothing smaller pays here
             "skyreels_v2": {"kv_cache": dict(merge_threshold=0.5, budget_frames=4)},
             "wan": {"attention": dict(window=0.5, min_steps=MIN_STEPS)},  # docs/presets.md#attention
@@ -86,7 +84,6 @@ PRESETS: dict[str, Preset] = {
 # ("preset", default "off"), so a DiT rung runs the preset's own schedules, the model's learned
 # picks included. Rungs with a technique a family lacks are dropped for it; guidance rungs do
 # nothing where a pipeline runs without CFG.
-_CFG_CACHE = dict(mode="cache", cache_interval=2)
 AUTO_LADDERS: dict[str, list[dict]] = {
     # DiT: each preset's block caching first without CFG truncation (truncation sets most of the
     # DiT presets' loss: README), then with it; CFG caching is left out (on the flow-matching demo
@@ -99,15 +96,13 @@ AUTO_LADDERS: dict[str, list[dict]] = {
         {"preset": "max"},
         {"preset": "max", "block_cache": dict(schedule="fora:5,first=3,last=1")},
     ],
+    # UNet: the presets' whole-UNet forecast, with uniform N=5 (between fast and max in the same
+    # calibration sweep) (docs/presets.md#whole-unet-forecast)
     "unet": [
-        {"deepcache": dict(cache_interval=2, cache_branch=2, **NONUNIFORM, always_full_start=3)},
-        {"deepcache": dict(cache_interval=2, cache_branch=0, **NONUNIFORM)},
-        {"deepcache": dict(cache_interval=3, cache_branch=0, **NONUNIFORM)},
-        {"deepcache": dict(cache_interval=3, cache_branch=0, **NONUNIFORM), "guidance": _CFG_CACHE},
-        {"deepcache": dict(cache_interval=4, cache_branch=0, **NONUNIFORM), "guidance": _CFG_CACHE},
-        # the fixed fast and max presets last: on the calibration captions max (DeepCache N=8 + CFG
-        # caching every 3rd step) beat N=5 + truncation in both MACs and PSNR (docs/presets.md#re-pick)
+        {"preset": "quality"},
+        {"preset": "balanced"},
         {"preset": "fast"},
+        {"deepcache": dict(cache_interval=5, **WHOLE_UNET)},
         {"preset": "max"},
     ],
 }

@@ -274,14 +274,21 @@ def test_composes_with_guidance_truncation(pipelines):
     assert surface(pipe) == untouched
 
 
-def test_presets_pick_deepcache_for_unets(pipelines):
+def test_unet_presets_forecast_the_whole_body_with_full_cfg_and_save_more_in_order(pipelines):
     pipe = pipelines("sd")
-    plans = {"quality": (2, 2, None), "balanced": (2, 0, None), "fast": (5, 0, 2), "max": (8, 0, 3)}
-    for preset, (n, b, cfg_cache) in plans.items():
-        accelerate(pipe, preset)
-        config, guidance = pipe.acceleration.plan["deepcache"], pipe.acceleration.plan.get("guidance")
-        pipe.acceleration.remove()
-        assert (config.cache_interval, config.cache_branch) == (n, b)
-        # fast / max: CFG caching (uncond every k steps), not truncation; quality / balanced: full CFG
-        assert (None if guidance is None else (guidance.mode, guidance.cache_interval)) == (
-            None if cfg_cache is None else ("cache", cfg_cache))
+    macs = {}
+    for preset in ("off", "quality", "balanced", "fast", "max"):
+        accelerate(pipe, preset, measure_macs=True)
+        try:
+            run(pipe, "sd", steps=16)                  # at 8-12 steps some presets share a schedule
+            acc = pipe.acceleration
+            macs[preset] = acc.state.macs
+            if preset != "off":
+                stats = acc.report().applied[0]["stats"]
+                assert "guidance" not in acc.plan                  # every step runs both CFG halves
+                assert stats["forecast"].endswith("extrapolated deep feature") and stats["cached_steps"] > 0
+                assert stats["schedule"].endswith("branch -1")
+        finally:
+            pipe.acceleration.remove()
+    order = [macs[p] for p in ("off", "quality", "balanced", "fast", "max")]
+    assert all(a > b for a, b in zip(order, order[1:])), macs
