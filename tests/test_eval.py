@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import statistics
 
 import pytest
 import torch
@@ -105,6 +106,13 @@ def test_end_to_end_report_is_consistent_and_resumes(pipelines, scale_technique,
     assert [off["label"], scaled["label"]] == ["off", "scaled"]
     assert scaled["speedup"] == pytest.approx(scaled["baseline_s"] / scaled["time_s"])
     assert len(scaled["times_s"]) == len(scaled["baseline_times_s"]) == 2
+    # the time inside the UNet's calls: part of each whole call, paired the same way
+    for whole, inside in ((scaled["times_s"], scaled["denoiser_times_s"]),
+                          (scaled["baseline_times_s"], scaled["baseline_denoiser_times_s"])):
+        assert all(0 < d < t for t, d in zip(whole, inside))
+    assert scaled["denoiser_speedup"] == pytest.approx(
+        statistics.median(scaled["baseline_denoiser_times_s"]) / statistics.median(scaled["denoiser_times_s"]))
+    assert off["denoiser_speedup"] == 1.0
     assert off["speedup"] == 1.0 and off["psnr"] == "inf" and off["fid"] == 0.0
     assert off["macs"] > 0 and scaled["macs_ratio"] == pytest.approx(off["macs"] / scaled["macs"])
     assert math.isfinite(scaled["psnr"]) and scaled["ssim"] < 1.0 and scaled["fid"] > 0

@@ -20,7 +20,7 @@ from .fidelity import _as_images, per_frame, per_image, psnr, ssim
 from ..macs import format_macs
 from .models import ClipAdapter, ClipImageFeatures, InceptionFeatures, RandomFeatures, Unavailable
 
-COLUMNS = ("label", "preset", "time_s", "time_spread_s", "baseline_s", "speedup", "macs",
+COLUMNS = ("label", "preset", "time_s", "time_spread_s", "baseline_s", "speedup", "denoiser_speedup", "macs",
            "macs_ratio", "peak_memory_mib", "psnr", "ssim", "lpips", "fid", "clip_score")
 
 
@@ -152,6 +152,7 @@ def compute_metrics(results: list[dict], images: dict[str, torch.Tensor], prompt
             "label": label, "preset": result["preset"], "overrides": result.get("overrides", {}),
             "time_s": statistics.median(times), "time_spread_s": _spread(times),
             "baseline_s": statistics.median(baseline), "times_s": times, "baseline_times_s": baseline,
+            "denoiser_times_s": result.get("denoiser_s"), "baseline_denoiser_times_s": result.get("baseline_denoiser_s"),
             "macs": result.get("macs"), "peak_memory_mib": None if result.get("peak_memory") is None
             else result["peak_memory"] / 2**20, "n_images": len(imgs),
             "resumed": result.get("resumed", False), "run_started": result.get("run_started"),
@@ -160,6 +161,10 @@ def compute_metrics(results: list[dict], images: dict[str, torch.Tensor], prompt
             "skipped_techniques": result["acceleration"]["skipped"],
         }
         row["speedup"] = 1.0 if label == base["label"] else row["baseline_s"] / row["time_s"]
+        # the same pairing, time inside the denoiser only (absent from results saved before it was measured)
+        den, den_base = result.get("denoiser_s"), result.get("baseline_denoiser_s")
+        row["denoiser_speedup"] = (1.0 if label == base["label"] else
+                                   statistics.median(den_base) / statistics.median(den)) if den and den_base else None
         row["macs_ratio"] = (base["macs"] / row["macs"]) if row["macs"] and base.get("macs") else None
         per_psnr = per_image(psnr, reference, imgs)
         row["psnr"], row["psnr_per_image"] = _mean(per_psnr), per_psnr
@@ -225,14 +230,15 @@ class EvalReport:
     def table(self) -> str:
         # LPIPS is a column only when it was computed (it needs torchvision, outside every extra).
         with_lpips = any(r.get("lpips") is not None for r in self.rows)
-        head = ("| config | wall s (median ± half-range) | off s (paired) | speedup | MACs | MACs ratio "
-                "| peak mem MiB | PSNR dB | SSIM |" + (" LPIPS |" if with_lpips else "") + " FID | CLIP |")
-        lines = [head, "|" + "|".join(["---"] * (12 if with_lpips else 11)) + "|"]
+        head = ("| config | wall s (median ± half-range) | off s (paired) | speedup | denoiser speedup | MACs "
+                "| MACs ratio | peak mem MiB | PSNR dB | SSIM |" + (" LPIPS |" if with_lpips else "") + " FID | CLIP |")
+        lines = [head, "|" + "|".join(["---"] * (13 if with_lpips else 12)) + "|"]
         for r in self.rows:
             lines.append("| " + " | ".join([c for c in [
                 r["label"] + (" *" if r["resumed"] else ""),
                 f"{r['time_s']:.3f} ± {r['time_spread_s']:.3f}", f"{r['baseline_s']:.3f}",
                 f"{r['speedup']:.2f}x",
+                _fmt(r.get("denoiser_speedup"), ".2f", "n/a") + ("x" if r.get("denoiser_speedup") else ""),
                 format_macs(r["macs"]) if r["macs"] is not None else "n/a",
                 _fmt(r["macs_ratio"], ".2f", "n/a") + ("x" if r["macs_ratio"] else ""),
                 _fmt(r["peak_memory_mib"], ".1f", "n/a"),

@@ -166,12 +166,45 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(pipe, kwargs, device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    pipe(**kwargs)
-    _sync(device)
-    return time.perf_counter() - start
+class _DenoiserClock:
+    """Seconds spent inside the denoiser's calls (torch hooks around ``__call__``, so an
+    acceleration's own hooks count): what the denoiser MACs ratio is the ideal for, without
+    the text encoder, VAE and scheduler that the whole call's time also holds."""
+
+    ATTRS = ("unet", "transformer", "transformer_2")
+
+    def __init__(self, pipe, device):
+        self.device, self.seconds, self._start, self._handles = device, 0.0, None, []
+        for attr in self.ATTRS:
+            module = getattr(pipe, attr, None)
+            if isinstance(module, torch.nn.Module):
+                self._handles += [module.register_forward_pre_hook(self._pre),
+                                  module.register_forward_hook(self._post)]
+
+    def _pre(self, *_):
+        _sync(self.device)
+        self._start = time.perf_counter()
+
+    def _post(self, *_):
+        _sync(self.device)
+        self.seconds += time.perf_counter() - self._start
+
+    def close(self):
+        for h in self._handles:
+            h.remove()
+
+
+def _timed(pipe, kwargs, device) -> tuple[float, float]:
+    """(seconds of the whole call, seconds inside the denoiser)."""
+    clock = _DenoiserClock(pipe, device)
+    try:
+        _sync(device)
+        start = time.perf_counter()
+        pipe(**kwargs)
+        _sync(device)
+        return time.perf_counter() - start, clock.seconds
+    finally:
+        clock.close()
 
 
 def _pipe_device(pipe) -> torch.device:
@@ -251,7 +284,7 @@ def _time(run: _Run, config: EvalConfig, progress: bool) -> dict:
         for i in range(run.warmup):
             with memory if i == run.warmup - 1 else contextlib.nullcontext():
                 run.pipe(**kwargs())
-    times, baseline = [], []
+    times, baseline = [], []       # (whole call, inside the denoiser) seconds
     for r in tqdm(range(run.repeats), desc=f"{config.label}: time", disable=not progress, leave=False):
         if is_off:
             times.append(_timed(run.pipe, kwargs(), run.device))
@@ -267,8 +300,9 @@ def _time(run: _Run, config: EvalConfig, progress: bool) -> dict:
         with patched(), memory:
             run.pipe(**kwargs())
     baseline = baseline or list(times)
-    return {"times_s": times, "baseline_s": baseline, "peak_memory": memory.peak,
-            "memory_method": memory.method}
+    return {"times_s": [t for t, _ in times], "baseline_s": [t for t, _ in baseline],
+            "denoiser_s": [d for _, d in times], "baseline_denoiser_s": [d for _, d in baseline],
+            "peak_memory": memory.peak, "memory_method": memory.method}
 
 
 def _save_images(images: torch.Tensor, folder: str, run: _Run) -> None:
@@ -407,7 +441,9 @@ def evaluate(pipe_or_name, prompts, presets: Sequence[str | EvalConfig] = ("off"
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "timing": ("one call (first prompt, first seed); warm-up excluded; repeats alternate "
                        "with the unpatched pipeline (paired); median and half-range; "
-                       "speedup = median(off, paired) / median(config)"),
+                       "speedup = median(off, paired) / median(config); denoiser speedup: the same "
+                       "ratio of the seconds spent inside the denoiser's calls (no text encoder, VAE "
+                       "or scheduler: what the MACs ratio bounds)"),
             "memory": results[0].get("memory_method"),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     report = EvalReport(meta=meta, rows=metrics["rows"], metrics=metrics["info"],
