@@ -77,6 +77,9 @@ class Family:
     ras: RasLayout | None = None
     outputs: int = 1                      # prediction tensors a call returns, batched alike (LTX-2: video, audio)
     kv_cache: str = ""                    # kv-cache adapter: "far" | "skyreels"
+    # pipeline attributes of models its pipelines call before the denoiser on every step, whose
+    # outputs are only residuals added inside the denoiser (ControlNets)
+    residual_models: tuple[str, ...] = ()
     techniques: tuple[str, ...] = field(default=("guidance",))
     why_not: tuple[tuple[str, str], ...] = ()   # (technique, why it does not apply to this family)
     notes: str = ""
@@ -179,7 +182,7 @@ _WAN_BLOCKS = (BlockGroup("blocks", ("attn1", "attn2", "ffn"), (SelfAttention("a
 
 FAMILIES: tuple[Family, ...] = (
     Family(
-        name="unet", classes=("UNet2DConditionModel",), kind="unet", denoiser_attr="unet",
+        name="unet", classes=("UNet2DConditionModel",), kind="unet", denoiser_attr="unet", residual_models=("controlnet",),
         techniques=("guidance", "deepcache"),
         why_not=(("block_cache", "a UNet has no list of transformer blocks here: DeepCache caches its skip branches"),
                  ("ras", "RAS selects a DiT's image tokens; a UNet works on feature maps at several resolutions"),

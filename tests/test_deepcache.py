@@ -259,6 +259,42 @@ def test_controlnet_residuals_are_applied_on_cached_steps(controlnet_pipe):
     assert surface(pipe) == untouched
 
 
+@pytest.mark.parametrize("multi", [False, True])
+def test_whole_body_skips_the_controlnet_on_cached_steps_without_changing_the_output(controlnet_pipe, multi):
+    from diffusers import StableDiffusionControlNetPipeline
+
+    pipe = controlnet_pipe
+    single = pipe.controlnet
+    if multi:    # two ControlNets: MultiControlNetModel sums their residuals into lists
+        pipe = StableDiffusionControlNetPipeline(**{**pipe.components, "controlnet": [single, single]})
+        pipe.set_progress_bar_config(disable=True)
+
+    def kwargs():
+        kw = _control_kwargs(steps=7)
+        return {**kw, "image": [kw["image"]] * 2} if multi else kw
+    untouched = surface(pipe)
+    runs = {"n": 0}
+    handle = single.conv_in.register_forward_hook(lambda *_: runs.__setitem__("n", runs["n"] + 1))
+    outs = {}
+    try:
+        for skip in (False, True):
+            runs["n"] = 0
+            accelerate(pipe, "off", deepcache={"cache_interval": 3, "cache_branch": -1, "forecast": 1,
+                                               "skip_control": skip})
+            outs[skip] = pipe(**kwargs()).images      # full steps 0, 3, 6
+            stats = pipe.acceleration.report().applied[0]["stats"]
+            pipe.acceleration.remove()
+            assert runs["n"] == (3 if skip else 7) * (2 if multi else 1)
+            assert stats.get("control_calls_skipped", 0) == (4 if skip else 0)
+            assert "full_calls_without_control" not in stats
+    finally:
+        handle.remove()
+    assert torch.equal(outs[True], outs[False])          # the skipped residuals were never used
+    assert surface(pipe) == untouched
+    with pytest.raises(ValueError, match=r"deepcache\.skip_control"):
+        accelerate(pipe, "off", deepcache={"skip_control": "yes"})
+
+
 def test_composes_with_guidance_truncation(pipelines):
     """Guidance (outer hook) runs only the cond half late in sampling: the cache is sliced."""
     pipe = pipelines("sd")

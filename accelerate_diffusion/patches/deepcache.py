@@ -13,7 +13,9 @@ included, is the deep part. For SD-style blocks (2 resnets + downsampler) this n
 the ``cache_branch_id`` of the ``DeepCache`` package. Branch -1 keeps no skip live: the whole
 body (down, mid and up blocks) is deep and a cached step runs only ``conv_in``, the time
 embedding and ``conv_out`` on the stored (or forecast) output of the last up block; with
-``forecast`` this is TaylorSeer's whole-UNet prediction, on DeepCache's schedules.
+``forecast`` this is TaylorSeer's whole-UNet prediction, on DeepCache's schedules. A ControlNet's
+residuals would then reach no running layer, so (``skip_control``) the pipeline's ControlNet call
+before a cached call returns zeros without running (the family row's ``residual_models``).
 
 Mechanism (diffusers hooks only, the UNet forward itself is untouched):
 - a controller hook on the UNet decides per call: full or cached;
@@ -44,6 +46,7 @@ import torch
 from ..config import TechniqueConfig, check_choice, check_range
 from ..schedules import fronts
 from ..schedules.forecast import extrapolate
+from ..state import calling_pipeline
 from . import NotApplicable, PatchContext, PatchHandle, Target, TechniqueHook
 
 NAME = "deepcache"
@@ -70,6 +73,8 @@ class Config(TechniqueConfig):
     min_steps: int = 1                # generations with fewer steps run untouched (few-step models)
     forecast: int = 0                 # 1, 2: cached steps get the deep feature extrapolated in the step
                                       # (linear, quadratic) from the last 2, 3 full steps instead of a copy
+    skip_control: bool = True         # branch -1: a cached step skips the ControlNet call too (no layer
+                                      # that would take its residuals runs); False runs it anyway
 
     LOOKUP = ("point", "schedule_dir", "max_quality_loss")   # where settings come from, not settings
 
@@ -87,6 +92,8 @@ class Config(TechniqueConfig):
         check_range(NAME, "always_full_end", self.always_full_end, 0, integer=True)
         check_range(NAME, "forecast", self.forecast, 0, 2, integer=True)
         check_range(NAME, "min_steps", self.min_steps, 1, integer=True)
+        if not isinstance(self.skip_control, bool):
+            raise ValueError(f"{NAME}.skip_control: expected true or false, got {self.skip_control!r}")
         for name in ("point", "schedule_dir"):
             if not isinstance(getattr(self, name), (str, os.PathLike)):
                 raise ValueError(f"{NAME}.{name}: expected a path, got {getattr(self, name)!r}")
@@ -230,8 +237,8 @@ def _spec(out):
     """Shape (without batch) and type of a module output, to rebuild it as zeros."""
     if isinstance(out, torch.Tensor):
         return ("t", tuple(out.shape[1:]), out.dtype, out.device)
-    if isinstance(out, tuple):
-        return ("tuple", tuple(_spec(o) for o in out))
+    if isinstance(out, (tuple, list)):       # a list: MultiControlNetModel's summed residuals
+        return ("tuple" if isinstance(out, tuple) else "list", tuple(_spec(o) for o in out))
     if dataclasses.is_dataclass(out):   # diffusers BaseOutput, e.g. Transformer2DModelOutput
         return ("obj", type(out), {k: _spec(v) for k, v in out.items()})
     return ("const", out)
@@ -241,8 +248,9 @@ def _zeros(spec, batch: int):
     kind = spec[0]
     if kind == "t":
         return torch.zeros((batch, *spec[1]), dtype=spec[2], device=spec[3])
-    if kind == "tuple":
-        return tuple(_zeros(s, batch) for s in spec[1])
+    if kind in ("tuple", "list"):
+        parts = [_zeros(s, batch) for s in spec[1]]
+        return tuple(parts) if kind == "tuple" else parts
     if kind == "obj":
         return spec[1](**{k: _zeros(s, batch) for k, s in spec[2].items()})
     return spec[1]
@@ -290,12 +298,24 @@ class _Runtime:
         self.full: set[int] = set()
         self.cached: set[int] = set()
         self.forced = 0
+        self.control_skipped: tuple[int, int] | None = None   # (step, call slot) whose ControlNet call was skipped
 
     def schedule(self) -> list[int]:
         T = self.state.num_steps
         if self._schedule is None or self._schedule[0] != T:
             self._schedule = (T, full_step_indices(self.config, T))
         return self._schedule[1]
+
+    def decide(self, slot: int, sample: torch.Tensor) -> tuple[bool, bool, _Entry | None]:
+        """(the schedule wants a full call, slot ``slot``'s cache fits ``sample``, that cache)."""
+        state = self.state
+        key = (tuple(sample.shape[1:]), sample.dtype, sample.device)
+        batch = sample.shape[0]
+        wants_full = state.num_steps == 0 or state.step in self.schedule()
+        entry = self.caches.get(slot)
+        usable = entry is not None and entry.key == key and entry.feature is not None and (
+            entry.batch == batch or (entry.batch == 2 * batch and state.cfg_layout == "batched"))
+        return wants_full, usable, entry
 
     def plan_call(self, sample: torch.Tensor) -> None:
         """Full or cached for this denoiser call; pick the cache slot and rows."""
@@ -304,13 +324,12 @@ class _Runtime:
         key = (tuple(sample.shape[1:]), sample.dtype, sample.device)
         batch = sample.shape[0]
         self.batch = batch
-        wants_full = state.num_steps == 0 or state.step in self.schedule()
-        entry = self.caches.get(slot)
-        usable = entry is not None and entry.key == key and entry.feature is not None and (
-            entry.batch == batch or (entry.batch == 2 * batch and state.cfg_layout == "batched"))
+        wants_full, usable, entry = self.decide(slot, sample)
         if wants_full or not usable:
             if not wants_full:
                 self.forced += 1
+            if self.control_skipped == (state.step, slot):
+                state.count("deepcache_full_without_control")
             self.mode, self.entry = "full", _Entry(key, batch)
             self.rows = slice(None)
         else:
@@ -357,7 +376,12 @@ class _Runtime:
                 "full_step_indices": sorted(self.full),
                 "forced_full_calls": self.forced,
                 **({"forecast": f"{self.state.counters['deepcache_forecast']} cached calls got an extrapolated "
-                                f"deep feature"} if c.forecast else {})}
+                                f"deep feature"} if c.forecast else {}),
+                **({"control_calls_skipped": self.state.counters["deepcache_control_skipped"]}
+                   if self.state.counters["deepcache_control_skipped"] else {}),
+                **({"full_calls_without_control": f"{self.state.counters['deepcache_full_without_control']}: a "
+                    f"ControlNet call was skipped, then its denoiser call could not use the cache"}
+                   if self.state.counters["deepcache_full_without_control"] else {})}
 
 
 class _ControllerHook(TechniqueHook):
@@ -402,6 +426,35 @@ class _DeepHook(TechniqueHook):
                 rt.entry.feature = _map(out, lambda t: t.clone())
             else:
                 rt.entry.specs[self.name] = _spec(out)
+        return out
+
+
+class _ControlHook(TechniqueHook):
+    """On a ControlNet (branch -1): a call that feeds a cached denoiser call returns zero residuals
+    without running, since no layer that would add them runs on that call."""
+
+    def __init__(self, runtime: _Runtime, pipe):
+        super().__init__(runtime.state)
+        self.rt, self.pipe = runtime, pipe
+        self.spec = None
+
+    def _passes(self) -> bool:
+        # outside the denoiser call, so ``state.in_call`` does not say whose call this is: the stack does
+        return calling_pipeline() is not self.pipe or self.technique in self.state.paused
+
+    def before(self, module, args, kwargs):
+        rt, state = self.rt, self.rt.state
+        sample = args[0] if args else kwargs.get("sample")
+        slot = state.call_in_step + 1          # the denoiser call it feeds: the clock counts calls on entry
+        wants_full, usable, _ = rt.decide(slot, sample)
+        if wants_full or not usable or self.spec is None:
+            return False, None, args, kwargs, None
+        rt.control_skipped = (state.step, slot)
+        state.count("deepcache_control_skipped")
+        return True, _zeros(self.spec, sample.shape[0]), args, kwargs, None
+
+    def after(self, module, out, token):
+        self.spec = _spec(out)
         return out
 
 
@@ -470,4 +523,11 @@ def apply(ctx: PatchContext, config: Config) -> PatchHandle:
     for name, module, is_cut in deep:
         ctx.hook(module, _DeepHook(runtime, name, is_cut), HOOK)
     ctx.hook(unet, _ControllerHook(runtime), HOOK)
-    return PatchHandle(NAME, targets=[name for name, _, _ in deep], stats=runtime.stats)
+    targets = [name for name, _, _ in deep]
+    if config.cache_branch == -1 and config.skip_control:
+        for attr in ctx.family.residual_models:
+            control = getattr(ctx.pipe, attr, None)
+            if isinstance(control, torch.nn.Module):
+                ctx.hook(control, _ControlHook(runtime, ctx.pipe), HOOK)
+                targets.append(f"pipeline.{attr}")
+    return PatchHandle(NAME, targets=targets, stats=runtime.stats)
