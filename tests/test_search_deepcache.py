@@ -31,7 +31,7 @@ def _extra():
 
 def _config(**kw):
     grid = dict(steps=STEPS, metric="psnr", cache_interval=(2, 3), cache_branch=(0, 1), schedule=("uniform",),
-                always_full_start=(1,), always_full_end=(0, 1))
+                always_full_start=(1,), always_full_end=(0, 1), forecast=(0,))
     return DeepCacheSearchConfig(**{**grid, **kw})
 
 
@@ -143,6 +143,19 @@ def test_rerun_reuses_evaluations(pipelines, calibrated, tmp_path, monkeypatch):
         _run(pipe, out, steps=5)
 
 
+def test_the_grid_keeps_reuse_and_forecast_apart_and_covers_the_whole_body(pipelines, tmp_path):
+    result = _run(pipelines("sd"), tmp_path, cache_interval=(3,), cache_branch=(-1, 0), always_full_end=(0,),
+                  forecast=(0, 1), steps=6)                    # full steps 0, 3: step 4 and 5 can be forecast
+    with open(tmp_path / "evaluations.csv") as f:
+        grid = [r for r in csv.DictReader(f) if r["origin"].startswith("grid")]
+    by = {(r["cache_branch"], r["forecast"]): r for r in grid}
+    assert set(by) == {("-1", "0"), ("-1", "1"), ("0", "0"), ("0", "1")}     # same full steps, not merged
+    assert by[("-1", "0")]["quality_loss"] != by[("-1", "1")]["quality_loss"]
+    # the whole body skips more than branch 0 on the same steps
+    assert float(by[("-1", "0")]["macs_fraction"]) < float(by[("0", "0")]["macs_fraction"])
+    assert len(grid) < result.evaluations          # the presets' settings are evaluated too
+
+
 def test_bad_arguments_give_clear_errors(pipelines, tmp_path, capsys):
     pipe = pipelines("sd")
     with pytest.raises(ValueError, match="file not found"):
@@ -151,7 +164,7 @@ def test_bad_arguments_give_clear_errors(pipelines, tmp_path, capsys):
         _run(pipe, tmp_path / "x", cache_interval=())
     with pytest.raises(ValueError, match="cache_interval"):
         _run(pipe, tmp_path / "x", cache_interval=(0,))
-    with pytest.raises(ValueError, match=r"cache_branch 9 is out of range for this UNet; allowed \[0, 3\]"):
+    with pytest.raises(ValueError, match=r"cache_branch 9 is out of range for this UNet; allowed \[-1, 3\]"):
         _run(pipe, tmp_path / "x", cache_branch=(9,))
     with pytest.raises(ValueError, match="no configuration caches any step"):
         _run(pipe, tmp_path / "x", always_full_start=(STEPS,))

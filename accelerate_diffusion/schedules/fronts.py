@@ -140,6 +140,8 @@ def deepcache_label(config: dict) -> str:
         text += f" first={c['always_full_start']}"
     if c.get("always_full_end", 0):
         text += f" last={c['always_full_end']}"
+    if c.get("forecast", 0):
+        text += f" forecast={c['forecast']}"
     return text
 
 

@@ -45,15 +45,17 @@ TECHNIQUE = "deepcache"
 META_FILE = "search-meta.json"
 ARCHIVE_FILE = "archive.jsonl"
 PRESET_ORDER = ("quality", "balanced", "fast", "max")
-GRID_FIELDS = ("cache_interval", "cache_branch", "schedule", "always_full_start", "always_full_end", "center")
+GRID_FIELDS = ("cache_interval", "cache_branch", "schedule", "always_full_start", "always_full_end", "center",
+               "forecast")
 
 
 @dataclass
 class DeepCacheSearchConfig:
     """One calibration: the generation settings and the grid (one tuple of values per field).
 
-    ``cache_branch=None``: every branch this UNet has. ``center`` (non-uniform configurations
-    only): fractions of the steps; None = 0.3 (DeepCache's centre, 15 of 50).
+    ``cache_branch=None``: every branch this UNet has, -1 (the whole body) included. ``center``
+    (non-uniform configurations only): fractions of the steps; None = 0.3 (DeepCache's centre, 15
+    of 50). ``forecast``: 0 reuses the cached feature, 1 extrapolates it from two full steps.
     ``batch_size``: prompts per pipeline call (0 = all)."""
 
     steps: int = 20
@@ -66,6 +68,7 @@ class DeepCacheSearchConfig:
     always_full_start: tuple = (1, 3)
     always_full_end: tuple = (0, 1)
     center: tuple | None = None
+    forecast: tuple = (0, 1)
 
     def validate(self) -> None:
         for name, lo in (("steps", 2), ("seed", 0), ("batch_size", 0)):
@@ -103,21 +106,21 @@ class DeepCacheSearchResult:
 
 def _key(config: Config, steps: int) -> str:
     """Configurations with the same key run the same steps the same way: identical outputs."""
-    return f"b{config.cache_branch}:" + ",".join(map(str, full_step_indices(config, steps)))
+    return f"b{config.cache_branch}:f{config.forecast}:" + ",".join(map(str, full_step_indices(config, steps)))
 
 
 def grid_configs(config: DeepCacheSearchConfig, max_branch: int) -> list[Config]:
     """Every configuration of the grid, simplest first (uniform, fewest forced full steps)."""
-    branches = config.cache_branch if config.cache_branch is not None else tuple(range(max_branch + 1))
+    branches = config.cache_branch if config.cache_branch is not None else tuple(range(-1, max_branch + 1))
     for b in branches:
         if b > max_branch:
-            raise ValueError(f"search grid: cache_branch {b} is out of range for this UNet; allowed [0, {max_branch}]")
+            raise ValueError(f"search grid: cache_branch {b} is out of range for this UNet; allowed [-1, {max_branch}]")
     out = []
-    for sched, start, end, b, n in itertools.product(config.schedule, config.always_full_start,
-                                                     config.always_full_end, branches, config.cache_interval):
+    for sched, start, end, b, n, f in itertools.product(config.schedule, config.always_full_start, config.always_full_end,
+                                                        branches, config.cache_interval, config.forecast):
         for center in (config.centers() if sched == "nonuniform" else (Config.center,)):
             out.append(Config(cache_interval=n, cache_branch=b, schedule=sched, center=center,
-                              always_full_start=start, always_full_end=end))
+                              always_full_start=start, always_full_end=end, forecast=f))
     return out
 
 
@@ -308,7 +311,8 @@ def _write_outputs(rows, config, prompts, out_dir, name, family, layout, wall, e
     csv_path = os.path.join(out_dir, "evaluations.csv")
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
-        fields = ["cache_interval", "cache_branch", "schedule", "center", "always_full_start", "always_full_end"]
+        fields = ["cache_interval", "cache_branch", "schedule", "center", "always_full_start", "always_full_end",
+                  "forecast"]
         writer.writerow(["label", "origin", *fields, "full_steps", "quality_metric", "quality_loss", "macs_fraction",
                          "macs_ratio", "on_front", "seconds"])
         for row in sorted(rows, key=lambda r: -r["macs_fraction"]):
