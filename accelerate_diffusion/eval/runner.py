@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 
 from ..api import accelerate
+from ..families import family_of, find_denoiser, find_denoisers
 from ..presets import PRESETS
 from .bench import _images
 
@@ -171,15 +172,15 @@ class _DenoiserClock:
     acceleration's own hooks count): what the denoiser MACs ratio is the ideal for, without
     the text encoder, VAE and scheduler that the whole call's time also holds."""
 
-    ATTRS = ("unet", "transformer", "transformer_2")
-
     def __init__(self, pipe, device):
         self.device, self.seconds, self._start, self._handles = device, 0.0, None, []
-        for attr in self.ATTRS:
-            module = getattr(pipe, attr, None)
-            if isinstance(module, torch.nn.Module):
-                self._handles += [module.register_forward_pre_hook(self._pre),
-                                  module.register_forward_hook(self._post)]
+        found, denoisers = find_denoiser(pipe), []
+        if found:
+            family = family_of(found[1])
+            denoisers = find_denoisers(pipe, family, *found) if family else [found]
+        for _, module in denoisers:          # Wan 2.2's experts included
+            self._handles += [module.register_forward_pre_hook(self._pre),
+                              module.register_forward_hook(self._post)]
 
     def _pre(self, *_):
         _sync(self.device)

@@ -266,6 +266,11 @@ def _map(out, fn):
     return out
 
 
+def _input_key(sample: torch.Tensor) -> tuple:
+    """What a cache must have been made on to serve a call (the batch is checked apart)."""
+    return tuple(sample.shape[1:]), sample.dtype, sample.device
+
+
 @dataclass
 class _Entry:
     """One cache: made by a full call on inputs of ``key`` with batch ``batch``."""
@@ -309,11 +314,10 @@ class _Runtime:
     def decide(self, slot: int, sample: torch.Tensor) -> tuple[bool, bool, _Entry | None]:
         """(the schedule wants a full call, slot ``slot``'s cache fits ``sample``, that cache)."""
         state = self.state
-        key = (tuple(sample.shape[1:]), sample.dtype, sample.device)
         batch = sample.shape[0]
         wants_full = state.num_steps == 0 or state.step in self.schedule()
         entry = self.caches.get(slot)
-        usable = entry is not None and entry.key == key and entry.feature is not None and (
+        usable = entry is not None and entry.key == _input_key(sample) and entry.feature is not None and (
             entry.batch == batch or (entry.batch == 2 * batch and state.cfg_layout == "batched"))
         return wants_full, usable, entry
 
@@ -321,7 +325,6 @@ class _Runtime:
         """Full or cached for this denoiser call; pick the cache slot and rows."""
         state = self.state
         slot = state.call_in_step
-        key = (tuple(sample.shape[1:]), sample.dtype, sample.device)
         batch = sample.shape[0]
         self.batch = batch
         wants_full, usable, entry = self.decide(slot, sample)
@@ -330,7 +333,7 @@ class _Runtime:
                 self.forced += 1
             if self.control_skipped == (state.step, slot):
                 state.count("deepcache_full_without_control")
-            self.mode, self.entry = "full", _Entry(key, batch)
+            self.mode, self.entry = "full", _Entry(_input_key(sample), batch)
             self.rows = slice(None)
         else:
             self.mode, self.entry = "cached", entry
